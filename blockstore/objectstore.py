@@ -1,0 +1,189 @@
+"""The object store interface, its statistics, and the in-memory implementation.
+
+Sits at the bottom of the stack: `Volume` talks to an `ObjectStore`, which is one of
+
+- `MemoryStore` (here): a dict, for fast engine and simulation tests; passes the same contract
+  suite as the real stores (`tests/test_objectstore_contract.py`);
+- `S3Store` (`blockstore/s3store.py`): the MinIO SDK against any S3-compatible endpoint;
+- `Boto3Store` (`blockstore/boto3store.py`): the same over boto3, kept for comparison;
+- `RetryingStore` (`blockstore/retry.py`): wraps another store with bounded retries;
+- `FaultyStore` (`blockstore/faults.py`): wraps another store and injects failures for tests.
+
+Contract every implementation keeps:
+
+- `get` of a missing key raises `NotFound`; a range past the end returns what exists (possibly
+  nothing) rather than failing, like S3 does for a range that starts inside the object.
+- `put(..., if_none_match=True)` is create-if-absent: of any number of racing creators exactly one
+  succeeds and the others get `PreconditionFailed`. Correctness in blockstore rests on this only.
+- `put(..., if_match=etag)` is offered, but SeaweedFS 4.48 does not apply it atomically, so no
+  code may rely on it for correctness.
+- `delete` of a missing key succeeds (S3 semantics).
+- `list` yields keys under a prefix in ascending byte order.
+- Transient failures surface as `Unavailable`; only `RetryingStore` retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+
+from blockstore.errors import NotFound, PreconditionFailed
+
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing or a HEAD says about one object."""
+
+    key: str
+    size: int
+    etag: str
+
+
+@dataclass
+class StoreStats:
+    """Counters a store keeps; read by /metrics and the bench (nobody re-counts)."""
+
+    gets: int = 0
+    puts: int = 0
+    conditional_puts: int = 0
+    deletes: int = 0
+    lists: int = 0
+    heads: int = 0
+    bytes_fetched: int = 0
+    bytes_uploaded: int = 0
+    not_found: int = 0
+    precondition_failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+
+    def count_error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def snapshot(self) -> dict[str, object]:
+        """A plain dict copy, safe to hand to another thread."""
+        out: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = dict(value) if isinstance(value, dict) else value
+        return out
+
+
+class ObjectStore(ABC):
+    """A flat namespace of immutable-by-convention objects (one bucket, one key prefix)."""
+
+    stats: StoreStats
+
+    @abstractmethod
+    def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+        """Return `length` bytes from `start` (to the end when `length` is None)."""
+
+    @abstractmethod
+    def put(
+        self,
+        key: str,
+        data: Buffer,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> str:
+        """Store `data` under `key` and return its ETag; conditional forms may raise
+        `PreconditionFailed`."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove `key`; succeeds when it is already gone."""
+
+    @abstractmethod
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Yield the objects whose key starts with `prefix`, in ascending key order."""
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo:
+        """Size and ETag of `key`; raises `NotFound`."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the default has none."""
+
+
+def etag_of(data: Buffer) -> str:
+    """The ETag S3 gives a single-part upload: the hex MD5 of the body."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+class MemoryStore(ObjectStore):
+    """An object store in a dict: same contract, no network. Thread-safe."""
+
+    def __init__(self) -> None:
+        self.stats = StoreStats()
+        self._objects: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+        with self._lock:
+            self.stats.gets += 1
+            data = self._objects.get(key)
+            if data is None:
+                self.stats.not_found += 1
+                raise NotFound(f"object {key!r} does not exist")
+        end = len(data) if length is None else min(len(data), start + length)
+        out = data[start:end]
+        self.stats.bytes_fetched += len(out)
+        return out
+
+    def put(
+        self,
+        key: str,
+        data: Buffer,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> str:
+        body = bytes(data)
+        with self._lock:
+            self.stats.puts += 1
+            if if_none_match or if_match is not None:
+                self.stats.conditional_puts += 1
+            current = self._objects.get(key)
+            if if_none_match and current is not None:
+                self.stats.precondition_failed += 1
+                raise PreconditionFailed(f"object {key!r} already exists")
+            if if_match is not None and (current is None or etag_of(current) != if_match):
+                self.stats.precondition_failed += 1
+                raise PreconditionFailed(f"object {key!r} does not have ETag {if_match}")
+            self._objects[key] = body
+            self.stats.bytes_uploaded += len(body)
+        return etag_of(body)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self.stats.deletes += 1
+            self._objects.pop(key, None)
+
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        with self._lock:
+            self.stats.lists += 1
+            items = sorted(
+                (k, v)
+                for k, v in self._objects.items()
+                if k.startswith(prefix) and (start_after is None or k > start_after)
+            )
+        for key, data in items:
+            yield ObjectInfo(key=key, size=len(data), etag=etag_of(data))
+
+    def head(self, key: str) -> ObjectInfo:
+        with self._lock:
+            self.stats.heads += 1
+            data = self._objects.get(key)
+        if data is None:
+            raise NotFound(f"object {key!r} does not exist")
+        return ObjectInfo(key=key, size=len(data), etag=etag_of(data))
+
+    # Test helpers: direct access for corruption and crash tests.
+    def raw(self) -> dict[str, bytes]:
+        """The live dict of objects (tests flip bytes or drop keys in it)."""
+        return self._objects
