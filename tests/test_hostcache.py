@@ -1,0 +1,316 @@
+"""Unit tests of the host cache (blockstore/hostcache.py) in all three modes.
+
+Two kinds of volume sit under the cache here: the real `Volume` on a `MemoryStore` (when the
+engine is importable) for the data tests, and `ByteVolume`, a small in-memory stand-in whose
+failures, gates and durable image the tests control, for the race and outage tests. The same
+contract holds for both: what the cache returns is what was last written; what `flush` reports
+durable is in the volume's durable image.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from blockstore.errors import Fenced, InvalidArgument, Unavailable
+from blockstore.hostcache import HostCache, HostCacheConfig, journal_files
+
+MiB = 1 << 20
+SIZE = 8 * MiB
+BS = 64 * 1024
+
+
+class ByteVolume:
+    """A volume in a bytearray: `image` is what reads see, `durable` what a crash would keep.
+
+    `fail` makes every call raise `Unavailable` (a store outage); `gate`, when set, makes
+    `readinto` wait for it (to hold a fill in flight); `log` records applied operations in order.
+    """
+
+    def __init__(self, size: int = SIZE) -> None:
+        self.size = size
+        self.image = bytearray(size)
+        self.durable = bytearray(size)
+        self.fail = False
+        self.fenced = False
+        self.gate: threading.Event | None = None
+        self.gate_entered = threading.Event()
+        self.reads = 0
+        self.read_bytes = 0
+        self.flushes = 0
+        self.lock = threading.Lock()
+
+    def _check(self) -> None:
+        if self.fenced:
+            raise Fenced("a newer writer took the disk")
+        if self.fail:
+            raise Unavailable("store down (test)")
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        self._check()
+        with self.lock:
+            snap = bytes(self.image[offset : offset + len(buf)])
+        if self.gate is not None:
+            self.gate_entered.set()
+            self.gate.wait()
+        self.reads += 1
+        self.read_bytes += len(buf)
+        buf[:] = snap
+
+    def write(self, offset: int, data: bytes, *, durable: bool = False) -> None:
+        self._check()
+        with self.lock:
+            self.image[offset : offset + len(data)] = data
+        if durable:
+            self.flush()
+
+    def trim(self, offset: int, length: int, *, durable: bool = False) -> None:
+        self.write(offset, bytes(length), durable=durable)
+
+    zero = trim
+
+    def flush(self) -> None:
+        self._check()
+        with self.lock:
+            self.durable[:] = self.image
+            self.flushes += 1
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        return [(offset, length, False)]
+
+
+def make_cache(
+    vol: ByteVolume,
+    tmp_path: Path,
+    mode: str,
+    *,
+    cache_size: int = 4 * MiB,
+    dirty_limit: int = 1 * MiB,
+    **kw: float,
+) -> HostCache:
+    cfg = HostCacheConfig(
+        mode=mode, block_size=BS, cache_size=cache_size, dirty_limit=dirty_limit, **kw
+    )
+    return HostCache(vol, cfg, tmp_path / "cache")
+
+
+def pattern(seed: int, n: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+@pytest.mark.parametrize("mode", ["none", "readonly", "readwrite"])
+def test_random_ops_match_a_model(tmp_path: Path, mode: str) -> None:
+    vol = ByteVolume()
+    cache = make_cache(vol, tmp_path, mode, cache_size=2 * MiB)
+    model = bytearray(SIZE)
+    rng = random.Random(7)
+    for i in range(400):
+        off = rng.randrange(0, SIZE // 512) * 512
+        n = min(SIZE - off, rng.choice([512, 4096, 65536, 200_000]))
+        op = rng.random()
+        if op < 0.45:
+            data = pattern(i, n)
+            cache.pwrite(data, off, fua=rng.random() < 0.05)
+            model[off : off + n] = data
+        elif op < 0.55:
+            cache.trim(off, n)
+            model[off : off + n] = bytes(n)
+        elif op < 0.6:
+            cache.zero(off, n)
+            model[off : off + n] = bytes(n)
+        elif op < 0.95:
+            buf = bytearray(n)
+            cache.pread(buf, off)
+            assert buf == model[off : off + n], f"op {i}: read {off}+{n} differs"
+        else:
+            cache.flush()
+            assert vol.durable == model
+    cache.flush()
+    assert vol.durable == model
+    buf = bytearray(SIZE)
+    cache.pread(buf, 0)
+    assert buf == model
+    if mode != "none":
+        assert cache.stats.evictions > 0  # 8 MiB disk through a 2 MiB cache
+    cache.close()
+
+
+@pytest.mark.parametrize("mode", ["readonly", "readwrite"])
+def test_warm_reads_hit_and_cold_random_reads_fetch_only_their_blocks(
+    tmp_path: Path, mode: str
+) -> None:
+    vol = ByteVolume()
+    vol.image[:] = pattern(1, SIZE)
+    cache = make_cache(vol, tmp_path, mode)
+    buf = bytearray(4096)
+    cache.pread(buf, 5 * BS + 8192)  # cold and not sequential: one block only
+    assert vol.read_bytes == BS and cache.stats.readahead == 0
+    for _ in range(10):
+        cache.pread(buf, 5 * BS + 8192)
+    assert cache.stats.hits == 10 and vol.reads == 1
+    assert buf == vol.image[5 * BS + 8192 : 5 * BS + 8192 + 4096]
+    cache.close()
+
+
+def test_sequential_reads_trigger_readahead(tmp_path: Path) -> None:
+    vol = ByteVolume()
+    vol.image[:] = pattern(2, SIZE)
+    cache = make_cache(vol, tmp_path, "readonly", readahead=512 * 1024)
+    buf = bytearray(BS)
+    for i in range(32):
+        cache.pread(buf, i * BS)
+        assert buf == vol.image[i * BS : (i + 1) * BS]
+    assert cache.stats.readahead > 0
+    assert vol.reads < 32 // 2  # read-ahead turned most of the stream into hits
+    cache.close()
+
+
+def test_eviction_keeps_the_cache_bounded_and_dirty_blocks(tmp_path: Path) -> None:
+    vol = ByteVolume()
+    vol.image[:] = pattern(3, SIZE)
+    cache = make_cache(vol, tmp_path, "readonly", cache_size=16 * BS)
+    buf = bytearray(4096)
+    for i in range(SIZE // BS):
+        cache.pread(buf, i * BS)
+        assert buf == vol.image[i * BS : i * BS + 4096]
+    assert len(cache._resident) <= 16
+    assert cache.stats.evictions >= SIZE // BS - 16
+    cache.close()
+
+
+@pytest.mark.parametrize("mode", ["readonly", "readwrite"])
+def test_a_fill_never_overwrites_a_write_made_while_it_was_in_flight(
+    tmp_path: Path, mode: str
+) -> None:
+    vol = ByteVolume()
+    vol.image[:] = b"\x11" * SIZE
+    cache = make_cache(vol, tmp_path, mode)
+    vol.gate = threading.Event()
+    out = bytearray(BS)
+    reader = threading.Thread(target=cache.pread, args=(out, 3 * BS))
+    reader.start()
+    assert vol.gate_entered.wait(5)  # the fill has read old bytes and is held
+    cache.pwrite(b"\x22" * 4096, 3 * BS + 4096)  # lands while the fill is in flight
+    vol.gate.set()
+    reader.join(5)
+    vol.gate = None
+    buf = bytearray(BS)
+    cache.pread(buf, 3 * BS)
+    assert buf[4096:8192] == b"\x22" * 4096
+    assert buf[:4096] == b"\x11" * 4096 and buf[8192:] == b"\x11" * (BS - 8192)
+    cache.flush()
+    assert vol.durable[3 * BS + 4096 : 3 * BS + 8192] == b"\x22" * 4096
+    cache.close()
+
+
+def test_readwrite_acknowledges_without_the_store_and_flush_fails_cleanly(tmp_path: Path) -> None:
+    vol = ByteVolume()
+    cache = make_cache(vol, tmp_path, "readwrite", write_wait_seconds=0.3)
+    vol.fail = True
+    cache.pwrite(b"a" * 4096, 0)  # accepted into the cache while the store is down
+    buf = bytearray(4096)
+    cache.pread(buf, 0)
+    assert buf == b"a" * 4096
+    with pytest.raises(Unavailable):
+        cache.flush()
+    assert vol.durable[:4096] == bytes(4096)  # never a false success
+    # Fill the dirty limit: the next write waits write_wait_seconds, then fails.
+    chunk = b"b" * (128 * 1024)
+    with pytest.raises(Unavailable):
+        for i in range(1, 64):
+            cache.pwrite(chunk, i * len(chunk))
+    accepted = i - 1
+    assert accepted >= 4  # up to the 1 MiB limit
+    vol.fail = False  # the store is back: no restart needed
+    cache.pwrite(b"c" * 4096, SIZE - 4096)
+    cache.flush()
+    assert vol.durable[:4096] == b"a" * 4096
+    assert vol.durable[SIZE - 4096 :] == b"c" * 4096
+    assert vol.durable[128 * 1024 : 256 * 1024] == chunk
+    assert cache.dirty_bytes == 0
+    cache.close()
+
+
+@pytest.mark.parametrize("mode", ["none", "readonly"])
+def test_write_through_modes_fail_writes_when_the_store_is_down(tmp_path: Path, mode: str) -> None:
+    vol = ByteVolume()
+    vol.image[:BS] = b"x" * BS
+    cache = make_cache(vol, tmp_path, mode)
+    buf = bytearray(4096)
+    cache.pread(buf, 0)
+    cache.pread(buf, BS)
+    vol.fail = True
+    with pytest.raises(Unavailable):
+        cache.pwrite(b"y" * 4096, 0)  # the failed write's block is dropped from the cache
+    if mode == "readonly":
+        cache.pread(buf, BS)  # other cached reads go on while the store is down
+        assert buf == vol.image[BS : BS + 4096]
+    with pytest.raises(Unavailable):
+        cache.pread(buf, 4 * MiB)  # uncached reads fail
+    vol.fail = False
+    cache.pread(buf, 0)
+    assert buf == vol.image[:4096]
+    cache.close()
+
+
+def test_journal_is_replayed_before_serving_after_a_crash(tmp_path: Path) -> None:
+    vol = ByteVolume()
+    cache = make_cache(vol, tmp_path, "readwrite")
+    vol.fail = True  # nothing reaches the store before the "crash"
+    model = bytearray(SIZE)
+    for i in range(20):
+        off = random.Random(i).randrange(0, SIZE - 8192) // 512 * 512
+        data = pattern(100 + i, 8192)
+        cache.pwrite(data, off)
+        model[off : off + 8192] = data
+    cache.trim(0, 4096)
+    model[0:4096] = bytes(4096)
+    cache.abandon()
+    assert journal_files(tmp_path / "cache")
+    # A torn record at the tail (the crash hit mid-append) must be ignored.
+    last = tmp_path / "cache" / f"journal-{journal_files(tmp_path / 'cache')[-1]:08d}"
+    with open(last, "ab") as f:
+        f.write(b"\x42\x53\x4b\x4a" + b"\x00" * 20)
+    vol.fail = False
+    # Reopened in another mode: the journal still goes to the store first.
+    again = make_cache(vol, tmp_path, "none")
+    assert again.stats.replayed == 21
+    assert vol.durable == model
+    assert not journal_files(tmp_path / "cache")
+    again.close()
+
+
+def test_fenced_uploader_fails_everything_after(tmp_path: Path) -> None:
+    vol = ByteVolume()
+    cache = make_cache(vol, tmp_path, "readwrite")
+    vol.fenced = True
+    cache.pwrite(b"z" * 4096, 0)
+    with pytest.raises(Fenced):
+        cache.flush()
+    deadline = time.monotonic() + 5
+    while cache._error is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(Fenced):
+        cache.pwrite(b"z" * 4096, 0)
+    cache.abandon()
+
+
+@pytest.mark.parametrize("mode", ["none", "readonly", "readwrite"])
+def test_out_of_range_requests_are_refused(tmp_path: Path, mode: str) -> None:
+    vol = ByteVolume()
+    cache = make_cache(vol, tmp_path, mode)
+    for off, n in [(SIZE, 1), (SIZE - 512, 1024), (2**63 - 1, 512), (-1, 512), (0, -5)]:
+        with pytest.raises(InvalidArgument):
+            cache.pread(bytearray(max(n, 0)), off) if n >= 0 and off >= 0 else cache.trim(off, n)
+        with pytest.raises(InvalidArgument):
+            cache.trim(off, n)
+    cache.pread(bytearray(0), SIZE)  # zero length at the end is fine
+    cache.pwrite(b"q" * 512, SIZE - 512)
+    buf = bytearray(512)
+    cache.pread(buf, SIZE - 512)
+    assert buf == b"q" * 512
+    cache.close()
