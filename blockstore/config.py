@@ -30,10 +30,7 @@ class Settings:
     s3: S3Config | None = None  # None: run the embedded SeaweedFS
     secondary: S3Config | None = None  # for geo-redundant (grs) disks
     retry: RetryConfig = field(default_factory=RetryConfig)
-
-    @property
-    def embedded(self) -> bool:
-        return self.s3 is None
+    embedded: bool = False  # True once `s3` points at the SeaweedFS this host started
 
 
 def default_home() -> Path:

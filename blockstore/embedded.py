@@ -9,7 +9,9 @@ do not show in `ps`. `stop()` ends the process group it started: SIGTERM, then S
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -24,26 +26,47 @@ from pathlib import Path
 
 from blockstore.errors import Unavailable
 
+PR_SET_PDEATHSIG = 1
+
 PORT_FLAGS = (
-    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-    "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance",
-    "admin.port", "admin.port.grpc",
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "s3.port.iceberg",
+    "s3.port.lance",
+    "admin.port",
+    "admin.port.grpc",
 )
 
 
 def free_ports(n: int) -> list[int]:
-    """`n` distinct ports that were free on 127.0.0.1 a moment ago."""
-    sockets, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in sockets:
-            s.close()
+    """`n` distinct ports that were free on 127.0.0.1 a moment ago.
+
+    Chosen below 55000 because SeaweedFS derives some gRPC ports as port + 10000."""
+    rng = random.SystemRandom()
+    ports: list[int] = []
+    while len(ports) < n:
+        port = rng.randrange(20000, 55000)
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
     return ports
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the parent dies, even by SIGKILL."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def weed_binary() -> str:
@@ -102,17 +125,30 @@ class EmbeddedSeaweed:
 
     def start(self, timeout: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1", "-admin.ui=false", "-webdav=false",
-                "-master.volumeSizeLimitMB=256"]
+        args = [
+            weed_binary(),
+            "mini",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-master.volumeSizeLimitMB=256",
+        ]
         args += [f"-{flag}={port}" for flag, port in self.ports.items()]
         env = dict(os.environ)
         env["AWS_ACCESS_KEY_ID"] = self.credentials.access_key
         env["AWS_SECRET_ACCESS_KEY"] = self.credentials.secret_key
         log = open(self.data_dir / "weed.log", "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
-            args, cwd=self.data_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            args,
+            cwd=self.data_dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         self.wait_ready(timeout)

@@ -50,8 +50,9 @@ class FaultyStore(ObjectStore):
 
     def crash_after(self, op: str, n: int, *, key_contains: str = "", before: bool = True) -> None:
         """Let `n` matching calls through, then crash on the next one."""
-        self.add(FaultRule(op=op, key_contains=key_contains, after=n, crash=True,
-                           apply_before=before))
+        self.add(
+            FaultRule(op=op, key_contains=key_contains, after=n, crash=True, apply_before=before)
+        )
 
     def heal(self) -> None:
         with self._lock:

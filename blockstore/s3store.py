@@ -63,7 +63,9 @@ def _classify(exc: BaseException, key: str) -> NoReturn:
             raise PreconditionFailed(f"object {key!r}: precondition failed") from None
         if status >= 500 or code in TRANSIENT_CODES:
             raise Unavailable(f"object store busy or failing ({status} {code}) on {key!r}") from exc
-        raise StoreRejected(f"object store refused {key!r}: {status} {code}: {exc.message}") from exc
+        raise StoreRejected(
+            f"object store refused {key!r}: {status} {code}: {exc.message}"
+        ) from exc
     if isinstance(exc, ServerError):
         raise Unavailable(f"object store failed ({exc.status_code}) on {key!r}") from exc
     if isinstance(exc, InvalidResponseError):
@@ -164,7 +166,7 @@ class S3Store(ObjectStore):
         if_none_match: bool = False,
         if_match: str | None = None,
     ) -> str:
-        headers: dict[str, str] = {}
+        headers: dict[str, str | list[str] | tuple[str]] = {}
         if if_none_match:
             headers["If-None-Match"] = "*"
         if if_match is not None:

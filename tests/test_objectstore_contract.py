@@ -97,8 +97,13 @@ def test_32_concurrent_creators_exactly_one_wins(store: ObjectStore) -> None:
         losses: list[int] = []
         barrier = threading.Barrier(32)
 
-        def creator(i: int, key: str = key, wins: list[int] = wins, losses: list[int] = losses,
-                    barrier: threading.Barrier = barrier) -> None:
+        def creator(
+            i: int,
+            key: str = key,
+            wins: list[int] = wins,
+            losses: list[int] = losses,
+            barrier: threading.Barrier = barrier,
+        ) -> None:
             barrier.wait()
             try:
                 store.put(key, f"writer {i}".encode(), if_none_match=True)
@@ -138,8 +143,13 @@ def test_if_match_race_behaviour_is_recorded(store: ObjectStore) -> None:
         wins: list[int] = []
         barrier = threading.Barrier(32)
 
-        def writer(i: int, key: str = key, etag: str = etag, wins: list[int] = wins,
-                   barrier: threading.Barrier = barrier) -> None:
+        def writer(
+            i: int,
+            key: str = key,
+            etag: str = etag,
+            wins: list[int] = wins,
+            barrier: threading.Barrier = barrier,
+        ) -> None:
             barrier.wait()
             try:
                 store.put(key, f"w{i}".encode(), if_match=etag)

@@ -17,8 +17,9 @@ def make(deadline: float = 5.0) -> tuple[MemoryStore, FaultyStore, RetryingStore
     mem = MemoryStore()
     faulty = FaultyStore(mem)
     clock = FakeClock()
-    store = RetryingStore(faulty, RetryConfig(deadline_seconds=deadline), clock=clock,
-                          rng=random.Random(1))
+    store = RetryingStore(
+        faulty, RetryConfig(deadline_seconds=deadline), clock=clock, rng=random.Random(1)
+    )
     return mem, faulty, store, clock
 
 

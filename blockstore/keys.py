@@ -1,0 +1,151 @@
+"""The one module that owns object key names under a disk (`disks/<disk-id>/...`).
+
+Every other module builds and parses keys through these functions, so the layout of a bucket is
+readable in one place and can change in one place. The layout (see docs/format.md):
+
+    disks/<id>/volume.json                     volume metadata (size at creation, clone source)
+    disks/<id>/epoch/<epoch:08x>               writer epoch claim, created with If-None-Match: *
+    disks/<id>/epoch/<epoch:08x>.start-<seq:016x>   first log seq that epoch may write
+    disks/<id>/seg/<seq:016x>-<epoch:08x>      immutable log segment
+    disks/<id>/ckpt/<seq:016x>                 immutable checkpoint of the extent map at <seq>
+    disks/<id>/snap/<name>.json                snapshot record (pins a checkpoint)
+    disks/<id>/snap/<name>.deleting            tombstone while a snapshot is being deleted
+    disks/<id>/snap/<name>.clones/<clone-id>   a clone depends on this snapshot
+
+Fixed-width hexadecimal numbers make the store's ascending key order the numeric order, so a
+listing is already sorted by seq or epoch. Names are validated here and nowhere else; a bad name
+raises `InvalidArgument` naming it. Nothing here touches the store.
+"""
+
+from __future__ import annotations
+
+import re
+
+from blockstore.errors import InvalidArgument
+
+DISK_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+SNAPSHOT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+_SEG_RE = re.compile(r"^disks/([a-z0-9][a-z0-9-]{0,62})/seg/([0-9a-f]{16})-([0-9a-f]{8})$")
+_CKPT_RE = re.compile(r"^disks/([a-z0-9][a-z0-9-]{0,62})/ckpt/([0-9a-f]{16})$")
+_EPOCH_RE = re.compile(r"^disks/[a-z0-9][a-z0-9-]{0,62}/epoch/([0-9a-f]{8})(?:\.start-([0-9a-f]{16}))?$")
+_SNAP_RE = re.compile(r"^disks/[a-z0-9][a-z0-9-]{0,62}/snap/([a-z0-9][a-z0-9-]{0,62})\.json$")
+_CLONE_RE = re.compile(
+    r"^disks/[a-z0-9][a-z0-9-]{0,62}/snap/([a-z0-9][a-z0-9-]{0,62})\.clones/([a-z0-9][a-z0-9-]{0,62})$"
+)
+
+MAX_SEQ = (1 << 64) - 1
+MAX_EPOCH = (1 << 32) - 1
+
+
+def validate_disk_id(disk_id: str) -> str:
+    """Return `disk_id` if it is a valid disk id (`^[a-z0-9][a-z0-9-]{0,62}$`)."""
+    if not isinstance(disk_id, str) or not DISK_ID_RE.match(disk_id):
+        raise InvalidArgument(
+            f"invalid disk id {disk_id!r}: use 1-63 characters of a-z, 0-9 and '-', "
+            "starting with a letter or digit"
+        )
+    return disk_id
+
+
+def validate_snapshot_name(name: str) -> str:
+    """Return `name` if it is a valid snapshot name (same rule as disk ids)."""
+    if not isinstance(name, str) or not SNAPSHOT_NAME_RE.match(name):
+        raise InvalidArgument(
+            f"invalid snapshot name {name!r}: use 1-63 characters of a-z, 0-9 and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def disk_prefix(disk_id: str) -> str:
+    # The trailing slash matters: "disks/a" would also match "disks/ab/...".
+    return f"disks/{validate_disk_id(disk_id)}/"
+
+
+def volume_key(disk_id: str) -> str:
+    return disk_prefix(disk_id) + "volume.json"
+
+
+def epoch_prefix(disk_id: str) -> str:
+    return disk_prefix(disk_id) + "epoch/"
+
+
+def epoch_key(disk_id: str, epoch: int) -> str:
+    return f"{epoch_prefix(disk_id)}{epoch:08x}"
+
+
+def epoch_start_key(disk_id: str, epoch: int, start_seq: int) -> str:
+    return f"{epoch_prefix(disk_id)}{epoch:08x}.start-{start_seq:016x}"
+
+
+def parse_epoch_key(key: str) -> tuple[int, int | None] | None:
+    """(epoch, start seq or None for a bare claim), or None if `key` is not an epoch key."""
+    m = _EPOCH_RE.match(key)
+    if not m:
+        return None
+    return int(m.group(1), 16), (int(m.group(2), 16) if m.group(2) else None)
+
+
+def segment_prefix(disk_id: str) -> str:
+    return disk_prefix(disk_id) + "seg/"
+
+
+def segment_key(disk_id: str, seq: int, epoch: int) -> str:
+    return f"{segment_prefix(disk_id)}{seq:016x}-{epoch:08x}"
+
+
+def parse_segment_key(key: str) -> tuple[str, int, int] | None:
+    """(disk id, seq, epoch), or None if `key` is not a segment key."""
+    m = _SEG_RE.match(key)
+    if not m:
+        return None
+    return m.group(1), int(m.group(2), 16), int(m.group(3), 16)
+
+
+def checkpoint_prefix(disk_id: str) -> str:
+    return disk_prefix(disk_id) + "ckpt/"
+
+
+def checkpoint_key(disk_id: str, seq: int) -> str:
+    return f"{checkpoint_prefix(disk_id)}{seq:016x}"
+
+
+def parse_checkpoint_key(key: str) -> tuple[str, int] | None:
+    """(disk id, seq), or None if `key` is not a checkpoint key."""
+    m = _CKPT_RE.match(key)
+    if not m:
+        return None
+    return m.group(1), int(m.group(2), 16)
+
+
+def snapshot_prefix(disk_id: str) -> str:
+    return disk_prefix(disk_id) + "snap/"
+
+
+def snapshot_key(disk_id: str, name: str) -> str:
+    return f"{snapshot_prefix(disk_id)}{validate_snapshot_name(name)}.json"
+
+
+def snapshot_deleting_key(disk_id: str, name: str) -> str:
+    return f"{snapshot_prefix(disk_id)}{validate_snapshot_name(name)}.deleting"
+
+
+def parse_snapshot_key(key: str) -> str | None:
+    """The snapshot name if `key` is a snapshot record key, else None."""
+    m = _SNAP_RE.match(key)
+    return m.group(1) if m else None
+
+
+def clone_ref_prefix(disk_id: str, name: str) -> str:
+    return f"{snapshot_prefix(disk_id)}{validate_snapshot_name(name)}.clones/"
+
+
+def clone_ref_key(disk_id: str, name: str, clone_id: str) -> str:
+    return clone_ref_prefix(disk_id, name) + validate_disk_id(clone_id)
+
+
+def parse_clone_ref_key(key: str) -> tuple[str, str] | None:
+    """(snapshot name, clone disk id) if `key` is a clone registration, else None."""
+    m = _CLONE_RE.match(key)
+    return (m.group(1), m.group(2)) if m else None
