@@ -134,6 +134,7 @@ class EmbeddedSeaweed:
             "-admin.ui=false",
             "-webdav=false",
             "-master.volumeSizeLimitMB=256",
+            "-filer.maxMB=1",  # 1 MiB chunks: a ranged 4 KiB GET reads one chunk, not 4 MiB
         ]
         args += [f"-{flag}={port}" for flag, port in self.ports.items()]
         env = dict(os.environ)
