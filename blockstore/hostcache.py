@@ -76,6 +76,7 @@ from blockstore.clock import SYSTEM_CLOCK, Clock
 from blockstore.errors import BlockstoreError, Fenced, IntegrityError, InvalidArgument, Unavailable
 
 MODES = ("none", "readonly", "readwrite")
+SECTOR = 512  # the volume's unit; NBD requests must be whole sectors
 
 Buffer = bytes | bytearray | memoryview
 
@@ -815,6 +816,8 @@ class HostCache:
     def _check(self, offset: int, length: int) -> None:
         if self._closed:
             raise InvalidArgument("host cache is closed")
+        if (offset | length) & (SECTOR - 1):
+            raise InvalidArgument(f"range {offset}+{length} is not in whole 512-byte sectors")
         if offset < 0 or length < 0 or offset + length > self.size:
             raise InvalidArgument(f"range {offset}+{length} is outside the disk (size {self.size})")
 
