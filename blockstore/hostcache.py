@@ -84,7 +84,8 @@ Buffer = bytes | bytearray | memoryview
 class VolumeLike(Protocol):
     """What the cache needs of a `blockstore.volume.Volume` (kept narrow on purpose)."""
 
-    size: int
+    @property
+    def size(self) -> int: ...
 
     def readinto(self, offset: int, buf: memoryview) -> None: ...
 

@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,7 +62,9 @@ class ByteVolume:
         self.read_bytes += len(buf)
         buf[:] = snap
 
-    def write(self, offset: int, data: bytes, *, durable: bool = False) -> None:
+    def write(
+        self, offset: int, data: bytes | bytearray | memoryview, *, durable: bool = False
+    ) -> None:
         self._check()
         with self.lock:
             self.image[offset : offset + len(data)] = data
@@ -90,7 +93,7 @@ def make_cache(
     *,
     cache_size: int = 4 * MiB,
     dirty_limit: int = 1 * MiB,
-    **kw: float,
+    **kw: Any,
 ) -> HostCache:
     cfg = HostCacheConfig(
         mode=mode, block_size=BS, cache_size=cache_size, dirty_limit=dirty_limit, **kw

@@ -1,0 +1,321 @@
+"""nbdkit Python plugin: one blockstore disk per nbdkit process, served through the host cache.
+
+    nbdkit --unix SOCK --foreground python nbd_plugin/plugin.py disk=ID endpoint=URL \
+        bucket=B [region=R] [prefix=P] [credentials=FILE] cache=none|readonly|readwrite \
+        cache-dir=DIR [cache-size=1G] [cache-block=64K] [dirty-limit=256M] [readahead=1M] \
+        [retry-seconds=30] [write-wait=30] [readonly=false]
+
+`blockstore/exports.py` is the launcher to use; it sets PATH so that nbdkit's embedded Python
+(Debian's 3.11) finds the project's virtualenv, and hands credentials over in the environment.
+
+Read top to bottom: settings (`config`, `config_complete`), start-up (`after_fork`: the store
+stack, the Volume and the HostCache are built there because their threads must start after
+nbdkit forks), the per-connection handle (`open`), capabilities, the data calls. Every callback
+is a thin call into `HostCache`; errors are mapped to errno in one place (`_fail`).
+
+Secrets never appear on the command line (so not in `ps`): the S3 keys come from
+BLOCKSTORE_S3_ACCESS_KEY / BLOCKSTORE_S3_SECRET_KEY or from a file named by `credentials=`
+(two lines `access_key=...` and `secret_key=...`, or `KEY=value` with the env names).
+
+Multi-conn is advertised: every connection of this process shares one HostCache, and its
+flush makes every write acknowledged before it durable, whichever connection carried it.
+"""
+
+import errno
+import os
+import site
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import nbdkit
+
+# The plugin runs in nbdkit's embedded interpreter: make the repository and its venv importable
+# even when nbdkit was not started by blockstore/exports.py.
+_REPO = Path(__file__).resolve().parent.parent
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
+_VENV_SITE = _REPO / ".venv" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+if (_VENV_SITE / "site-packages").is_dir():
+    site.addsitedir(str(_VENV_SITE / "site-packages"))
+
+from blockstore.errors import (  # noqa: E402
+    BlockstoreError,
+    Fenced,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from blockstore.hostcache import HostCache, HostCacheConfig  # noqa: E402
+
+API_VERSION = 2
+
+# --- settings ----------------------------------------------------------------------------------
+
+_settings: dict[str, str] = {
+    "cache": "none",
+    "region": "us-east-1",
+    "prefix": "",
+    "retry-seconds": "30",
+    "write-wait": "30",
+    "cache-size": "1G",
+    "cache-block": "64K",
+    "dirty-limit": "256M",
+    "readahead": "1M",
+    "readonly": "false",
+}
+_KNOWN = {
+    "disk", "endpoint", "bucket", "region", "prefix", "credentials", "cache", "cache-dir",
+    "cache-size", "cache-block", "dirty-limit", "readahead", "retry-seconds", "write-wait",
+    "readonly",
+}  # fmt: skip
+
+_store = None
+_volume = None
+# Set in after_fork, before nbdkit accepts any connection; callbacks use it without a check.
+_cache: HostCache = None  # type: ignore[assignment]
+
+
+def thread_model():
+    return nbdkit.THREAD_MODEL_PARALLEL
+
+
+def config(key, value):
+    key = key.replace("_", "-")
+    if key not in _KNOWN:
+        raise RuntimeError(f"unknown parameter {key!r}; known: {', '.join(sorted(_KNOWN))}")
+    _settings[key] = value
+
+
+def config_complete():
+    for need in ("disk", "endpoint", "bucket"):
+        if need not in _settings:
+            raise RuntimeError(f"missing parameter {need}=")
+    if _settings["cache"] != "none" and "cache-dir" not in _settings:
+        raise RuntimeError("cache-dir= is needed unless cache=none")
+    _cache_config()  # validate now, so a bad setting fails before nbdkit starts serving
+
+
+def _cache_config() -> HostCacheConfig:
+    s = _settings
+    try:
+        return HostCacheConfig(
+            mode=s["cache"],
+            block_size=nbdkit.parse_size(s["cache-block"]),
+            cache_size=nbdkit.parse_size(s["cache-size"]),
+            dirty_limit=nbdkit.parse_size(s["dirty-limit"]),
+            readahead=nbdkit.parse_size(s["readahead"]),
+            write_wait_seconds=float(s["write-wait"]),
+        )
+    except InvalidArgument as exc:
+        raise RuntimeError(str(exc)) from None
+
+
+def _credentials() -> tuple[str, str]:
+    access = os.environ.get("BLOCKSTORE_S3_ACCESS_KEY")
+    secret = os.environ.get("BLOCKSTORE_S3_SECRET_KEY")
+    path = _settings.get("credentials")
+    if path:
+        for line in Path(path).read_text().splitlines():
+            name, _, value = line.partition("=")
+            name = name.strip().lower().removeprefix("blockstore_s3_")
+            if name == "access_key":
+                access = value.strip()
+            elif name == "secret_key":
+                secret = value.strip()
+    if not access or not secret:
+        raise RuntimeError(
+            "S3 credentials missing: set BLOCKSTORE_S3_ACCESS_KEY and BLOCKSTORE_S3_SECRET_KEY "
+            "or pass credentials=FILE"
+        )
+    return access, secret
+
+
+# --- start-up and shutdown ---------------------------------------------------------------------
+
+
+def after_fork():
+    """Build store -> Volume -> HostCache. Threads (uploader, group commit) start here, after
+    nbdkit forked. A journal left by a crashed process is replayed inside HostCache() before
+    this returns, so nothing is served until the store holds every acknowledged write."""
+    global _store, _volume, _cache
+    from blockstore.retry import RetryConfig
+    from blockstore.s3store import S3Config
+    from blockstore.stack import build_store
+    from blockstore.volume import Volume
+
+    s = _settings
+    access, secret = _credentials()
+    s3 = S3Config(
+        endpoint=s["endpoint"],
+        bucket=s["bucket"],
+        access_key=access,
+        secret_key=secret,
+        region=s["region"],
+        prefix=s["prefix"],
+    )
+    _store = build_store(s3, RetryConfig(deadline_seconds=float(s["retry-seconds"])))
+    writable = s["readonly"].lower() not in ("true", "1", "yes", "on")
+    _volume = Volume.open(_store, s["disk"], writable=writable)
+    cache_dir = Path(s["cache-dir"]) / s["disk"] if "cache-dir" in s else None
+    _cache = HostCache(_volume, _cache_config(), cache_dir)
+    nbdkit.debug(f"blockstore: disk {s['disk']} size {_volume.size} cache {s['cache']}")
+
+
+def cleanup():
+    """Upload what is dirty and close (best effort: a journal left behind is replayed later)."""
+    if _cache is not None:
+        _cache.close()
+    if _volume is not None:
+        try:
+            _volume.close()
+        except BlockstoreError as exc:
+            nbdkit.debug(f"blockstore: closing the volume failed: {exc}")
+    if _store is not None:
+        _store.close()
+
+
+# --- errors: the one place core errors become errno --------------------------------------------
+
+_ERRNO = (
+    (InvalidArgument, errno.EINVAL),
+    (NotFound, errno.ENOENT),
+    (Fenced, errno.EROFS),  # a newer writer owns the disk: this export may not write again
+    (Unavailable, errno.EIO),
+    (IntegrityError, errno.EIO),
+)
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    """Set the errno the client will see for `exc`, then let nbdkit see the exception."""
+    code = errno.EIO
+    if isinstance(exc, BlockstoreError):
+        for cls, value in _ERRNO:
+            if isinstance(exc, cls):
+                code = value
+                break
+    elif isinstance(exc, OSError) and exc.errno:
+        code = exc.errno
+    elif isinstance(exc, (OverflowError, ValueError, TypeError)):
+        code = errno.EINVAL  # hostile arguments handed straight to a callback
+    nbdkit.set_error(code)
+    raise exc
+
+
+# --- the handle and capabilities ---------------------------------------------------------------
+
+
+class Handle:
+    """Per connection. All state worth having is in the shared HostCache."""
+
+    __slots__ = ("readonly",)
+
+    def __init__(self, readonly):
+        self.readonly = readonly
+
+
+def open(readonly):
+    if _cache is None:
+        nbdkit.set_error(errno.EIO)
+        raise RuntimeError("blockstore: the disk is not open (after_fork failed)")
+    return Handle(readonly or _settings["readonly"].lower() in ("true", "1", "yes", "on"))
+
+
+def get_size(h):
+    return _cache.size
+
+
+def block_size(h):
+    # 512-byte sectors; 4 KiB is what the cache and the engine like; nbdkit caps requests at 32M.
+    return (512, 4096, 32 * 1024 * 1024)
+
+
+def is_rotational(h):
+    return False
+
+
+def can_write(h):
+    return not h.readonly
+
+
+def can_flush(h):
+    return True
+
+
+def can_fua(h):
+    return nbdkit.FUA_NATIVE
+
+
+def can_multi_conn(h):
+    return True
+
+
+def can_trim(h):
+    return True
+
+
+def can_zero(h):
+    return True
+
+
+def can_fast_zero(h):
+    return True  # zeroing never writes data: it is always fast
+
+
+def can_extents(h):
+    return True
+
+
+# --- data calls --------------------------------------------------------------------------------
+
+
+def pread(h, buf, offset, flags):
+    try:
+        _cache.pread(buf, offset)
+    except Exception as exc:
+        _fail(exc)
+
+
+def pwrite(h, buf, offset, flags):
+    try:
+        _cache.pwrite(buf, offset, fua=bool(flags & nbdkit.FLAG_FUA))
+    except Exception as exc:
+        _fail(exc)
+
+
+def flush(h, flags):
+    try:
+        _cache.flush()
+    except Exception as exc:
+        _fail(exc)
+
+
+def trim(h, count, offset, flags):
+    try:
+        _cache.trim(offset, count, fua=bool(flags & nbdkit.FLAG_FUA))
+    except Exception as exc:
+        _fail(exc)
+
+
+def zero(h, count, offset, flags):
+    try:
+        fua = bool(flags & nbdkit.FLAG_FUA)
+        if flags & nbdkit.FLAG_MAY_TRIM:
+            _cache.trim(offset, count, fua=fua)
+        else:
+            _cache.zero(offset, count, fua=fua)
+    except Exception as exc:
+        _fail(exc)
+
+
+def extents(h, count, offset, flags):
+    try:
+        runs = _cache.extents(offset, count)
+    except Exception as exc:
+        _fail(exc)
+    hole = nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO
+    out = [(off, length, hole if is_hole else 0) for off, length, is_hole in runs if length > 0]
+    if flags & nbdkit.FLAG_REQ_ONE:
+        return out[:1]
+    return out
