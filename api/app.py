@@ -11,16 +11,21 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
 import blockstore
 from api import errors
+from api.models import NAME_PATTERN, AttachRequest, DiskCreate, DiskUpdate, SnapshotCreate
 from blockstore.config import Settings
-from blockstore.errors import BlockstoreError, Unauthorized
+from blockstore.control import ControlService, DiskSpec
+from blockstore.errors import BlockstoreError, Unauthorized, Unavailable
 from blockstore.objectstore import ObjectStore
+
+DiskName = Annotated[str, Path(pattern=NAME_PATTERN, description="disk name")]
+SnapName = Annotated[str, Path(pattern=NAME_PATTERN, description="snapshot name")]
 
 
 @dataclass
@@ -30,6 +35,12 @@ class AppContext:
     settings: Settings
     store: ObjectStore
     token: str
+    control: ControlService | None = None
+
+    def service(self) -> ControlService:
+        if self.control is None:
+            raise Unavailable("the control plane is not running on this server")
+        return self.control
 
     def close(self) -> None:
         pass
@@ -125,6 +136,86 @@ def create_app(context: AppContext) -> FastAPI:
                 "embedded": context.settings.embedded,
             },
         }
+
+    @v1.post("/disks", tags=["disks"], status_code=201)
+    def create_disk(body: DiskCreate, response: Response) -> dict[str, Any]:
+        """Create a disk (the same request again returns it with 200; a different one, 409)."""
+        svc = context.service()
+        spec = DiskSpec(
+            name=body.name,
+            size_bytes=body.size(),
+            kind=body.kind,
+            caching=body.caching,
+            redundancy=body.redundancy,
+            source_snapshot=body.source_snapshot,
+        )
+        disk, created = svc.create_disk(spec)
+        if not created:
+            response.status_code = 200
+        return svc.describe(disk)
+
+    @v1.get("/disks", tags=["disks"])
+    def list_disks() -> dict[str, Any]:
+        svc = context.service()
+        return {"disks": [svc.describe(d) for d in svc.list_disks()]}
+
+    @v1.get("/disks/{name}", tags=["disks"])
+    def get_disk(name: DiskName) -> dict[str, Any]:
+        svc = context.service()
+        return svc.describe(svc.get_disk(name))
+
+    @v1.patch("/disks/{name}", tags=["disks"])
+    def update_disk(name: DiskName, body: DiskUpdate) -> dict[str, Any]:
+        """Grow (online, too), shrink with allow_shrink, or change caching (at next attach)."""
+        svc = context.service()
+        disk = svc.update_disk(
+            name, size_bytes=body.size(), caching=body.caching, allow_shrink=body.allow_shrink
+        )
+        return svc.describe(disk)
+
+    @v1.delete("/disks/{name}", tags=["disks"], status_code=202)
+    def delete_disk(name: DiskName) -> dict[str, Any]:
+        """Gone from listings at once; its objects are removed by the returned operation."""
+        return context.service().delete_disk(name)
+
+    @v1.post("/disks/{name}/attach", tags=["attachments"])
+    def attach(name: DiskName, body: AttachRequest) -> dict[str, Any]:
+        return context.service().attach(name, body.vm, force=body.force)
+
+    @v1.post("/disks/{name}/detach", tags=["attachments"])
+    def detach(name: DiskName) -> dict[str, Any]:
+        svc = context.service()
+        return svc.describe(svc.detach(name))
+
+    @v1.post("/disks/{name}/snapshots", tags=["snapshots"], status_code=201)
+    def create_snapshot(name: DiskName, body: SnapshotCreate, response: Response) -> dict[str, Any]:
+        snap, created = context.service().create_snapshot(name, body.name)
+        if not created:
+            response.status_code = 200
+        return snap
+
+    @v1.get("/disks/{name}/snapshots", tags=["snapshots"])
+    def list_snapshots(name: DiskName) -> dict[str, Any]:
+        return {"snapshots": context.service().list_snapshots(name)}
+
+    @v1.delete("/disks/{name}/snapshots/{snapshot}", tags=["snapshots"], status_code=204)
+    def delete_snapshot(name: DiskName, snapshot: SnapName) -> Response:
+        context.service().delete_snapshot(name, snapshot)
+        return Response(status_code=204)
+
+    @v1.get("/disks/{name}/snapshots/{snapshot}/changes", tags=["snapshots"])
+    def changes(
+        name: DiskName,
+        snapshot: SnapName,
+        since: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+    ) -> dict[str, Any]:
+        """Ranges whose content differs between snapshot `since` (default: empty disk) and
+        `snapshot`: what an incremental backup or copy must read."""
+        return context.service().changed_ranges(name, snapshot, since)
+
+    @v1.get("/operations/{op_id}", tags=["operations"])
+    def get_operation(op_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
+        return context.service().operations.get(op_id)
 
     app.include_router(v1)
     return app

@@ -14,7 +14,9 @@ from dataclasses import replace
 
 import uvicorn
 
+from blockstore.attachments import ExportSupervisor, SupervisorConfig
 from blockstore.config import DEFAULT_BUCKET, Settings, api_token
+from blockstore.control import ControlService, host_id_of
 from blockstore.embedded import Credentials, EmbeddedSeaweed
 from blockstore.s3store import S3Config, S3Store
 from blockstore.stack import build_store
@@ -57,8 +59,17 @@ def serve(settings: Settings) -> None:
         assert settings.s3 is not None
         store = build_store(settings.s3, settings.retry)
         stack.callback(store.close)
-        context = AppContext(settings=settings, store=store, token=token)
-        stack.callback(context.close)
+        supervisor = ExportSupervisor(
+            SupervisorConfig(
+                home=settings.home, s3=settings.s3, retry_seconds=settings.retry.deadline_seconds
+            )
+        )
+        stack.callback(supervisor.close)
+        control = ControlService(store, host_id_of(settings.home), supervisor)
+        served = control.resume()
+        if served:
+            log.info("serving again the disks attached here: %s", ", ".join(served))
+        context = AppContext(settings=settings, store=store, token=token, control=control)
         app = create_app(context)
         log.info(
             "API on http://127.0.0.1:%d (bearer token in %s or $BLOCKSTORE_API_TOKEN)",

@@ -1,0 +1,67 @@
+"""Request bodies of the API: types and bounds, checked before any service code runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from blockstore.control import GIB, Caching, DiskKind, Redundancy
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1-63 of a-z, 0-9, '-'")]
+MAX_GIB = 64 * 1024
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DiskCreate(Strict):
+    name: Name
+    size_bytes: Annotated[int | None, Field(gt=0, le=64 << 40)] = None
+    size_gib: Annotated[int | None, Field(gt=0, le=MAX_GIB)] = None
+    kind: DiskKind
+    caching: Caching | None = None
+    redundancy: Redundancy = Redundancy.lrs
+    source_snapshot: Annotated[
+        str | None,
+        Field(
+            pattern=r"^[a-z0-9][a-z0-9-]{0,62}/[a-z0-9][a-z0-9-]{0,62}$",
+            description="'<disk>/<snapshot>' to create the disk from a snapshot",
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def one_size(self) -> DiskCreate:
+        if self.size_bytes is not None and self.size_gib is not None:
+            raise ValueError("give size_bytes or size_gib, not both")
+        return self
+
+    def size(self) -> int | None:
+        return self.size_bytes if self.size_gib is None else self.size_gib * GIB
+
+
+class DiskUpdate(Strict):
+    size_bytes: Annotated[int | None, Field(gt=0, le=64 << 40)] = None
+    size_gib: Annotated[int | None, Field(gt=0, le=MAX_GIB)] = None
+    caching: Caching | None = None
+    allow_shrink: bool = False
+
+    @model_validator(mode="after")
+    def one_size(self) -> DiskUpdate:
+        if self.size_bytes is not None and self.size_gib is not None:
+            raise ValueError("give size_bytes or size_gib, not both")
+        return self
+
+    def size(self) -> int | None:
+        return self.size_bytes if self.size_gib is None else self.size_gib * GIB
+
+
+class AttachRequest(Strict):
+    vm: Name
+    force: bool = False
+
+
+class SnapshotCreate(Strict):
+    name: Name

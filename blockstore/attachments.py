@@ -1,0 +1,238 @@
+"""`ExportSupervisor`: this host's nbdkit processes, one per attached disk, kept running.
+
+Place: used by `ControlService` (blockstore/control.py) for the disks attached on this host; it
+starts exports through `blockstore/exports.py`. Layout under the service home:
+
+    <home>/run/                 0700; one Unix socket per export (<volume-id>.sock) and its log
+    <home>/cache/<volume-id>/   the host cache of a readonly/readwrite disk (journal included)
+    <home>/ephemeral/<id>.img   an ephemeral (resource) disk: a sparse local file, never uploaded
+
+A supervisor thread restarts an export whose nbdkit died (a readwrite disk's journal is replayed
+before the socket accepts again, so acknowledged writes survive). Exports die with the service
+(nbdkit --exit-with-parent) and are started again when it restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+from blockstore.errors import Unavailable
+from blockstore.exports import Export, ExportConfig
+from blockstore.s3store import S3Config
+
+log = logging.getLogger("blockstore.exports")
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    home: Path
+    s3: S3Config
+    retry_seconds: float = 30.0
+    cache_size: str = "1G"
+    check_interval: float = 1.0
+
+
+class EphemeralExport(Export):
+    """nbdkit's C `file` plugin on a local sparse file: the resource disk."""
+
+    def __init__(self, config: ExportConfig, image: Path) -> None:
+        super().__init__(config)
+        self.image = image
+
+    def command(self) -> list[str]:
+        c = self.config
+        cmd = [c.nbdkit, "--foreground", "--unix", str(c.socket), "--threads", str(c.threads)]
+        if c.exit_with_parent:
+            cmd.append("--exit-with-parent")
+        return [*cmd, "file", f"file={self.image}", "cache=none"]
+
+
+def _size_request_path(socket: Path) -> Path:
+    return socket.with_suffix(".size")
+
+
+class ExportSupervisor:
+    """Starts, stops, flushes and watches the exports of this host."""
+
+    def __init__(self, config: SupervisorConfig) -> None:
+        self.config = config
+        self.run_dir = config.home / "run"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.run_dir, 0o700)
+        self._exports: dict[str, Export] = {}
+        self._disks: dict[str, dict[str, Any]] = {}  # the record each export was started from
+        self._lock = threading.Lock()
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="export-watch", daemon=True)
+        self._watcher.start()
+
+    def socket_of(self, disk: dict[str, Any]) -> Path:
+        return self.run_dir / f"{disk['volume_id']}.sock"
+
+    def _image_of(self, disk: dict[str, Any]) -> Path:
+        return self.config.home / "ephemeral" / f"{disk['volume_id']}.img"
+
+    def _cache_dir_of(self, disk: dict[str, Any]) -> Path:
+        return self.config.home / "cache" / disk["volume_id"]
+
+    def _make(self, disk: dict[str, Any]) -> Export:
+        sock = self.socket_of(disk)
+        if disk["kind"] == "ephemeral":
+            image = self._image_of(disk)
+            image.parent.mkdir(parents=True, exist_ok=True)
+            with open(image, "ab") as f:  # an empty disk on a host that does not hold it
+                if f.tell() < disk["size_bytes"]:
+                    f.truncate(disk["size_bytes"])
+            config = ExportConfig(disk_id=disk["volume_id"], socket=sock, s3=self.config.s3)
+            return EphemeralExport(config, image)
+        caching = disk["caching"]
+        config = ExportConfig(
+            disk_id=disk["volume_id"],
+            socket=sock,
+            s3=self.config.s3,
+            cache_mode=caching,
+            cache_dir=self._cache_dir_of(disk) if caching != "none" else None,
+            cache_size=self.config.cache_size,
+            retry_seconds=self.config.retry_seconds,
+            extra_env={"BLOCKSTORE_SIZE_REQUEST": str(_size_request_path(sock))},
+        )
+        return Export(config)
+
+    def serve(self, disk: dict[str, Any]) -> dict[str, Any]:
+        name = disk["name"]
+        with self._lock:
+            current = self._exports.get(name)
+            if current is not None and current.process and current.process.poll() is None:
+                return self.details(disk)
+            export = self._make(disk)
+            export.start()
+            self._exports[name] = export
+            self._disks[name] = disk
+        log.info("serving disk %s on %s (pid %d)", name, export.config.socket, export.pid)
+        return self.details(disk)
+
+    def details(self, disk: dict[str, Any]) -> dict[str, Any]:
+        """How a hypervisor connects: NBD URI, QEMU -blockdev, libvirt <disk> XML."""
+        name, sock = disk["name"], self.socket_of(disk)
+        node = f"bs-{name}"
+        target = "vda" if disk["kind"] == "os" else "vdb"
+        xml = (
+            "<disk type='network' device='disk'>\n"
+            "  <driver name='qemu' type='raw' cache='none' discard='unmap'/>\n"
+            f"  <source protocol='nbd' name={quoteattr(name)}>\n"
+            f"    <host transport='unix' socket={quoteattr(str(sock))}/>\n"
+            "  </source>\n"
+            f"  <target dev='{target}' bus='virtio'/>\n"
+            "</disk>"
+        )
+        export = self._exports.get(name)
+        return {
+            "nbd_uri": f"nbd+unix:///{name}?socket={sock}",
+            "socket": str(sock),
+            "export": name,
+            "qemu_blockdev": (
+                f"driver=nbd,server.type=unix,server.path={sock},export={name},node-name={node}"
+            ),
+            "libvirt_xml": xml,
+            "pid": export.pid if export and export.process else None,
+        }
+
+    def serving(self, disk: dict[str, Any]) -> bool:
+        export = self._exports.get(disk["name"])
+        return bool(export and export.process and export.process.poll() is None)
+
+    def stop(self, disk: dict[str, Any]) -> None:
+        with self._lock:
+            export = self._exports.pop(disk["name"], None)
+            self._disks.pop(disk["name"], None)
+        if export is not None:
+            status = export.stop()
+            if status not in (0, None):
+                log.warning("nbdkit for %s exited with %s on stop", disk["name"], status)
+
+    def flush(self, disk: dict[str, Any]) -> None:
+        """An NBD flush through the export: everything acknowledged so far becomes durable."""
+        import nbd  # Debian's python3-libnbd; only the service process needs it
+
+        handle = nbd.NBD()
+        try:
+            handle.connect_unix(str(self.socket_of(disk)))
+            handle.flush()
+        except nbd.Error as exc:
+            raise Unavailable(f"flushing disk {disk['name']!r} failed: {exc}") from exc
+        finally:
+            handle.close()
+
+    def resize(self, disk: dict[str, Any], size_bytes: int) -> None:
+        """Grow an attached disk: new connections see the new size."""
+        if disk["kind"] == "ephemeral":
+            with open(self._image_of(disk), "ab") as f:
+                f.truncate(size_bytes)
+            return
+        path = _size_request_path(self.socket_of(disk))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{size_bytes}\n")
+        tmp.replace(path)
+        # The plugin applies the request when the next connection opens; open one now so that
+        # the resize is in the volume's log before this call returns.
+        import nbd
+
+        handle = nbd.NBD()
+        try:
+            handle.connect_unix(str(self.socket_of(disk)))
+            got = handle.get_size()
+        except nbd.Error as exc:
+            raise Unavailable(f"resizing disk {disk['name']!r} failed: {exc}") from exc
+        finally:
+            handle.close()
+        if got != size_bytes:
+            raise Unavailable(f"export of {disk['name']!r} reports {got} bytes, not {size_bytes}")
+
+    def stats(self, disk: dict[str, Any]) -> dict[str, Any] | None:
+        return None
+
+    def discard_local(self, disk: dict[str, Any]) -> None:
+        self._image_of(disk).unlink(missing_ok=True)
+        shutil.rmtree(self._cache_dir_of(disk), ignore_errors=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.config.check_interval):
+            with self._lock:
+                dead = [
+                    (n, e)
+                    for n, e in self._exports.items()
+                    if e.process is not None and e.process.poll() is not None
+                ]
+            for name, export in dead:
+                status = export.process.returncode if export.process else None
+                log.warning("nbdkit for disk %s died (status %s); restarting", name, status)
+                try:
+                    restarted = self._make(self._disks[name])
+                    restarted.start()
+                except (Unavailable, KeyError) as exc:
+                    log.error("restarting the export of %s failed: %s", name, exc)
+                    continue
+                with self._lock:
+                    if self._exports.get(name) is export:
+                        self._exports[name] = restarted
+                        self.restarts += 1
+                    else:
+                        restarted.stop()
+
+    def close(self) -> None:
+        """Stop watching and stop every export (their disks stay attached in the records)."""
+        self._stop.set()
+        self._watcher.join(5)
+        with self._lock:
+            exports = list(self._exports.values())
+            self._exports.clear()
+        for export in exports:
+            export.stop()

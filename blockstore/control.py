@@ -1,0 +1,611 @@
+"""The control plane: disks, attachments, snapshots, resize, delete and long-running operations.
+
+Place: the API (`api/`) and the CLI are thin adapters over `ControlService`; it imports no web
+framework. It talks to the bucket through `RecordStore` (disk and operation records, each a
+series of immutable versions created with If-None-Match) and `Volume` (the disk data), and to
+this host's nbdkit processes through `ExportSupervisor` (blockstore/attachments.py).
+
+Records live in the bucket and nowhere else, so any number of `blockstore serve` processes
+(hosts) over one bucket see the same disks, and a restarted host finds what it had attached and
+serves it again. A disk's data lives under a volume id that is new for every disk, so a name
+can be reused while the objects of a deleted disk of that name are still being removed.
+
+Failure behaviour: a request that cannot be met raises from the `blockstore.errors` hierarchy
+with a message that says what to do (NotFound, Conflict, InvalidArgument); store outages raise
+Unavailable. A crash part-way leaves records that say what was under way: a disk in state
+`deleting` is deleted again at the next start, an attachment of this host is served again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from blockstore import keys
+from blockstore.clock import SYSTEM_CLOCK, Clock
+from blockstore.errors import BlockstoreError, Conflict, InvalidArgument, NotFound
+from blockstore.objectstore import ObjectStore
+from blockstore.records import Record, RecordStore
+from blockstore.volume import Volume
+
+MIB = 1 << 20
+GIB = 1 << 30
+MIN_DISK_BYTES = MIB
+MAX_DISK_BYTES = 64 << 40
+DISKS_PREFIX = "control/disks/"
+OPERATIONS_PREFIX = "control/operations/"
+
+
+class DiskKind(StrEnum):
+    os = "os"
+    data = "data"
+    ephemeral = "ephemeral"
+
+
+class Caching(StrEnum):
+    none = "none"
+    readonly = "readonly"
+    readwrite = "readwrite"
+
+
+class Redundancy(StrEnum):
+    lrs = "lrs"
+    grs = "grs"
+
+
+DEFAULT_CACHING = {DiskKind.os: Caching.readwrite, DiskKind.data: Caching.none}
+
+
+def now_iso(clock: Clock) -> str:
+    return datetime.fromtimestamp(clock.time(), UTC).isoformat(timespec="seconds")
+
+
+def validate_size(size_bytes: int) -> int:
+    if size_bytes % 512:
+        raise InvalidArgument(f"size_bytes {size_bytes} is not a multiple of 512")
+    if size_bytes < MIN_DISK_BYTES:
+        raise InvalidArgument(f"size_bytes {size_bytes} is below the minimum of 1 MiB")
+    if size_bytes > MAX_DISK_BYTES:
+        raise InvalidArgument(f"size_bytes {size_bytes} is above the maximum of 64 TiB")
+    return size_bytes
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """What a caller asks for when creating a disk (already type-checked by the adapter)."""
+
+    name: str
+    size_bytes: int | None
+    kind: DiskKind
+    caching: Caching | None = None
+    redundancy: Redundancy = Redundancy.lrs
+    source_snapshot: str | None = None  # "<disk>/<snapshot>"
+
+
+class Exports(Protocol):
+    """What the control plane needs from this host's export supervisor."""
+
+    def serve(self, disk: Record) -> dict[str, Any]: ...
+
+    def stop(self, disk: Record) -> None: ...
+
+    def flush(self, disk: Record) -> None: ...
+
+    def resize(self, disk: Record, size_bytes: int) -> None: ...
+
+    def serving(self, disk: Record) -> bool: ...
+
+    def stats(self, disk: Record) -> dict[str, Any] | None: ...
+
+    def discard_local(self, disk: Record) -> None: ...
+
+
+class OperationService:
+    """Long-running work (delete, seeding) run in threads and recorded in the bucket."""
+
+    def __init__(self, store: ObjectStore, host_id: str, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.records = RecordStore(store, OPERATIONS_PREFIX)
+        self.host_id = host_id
+        self.clock = clock
+        self._threads: list[threading.Thread] = []
+
+    def start(
+        self, kind: str, target: str, work: Callable[[Callable[[float], None]], None]
+    ) -> Record:
+        op_id = "op-" + secrets.token_hex(8)
+        record = {
+            "id": op_id,
+            "kind": kind,
+            "target": target,
+            "status": "running",
+            "progress": 0.0,
+            "error": None,
+            "host": self.host_id,
+            "created": now_iso(self.clock),
+            "finished": None,
+        }
+        self.records.create(op_id, record)
+        thread = threading.Thread(
+            target=self._run, args=(op_id, work), name=f"{kind}-{target}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+        return record
+
+    def _set(self, op_id: str, **fields: Any) -> None:
+        def change(current: Record | None) -> Record:
+            if current is None:
+                raise NotFound(f"operation {op_id} vanished")
+            return {**current, **fields}
+
+        self.records.update(op_id, change)
+
+    def _run(self, op_id: str, work: Callable[[Callable[[float], None]], None]) -> None:
+        last = [0.0]
+
+        def progress(fraction: float) -> None:
+            # Record progress in steps of 5% so a big delete does not write a version per object.
+            if fraction - last[0] >= 0.05:
+                last[0] = fraction
+                self._set(op_id, progress=round(min(fraction, 1.0), 3))
+
+        try:
+            work(progress)
+        except BlockstoreError as exc:
+            self._set(op_id, status="failed", error=str(exc), finished=now_iso(self.clock))
+        except Exception as exc:  # a bug: record it rather than lose it in a thread
+            traceback.print_exc()
+            self._set(
+                op_id, status="failed", error=f"internal error: {exc}", finished=now_iso(self.clock)
+            )
+        else:
+            self._set(op_id, status="succeeded", progress=1.0, finished=now_iso(self.clock))
+
+    def get(self, op_id: str) -> Record:
+        if not op_id.startswith("op-") or not keys.DISK_ID_RE.match(op_id):
+            raise NotFound(f"operation {op_id!r} does not exist")
+        try:
+            return self.records.get(op_id)
+        except NotFound:
+            raise NotFound(f"operation {op_id!r} does not exist") from None
+
+    def wait_all(self, timeout: float = 60.0) -> None:
+        for thread in self._threads:
+            thread.join(timeout)
+
+
+class ControlService:
+    """Disks and what can be done to them, for one host over one bucket."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        host_id: str,
+        exports: Exports,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.store = store
+        self.host_id = host_id
+        self.exports = exports
+        self.clock = clock
+        self.disks = RecordStore(store, DISKS_PREFIX)
+        self.operations = OperationService(store, host_id, clock)
+        self._attach_lock = threading.Lock()
+
+    # -- disks ---------------------------------------------------------------------------
+
+    def create_disk(self, spec: DiskSpec) -> tuple[Record, bool]:
+        """Create a disk; returns (disk, created). The same request again returns the existing
+        disk with created=False; a different one for an existing name is a Conflict."""
+        keys.validate_disk_id(spec.name)
+        caching = spec.caching
+        if spec.kind == DiskKind.ephemeral:
+            if caching not in (None, Caching.none):
+                raise InvalidArgument("ephemeral disks live on the host's local disk: no caching")
+            if spec.redundancy != Redundancy.lrs:
+                raise InvalidArgument("ephemeral disks live on one host: redundancy must be lrs")
+            if spec.source_snapshot:
+                raise InvalidArgument("ephemeral disks cannot be created from a snapshot")
+            caching = Caching.none
+        caching = caching or DEFAULT_CACHING.get(spec.kind, Caching.none)
+        source = self._source(spec.source_snapshot) if spec.source_snapshot else None
+        size = spec.size_bytes
+        if size is None:
+            if source is None:
+                raise InvalidArgument("give size_bytes or size_gib (or a source_snapshot)")
+            size = int(source[2]["size"])
+        validate_size(size)
+        if source is not None and size < int(source[2]["size"]):
+            raise InvalidArgument(
+                f"size_bytes {size} is smaller than snapshot {spec.source_snapshot} "
+                f"({source[2]['size']} bytes)"
+            )
+        wanted = {
+            "size_bytes": size,
+            "kind": spec.kind.value,
+            "caching": caching.value,
+            "redundancy": spec.redundancy.value,
+            "source_snapshot": spec.source_snapshot,
+        }
+        existing = self.disks.find(spec.name)
+        if existing is not None:
+            disk = self._same_or_conflict(existing, wanted)
+            if disk["state"] == "creating":  # a create cut short by a crash: finish it
+                return self._finish_create(disk, source), True
+            return disk, False
+        volume_id = "v" + secrets.token_hex(8)
+        record: Record = {
+            "name": spec.name,
+            "volume_id": volume_id,
+            **wanted,
+            "state": "creating",
+            "created": now_iso(self.clock),
+            "home_host": self.host_id if spec.kind == DiskKind.ephemeral else None,
+            "attachment": None,
+        }
+        try:
+            self.disks.create(spec.name, record)
+        except Conflict:
+            return self._same_or_conflict(self.disks.get(spec.name), wanted), False
+        return self._finish_create(record, source), True
+
+    def _finish_create(
+        self, disk: Record, source: tuple[str, str, dict[str, Any]] | None
+    ) -> Record:
+        """Create the volume of a disk whose record says `creating`, then mark it ready."""
+        if disk["kind"] != DiskKind.ephemeral:
+            src = (source[0], source[1]) if source else None
+            with contextlib.suppress(Conflict):  # made before a crash: keep it
+                Volume.create(self.store, disk["volume_id"], disk["size_bytes"], source=src)
+            if source is not None and disk["size_bytes"] > int(source[2]["size"]):
+                vol = Volume.open(self.store, disk["volume_id"], writable=True)
+                try:
+                    if vol.size < disk["size_bytes"]:
+                        vol.resize(disk["size_bytes"])
+                finally:
+                    vol.close()
+        return self._set_fields(disk["name"], state="ready")
+
+    def _same_or_conflict(self, existing: Record, wanted: Record) -> Record:
+        if existing.get("state") == "deleting":
+            raise Conflict(f"disk {existing['name']!r} is being deleted; try again shortly")
+        different = [k for k, v in wanted.items() if existing.get(k) != v]
+        if different:
+            raise Conflict(
+                f"disk {existing['name']!r} exists with different "
+                + ", ".join(f"{k} ({existing.get(k)!r}, not {wanted[k]!r})" for k in different)
+            )
+        return existing
+
+    def _source(self, ref: str) -> tuple[str, str, dict[str, Any]]:
+        """(volume id, snapshot name, snapshot info) of "<disk>/<snapshot>"."""
+        disk_name, sep, snap = ref.partition("/")
+        if not sep:
+            raise InvalidArgument(
+                f"source_snapshot {ref!r} must be '<disk>/<snapshot>', e.g. 'data1/before-upgrade'"
+            )
+        keys.validate_disk_id(disk_name)
+        keys.validate_snapshot_name(snap)
+        disk = self.get_disk(disk_name)
+        for info in self._snapshots(disk):
+            if info["name"] == snap:
+                return disk["volume_id"], snap, info
+        raise NotFound(f"disk {disk_name!r} has no snapshot {snap!r}")
+
+    def _set_fields(self, name: str, **fields: Any) -> Record:
+        def change(current: Record | None) -> Record:
+            if current is None:
+                raise NotFound(f"disk {name!r} does not exist")
+            return {**current, **fields}
+
+        result = self.disks.update(name, change)
+        assert result is not None
+        return result
+
+    def _visible(self, record: Record | None, name: str) -> Record:
+        if record is None or record.get("state") in ("deleting", "creating"):
+            raise NotFound(f"disk {name!r} does not exist")
+        return record
+
+    def get_disk(self, name: str) -> Record:
+        keys.validate_disk_id(name)
+        return self._visible(self.disks.find(name), name)
+
+    def describe(self, disk: Record) -> dict[str, Any]:
+        """The disk as the API shows it: the record plus bytes stored and live export stats."""
+        out = {k: v for k, v in disk.items() if k != "home_host"}
+        if disk["kind"] == DiskKind.ephemeral:
+            out["bytes_stored"] = None
+            out["host"] = disk.get("home_host")
+        else:
+            vid = disk["volume_id"]
+            out["bytes_stored"] = sum(o.size for o in self.store.list(keys.disk_prefix(vid)))
+        return out
+
+    def list_disks(self) -> list[Record]:
+        return [r for _, r in self.disks.items() if r.get("state") == "ready"]
+
+    def update_disk(
+        self,
+        name: str,
+        *,
+        size_bytes: int | None = None,
+        caching: Caching | None = None,
+        allow_shrink: bool = False,
+    ) -> Record:
+        disk = self.get_disk(name)
+        if caching is not None and disk["kind"] == DiskKind.ephemeral and caching != "none":
+            raise InvalidArgument("ephemeral disks have no host caching")
+        if size_bytes is not None and size_bytes != disk["size_bytes"]:
+            validate_size(size_bytes)
+            shrinking = size_bytes < disk["size_bytes"]
+            if shrinking and not allow_shrink:
+                raise Conflict(
+                    f"size_bytes {size_bytes} is smaller than the disk ({disk['size_bytes']}): "
+                    "shrinking drops the data at the end; send allow_shrink: true to do it"
+                )
+            if shrinking and disk.get("attachment"):
+                raise Conflict(f"disk {name!r} is attached: detach it before shrinking it")
+            self._resize(disk, size_bytes)
+            disk = self._set_fields(name, size_bytes=size_bytes)
+        if caching is not None and caching != disk["caching"]:
+            # Applies at the next attach: the running export keeps its mode.
+            disk = self._set_fields(name, caching=caching.value)
+        return disk
+
+    def _resize(self, disk: Record, size_bytes: int) -> None:
+        if disk["kind"] == DiskKind.ephemeral:
+            if disk.get("attachment") and disk["attachment"]["host"] == self.host_id:
+                self.exports.resize(disk, size_bytes)
+            return
+        attachment = disk.get("attachment")
+        if attachment:
+            if attachment["host"] != self.host_id:
+                raise Conflict(
+                    f"disk {disk['name']!r} is attached on host {attachment['host']}: "
+                    "resize it through that host's API"
+                )
+            self.exports.resize(disk, size_bytes)
+            return
+        vol = Volume.open(self.store, disk["volume_id"], writable=True)
+        try:
+            vol.resize(size_bytes, allow_shrink=size_bytes < disk["size_bytes"])
+        finally:
+            vol.close()
+
+    def delete_disk(self, name: str) -> Record:
+        """Hide the disk at once and remove its objects in a long-running operation."""
+        disk = self.get_disk(name)
+        if disk.get("attachment"):
+            raise Conflict(
+                f"disk {name!r} is attached to VM {disk['attachment']['vm']!r}: "
+                "detach it first (POST /v1/disks/{name}/detach)"
+            )
+        if disk["kind"] != DiskKind.ephemeral:
+            for snap in self._snapshots(disk):
+                clones = snap.get("clones") or []
+                if clones:
+                    raise Conflict(
+                        f"disk {name!r} has snapshot {snap['name']!r} that disks "
+                        f"{', '.join(clones)} were created from: delete those first"
+                    )
+
+        def change(current: Record | None) -> Record:
+            current = self._visible(current, name)
+            if current.get("attachment"):
+                raise Conflict(f"disk {name!r} was attached meanwhile: detach it first")
+            return {**current, "state": "deleting"}
+
+        disk = self.disks.update(name, change) or disk
+        return self.operations.start("delete-disk", name, self._destroyer(disk))
+
+    def _destroyer(self, disk: Record) -> Callable[[Callable[[float], None]], None]:
+        return lambda progress: self._destroy(disk, progress)
+
+    def _destroy(self, disk: Record, progress: Callable[[float], None]) -> None:
+        if disk["kind"] == DiskKind.ephemeral:
+            self.exports.discard_local(disk)
+        else:
+            Volume.destroy(self.store, disk["volume_id"])
+        progress(0.9)
+
+        def change(current: Record | None) -> Record | None:
+            if current is not None and current.get("volume_id") != disk["volume_id"]:
+                return current  # the name was reused meanwhile; leave the new disk alone
+            return None
+
+        self.disks.update(disk["name"], change)
+
+    # -- attachments ---------------------------------------------------------------------
+
+    def attach(self, name: str, vm: str, *, force: bool = False) -> Record:
+        """Attach the disk to `vm` on this host and serve it; returns the attachment."""
+        keys.validate_disk_id(vm)
+        with self._attach_lock:
+            disk = self.get_disk(name)
+            current = disk.get("attachment")
+            if current and current["vm"] == vm and current["host"] == self.host_id:
+                if not self.exports.serving(disk):
+                    return self._serve(disk)["attachment"]
+                return current
+            if current and not force:
+                raise Conflict(
+                    f"disk {name!r} is attached to VM {current['vm']!r} on host "
+                    f"{current['host']}: detach it there first, or attach with force: true "
+                    "(which fences the old writer)"
+                )
+            if current and current["host"] == self.host_id:
+                self.exports.stop(disk)
+            attachment = {
+                "vm": vm,
+                "host": self.host_id,
+                "attached_at": now_iso(self.clock),
+            }
+
+            def change(rec: Record | None) -> Record:
+                rec = self._visible(rec, name)
+                if rec.get("attachment") != current:
+                    raise Conflict(f"disk {name!r} was attached elsewhere meanwhile; try again")
+                return {**rec, "attachment": attachment}
+
+            disk = self.disks.update(name, change) or disk
+            try:
+                return self._serve(disk)["attachment"]
+            except BlockstoreError:
+                self._set_fields(name, attachment=None)
+                raise
+
+    def _serve(self, disk: Record) -> Record:
+        """Start (or restart) this host's export of an attached disk; the new writer epoch
+        fences any older writer of the disk, wherever it runs."""
+        details = self.exports.serve(disk)
+        attachment = {**disk["attachment"], **details}
+        return self._set_fields(disk["name"], attachment=attachment)
+
+    def detach(self, name: str) -> Record:
+        """Flush, stop the export, release the writer; the disk keeps its data."""
+        with self._attach_lock:
+            disk = self.get_disk(name)
+            attachment = disk.get("attachment")
+            if not attachment:
+                return disk
+            if attachment["host"] != self.host_id:
+                raise Conflict(
+                    f"disk {name!r} is attached on host {attachment['host']}: detach it there, "
+                    "or attach it here with force: true"
+                )
+            self.exports.stop(disk)
+            return self._set_fields(name, attachment=None)
+
+    def resume(self) -> list[str]:
+        """At start-up: serve again every disk this host had attached, finish deletes."""
+        served = []
+        for name, disk in self.disks.items():
+            if disk.get("state") == "deleting":
+                self.operations.start("delete-disk", name, self._destroyer(disk))
+                continue
+            attachment = disk.get("attachment")
+            if disk.get("state") == "ready" and attachment and attachment["host"] == self.host_id:
+                self._serve(disk)
+                served.append(name)
+        return served
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def _require_volume(self, disk: Record) -> None:
+        if disk["kind"] == DiskKind.ephemeral:
+            raise InvalidArgument(
+                f"disk {disk['name']!r} is ephemeral (host-local): it has no snapshots"
+            )
+
+    def _snapshots(self, disk: Record) -> list[dict[str, Any]]:
+        if disk["kind"] == DiskKind.ephemeral:
+            return []
+        vol = Volume.open(self.store, disk["volume_id"], writable=False)
+        try:
+            return [self._snapshot_view(disk, s) for s in vol.list_snapshots()]
+        finally:
+            vol.close()
+
+    def _snapshot_view(self, disk: Record, info: Any) -> dict[str, Any]:
+        clones = [
+            c.key.rsplit("/", 1)[1]
+            for c in self.store.list(keys.clone_ref_prefix(disk["volume_id"], info.name))
+        ]
+        names = {d["volume_id"]: n for n, d in self.disks.items()} if clones else {}
+        return {
+            "name": info.name,
+            "disk": disk["name"],
+            "size": info.size,
+            "created": datetime.fromtimestamp(info.created, UTC).isoformat(timespec="seconds"),
+            "clones": [names.get(c, c) for c in clones],
+        }
+
+    def create_snapshot(self, name: str, snapshot: str) -> tuple[dict[str, Any], bool]:
+        """A crash-consistent snapshot: an attached disk is flushed through its export first."""
+        keys.validate_snapshot_name(snapshot)
+        disk = self.get_disk(name)
+        self._require_volume(disk)
+        for existing in self._snapshots(disk):
+            if existing["name"] == snapshot:
+                return existing, False
+        attachment = disk.get("attachment")
+        if attachment and attachment["host"] == self.host_id and self.exports.serving(disk):
+            self.exports.flush(disk)
+        vol = Volume.open(self.store, disk["volume_id"], writable=False)
+        try:
+            info = vol.create_snapshot(snapshot)
+        finally:
+            vol.close()
+        return self._snapshot_view(disk, info), True
+
+    def list_snapshots(self, name: str) -> list[dict[str, Any]]:
+        disk = self.get_disk(name)
+        self._require_volume(disk)
+        return self._snapshots(disk)
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        keys.validate_snapshot_name(snapshot)
+        disk = self.get_disk(name)
+        self._require_volume(disk)
+        vol = Volume.open(self.store, disk["volume_id"], writable=False)
+        try:
+            if snapshot not in {s.name for s in vol.list_snapshots()}:
+                raise NotFound(f"disk {name!r} has no snapshot {snapshot!r}")
+            vol.delete_snapshot(snapshot)
+        finally:
+            vol.close()
+
+    def changed_ranges(self, name: str, snapshot: str, since: str | None) -> dict[str, Any]:
+        """Ranges that differ between snapshot `since` (or an empty disk) and `snapshot`."""
+        keys.validate_snapshot_name(snapshot)
+        if since is not None:
+            keys.validate_snapshot_name(since)
+        disk = self.get_disk(name)
+        self._require_volume(disk)
+        vol = Volume.open(self.store, disk["volume_id"], writable=False)
+        try:
+            present = {s.name for s in vol.list_snapshots()}
+            for snap in (snapshot, since):
+                if snap is not None and snap not in present:
+                    raise NotFound(f"disk {name!r} has no snapshot {snap!r}")
+            ranges = vol.changed_ranges(since, snapshot)
+        finally:
+            vol.close()
+        return {
+            "disk": name,
+            "snapshot": snapshot,
+            "since": since,
+            "ranges": [{"offset": o, "length": n} for o, n in ranges],
+            "changed_bytes": sum(n for _, n in ranges),
+        }
+
+
+def host_id_of(home: Path) -> str:
+    """This host's id, made once and kept in `<home>/host-id`."""
+    path = home / "host-id"
+    if path.exists():
+        return path.read_text().strip()
+    home.mkdir(parents=True, exist_ok=True)
+    host = "h" + secrets.token_hex(6)
+    path.write_text(host + "\n")
+    return host
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()

@@ -1,0 +1,141 @@
+"""Control-plane records as series of immutable, numbered versions in the bucket.
+
+Every record that changes (a disk, an operation) is a folder of versions,
+`<kind>/<name>/<version:020d>`, each a JSON object created with `If-None-Match: *`. The newest
+version is the record. An update reads the newest version N, computes the new value and creates
+N+1; of two racing writers exactly one creates N+1 and the other gets 412, re-reads and tries
+again. This rests only on create-if-absent, which SeaweedFS 4.48 applies atomically (`If-Match`
+is not atomic there, so nothing uses it). Deleting writes a tombstone version, so a name can be
+used again later without a gap in its history.
+
+Old versions are pruned after a successful update (the newest few are kept); a reader that lists
+a version which is pruned before it reads it simply lists again. Two API processes (two hosts)
+over one bucket therefore never corrupt a record and never lose an update.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from blockstore.errors import Conflict, NotFound, PreconditionFailed
+from blockstore.objectstore import ObjectStore
+
+Record = dict[str, Any]
+KEEP_VERSIONS = 3
+MAX_RACES = 50
+
+
+@dataclass(frozen=True)
+class Versioned:
+    version: int
+    value: Record | None  # None: a tombstone (the record was deleted)
+
+
+class RecordStore:
+    """Records of one kind (e.g. `control/disks/`), each a series of immutable versions."""
+
+    def __init__(self, store: ObjectStore, prefix: str) -> None:
+        if not prefix.endswith("/"):
+            raise ValueError("prefix must end with '/'")
+        self.store = store
+        self.prefix = prefix
+
+    def _key(self, name: str, version: int) -> str:
+        return f"{self.prefix}{name}/{version:020d}"
+
+    def _versions(self, name: str) -> list[int]:
+        return [int(o.key.rsplit("/", 1)[1]) for o in self.store.list(f"{self.prefix}{name}/")]
+
+    def _newest(self, name: str) -> Versioned:
+        for _ in range(MAX_RACES):
+            versions = self._versions(name)
+            if not versions:
+                return Versioned(0, None)
+            try:
+                raw = self.store.get(self._key(name, versions[-1]))
+            except NotFound:
+                continue  # pruned between the listing and the read: list again
+            body = json.loads(raw)
+            return Versioned(versions[-1], body.get("value"))
+        raise Conflict(f"record {self.prefix}{name} is changing too fast to read")
+
+    def get(self, name: str) -> Record:
+        """The current value; `NotFound` if it never existed or was deleted."""
+        current = self._newest(name).value
+        if current is None:
+            raise NotFound(f"{name!r} does not exist")
+        return current
+
+    def find(self, name: str) -> Record | None:
+        return self._newest(name).value
+
+    def update(self, name: str, change: Callable[[Record | None], Record | None]) -> Record | None:
+        """Apply `change` to the current value (None when absent) and store the result as the
+        next version; `change` may raise to refuse, and is called again if another writer won
+        the race. Returning None deletes the record (a tombstone)."""
+        for _ in range(MAX_RACES):
+            current = self._newest(name)
+            new = change(current.value)
+            if new is None and current.value is None:
+                return None
+            body = json.dumps({"value": new}, sort_keys=True).encode()
+            version = current.version + 1
+            try:
+                self.store.put(self._key(name, version), body, if_none_match=True)
+            except PreconditionFailed:
+                continue
+            self._prune(name, version)
+            return new
+        raise Conflict(f"record {self.prefix}{name} lost {MAX_RACES} update races in a row")
+
+    def create(self, name: str, value: Record) -> Record:
+        """Create the record; `Conflict` if it exists."""
+
+        def change(current: Record | None) -> Record:
+            if current is not None:
+                raise Conflict(f"{name!r} already exists")
+            return value
+
+        result = self.update(name, change)
+        assert result is not None
+        return result
+
+    def delete(self, name: str) -> None:
+        self.update(name, lambda current: None)
+
+    def names(self) -> list[str]:
+        """Names of every record that has any version (tombstoned ones included)."""
+        seen: list[str] = []
+        for obj in self.store.list(self.prefix):
+            name = obj.key[len(self.prefix) :].split("/", 1)[0]
+            if not seen or seen[-1] != name:
+                seen.append(name)
+        return seen
+
+    def items(self) -> Iterator[tuple[str, Record]]:
+        """(name, value) of every live record, in name order."""
+        newest: dict[str, int] = {}
+        for obj in self.store.list(self.prefix):
+            name, _, number = obj.key[len(self.prefix) :].partition("/")
+            newest[name] = max(newest.get(name, 0), int(number))
+        for name, version in sorted(newest.items()):
+            try:
+                value = json.loads(self.store.get(self._key(name, version))).get("value")
+            except NotFound:
+                value = self.find(name)
+            if value is not None:
+                yield name, value
+
+    def purge(self, name: str) -> None:
+        """Remove every version of a record (after its tombstone is no longer needed)."""
+        for version in self._versions(name):
+            self.store.delete(self._key(name, version))
+
+    def _prune(self, name: str, newest: int) -> None:
+        # One delete per update keeps the history at KEEP_VERSIONS; a version left behind by
+        # a crash is harmless (only the newest counts) and goes with `purge`.
+        if newest > KEEP_VERSIONS:
+            self.store.delete(self._key(name, newest - KEEP_VERSIONS))
