@@ -45,6 +45,7 @@ class ExportConfig:
     dirty_limit: str = "256M"
     readahead: str = "1M"
     retry_seconds: float = 30.0
+    request_timeout: float | None = None  # one S3 request (connect and read); None: S3Config's
     write_wait_seconds: float = 30.0
     readonly: bool = False
     threads: int = 16
@@ -101,6 +102,8 @@ class Export:
         cmd += [f"bucket={c.s3.bucket}", f"region={c.s3.region}", f"prefix={c.s3.prefix}"]
         cmd += [f"cache={c.cache_mode}", f"retry-seconds={c.retry_seconds:g}"]
         cmd += [f"write-wait={c.write_wait_seconds:g}", f"readonly={str(c.readonly).lower()}"]
+        if c.request_timeout is not None:
+            cmd.append(f"request-timeout={c.request_timeout:g}")
         if c.cache_dir is not None:
             cmd += [f"cache-dir={c.cache_dir}", f"cache-size={c.cache_size}"]
             cmd += [f"cache-block={c.cache_block}", f"dirty-limit={c.dirty_limit}"]

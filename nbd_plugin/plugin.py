@@ -3,7 +3,7 @@
     nbdkit --unix SOCK --foreground python nbd_plugin/plugin.py disk=ID endpoint=URL \
         bucket=B [region=R] [prefix=P] [credentials=FILE] cache=none|readonly|readwrite \
         cache-dir=DIR [cache-size=1G] [cache-block=64K] [dirty-limit=256M] [readahead=1M] \
-        [retry-seconds=30] [write-wait=30] [readonly=false]
+        [retry-seconds=30] [request-timeout=10] [write-wait=30] [readonly=false]
 
 `blockstore/exports.py` is the launcher to use; it sets PATH so that nbdkit's embedded Python
 (Debian's 3.11) finds the project's virtualenv, and hands credentials over in the environment.
@@ -25,6 +25,7 @@ import errno
 import os
 import site
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -68,7 +69,7 @@ _settings: dict[str, str] = {
 _KNOWN = {
     "disk", "endpoint", "bucket", "region", "prefix", "credentials", "cache", "cache-dir",
     "cache-size", "cache-block", "dirty-limit", "readahead", "retry-seconds", "write-wait",
-    "readonly",
+    "readonly", "request-timeout",
 }  # fmt: skip
 
 _store = None
@@ -155,6 +156,11 @@ def after_fork():
         region=s["region"],
         prefix=s["prefix"],
     )
+    if "request-timeout" in s:
+        # One hung request must not outlast the retry deadline by much (a stopped store
+        # accepts TCP connections and then never answers).
+        t = float(s["request-timeout"])
+        s3 = replace(s3, connect_timeout=t, read_timeout=t)
     _store = build_store(s3, RetryConfig(deadline_seconds=float(s["retry-seconds"])))
     writable = s["readonly"].lower() not in ("true", "1", "yes", "on")
     _volume = Volume.open(_store, s["disk"], writable=writable)
