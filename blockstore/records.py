@@ -8,9 +8,13 @@ again. This rests only on create-if-absent, which SeaweedFS 4.48 applies atomica
 is not atomic there, so nothing uses it). Deleting writes a tombstone version, so a name can be
 used again later without a gap in its history.
 
-Old versions are pruned after a successful update (the newest few are kept); a reader that lists
-a version which is pruned before it reads it simply lists again. Two API processes (two hosts)
-over one bucket therefore never corrupt a record and never lose an update.
+Old versions are pruned, but only once they are older than PRUNE_AGE_SECONDS (their body says
+when they were written): a writer that read version N and stalled could otherwise create N+1
+after N+1 had been written and pruned, and its stale value would hide below the newest one
+(a lost update). A writer never creates a version from a read older than MAX_READ_AGE_SECONDS
+(half the prune age), so a version number it creates cannot have been pruned already. A reader
+that lists a version which is pruned before it reads it simply lists again. Two API processes
+(two hosts) over one bucket therefore never corrupt a record and never lose an update.
 """
 
 from __future__ import annotations
@@ -20,11 +24,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from blockstore.clock import SYSTEM_CLOCK, Clock
 from blockstore.errors import Conflict, NotFound, PreconditionFailed
 from blockstore.objectstore import ObjectStore
 
 Record = dict[str, Any]
 KEEP_VERSIONS = 3
+PRUNE_EVERY = 8  # versions between two pruning passes
+PRUNE_AGE_SECONDS = 600.0
+MAX_READ_AGE_SECONDS = PRUNE_AGE_SECONDS / 2
 MAX_RACES = 50
 
 
@@ -37,11 +45,12 @@ class Versioned:
 class RecordStore:
     """Records of one kind (e.g. `control/disks/`), each a series of immutable versions."""
 
-    def __init__(self, store: ObjectStore, prefix: str) -> None:
+    def __init__(self, store: ObjectStore, prefix: str, clock: Clock = SYSTEM_CLOCK) -> None:
         if not prefix.endswith("/"):
             raise ValueError("prefix must end with '/'")
         self.store = store
         self.prefix = prefix
+        self.clock = clock
 
     def _key(self, name: str, version: int) -> str:
         return f"{self.prefix}{name}/{version:020d}"
@@ -77,12 +86,17 @@ class RecordStore:
         next version; `change` may raise to refuse, and is called again if another writer won
         the race. Returning None deletes the record (a tombstone)."""
         for _ in range(MAX_RACES):
+            read_at = self.clock.monotonic()
             current = self._newest(name)
             new = change(current.value)
             if new is None and current.value is None:
                 return None
-            body = json.dumps({"value": new}, sort_keys=True).encode()
+            body = json.dumps(
+                {"value": new, "written_at": self.clock.time()}, sort_keys=True
+            ).encode()
             version = current.version + 1
+            if self.clock.monotonic() - read_at > MAX_READ_AGE_SECONDS:
+                continue  # too old a read to write on: its version number may be pruned
             try:
                 self.store.put(self._key(name, version), body, if_none_match=True)
             except PreconditionFailed:
@@ -135,7 +149,16 @@ class RecordStore:
             self.store.delete(self._key(name, version))
 
     def _prune(self, name: str, newest: int) -> None:
-        # One delete per update keeps the history at KEEP_VERSIONS; a version left behind by
-        # a crash is harmless (only the newest counts) and goes with `purge`.
-        if newest > KEEP_VERSIONS:
-            self.store.delete(self._key(name, newest - KEEP_VERSIONS))
+        """Delete versions below the newest few once they are older than the prune age."""
+        if newest % PRUNE_EVERY:
+            return
+        horizon = self.clock.time() - PRUNE_AGE_SECONDS
+        for version in self._versions(name):
+            if version > newest - KEEP_VERSIONS:
+                break
+            try:
+                written = json.loads(self.store.get(self._key(name, version))).get("written_at")
+            except NotFound:
+                continue
+            if written is not None and written < horizon:
+                self.store.delete(self._key(name, version))
