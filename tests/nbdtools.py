@@ -72,3 +72,14 @@ def pattern(seed: int, n: int) -> bytes:
 
 def run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def prefill(disk: Disk, data: dict[int, bytes]) -> None:
+    """Write through the engine directly (before any export runs), so reads must fetch it."""
+    store = build_store(disk.config.s3)
+    vol = Volume.open(store, disk.config.disk_id)
+    for off, d in data.items():
+        vol.write(off, d)
+    vol.flush()
+    vol.close()
+    store.close()
