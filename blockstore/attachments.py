@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,9 @@ class ExportSupervisor:
         self._disks: dict[str, dict[str, Any]] = {}  # the record each export was started from
         self._lock = threading.Lock()
         self.restarts = 0
+        # nbdkit runs with --exit-with-parent, which Linux ties to the *thread* that forked it:
+        # every export is started from this one long-lived thread, never from a request thread.
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-spawn")
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="export-watch", daemon=True)
         self._watcher.start()
@@ -113,7 +117,7 @@ class ExportSupervisor:
             if current is not None and current.process and current.process.poll() is None:
                 return self.details(disk)
             export = self._make(disk)
-            export.start()
+            self._spawner.submit(export.start).result()
             self._exports[name] = export
             self._disks[name] = disk
         log.info("serving disk %s on %s (pid %d)", name, export.config.socket, export.pid)
@@ -216,7 +220,7 @@ class ExportSupervisor:
                 log.warning("nbdkit for disk %s died (status %s); restarting", name, status)
                 try:
                     restarted = self._make(self._disks[name])
-                    restarted.start()
+                    self._spawner.submit(restarted.start).result()
                 except (Unavailable, KeyError) as exc:
                     log.error("restarting the export of %s failed: %s", name, exc)
                     continue
@@ -236,3 +240,4 @@ class ExportSupervisor:
             self._exports.clear()
         for export in exports:
             export.stop()
+        self._spawner.shutdown()
