@@ -54,11 +54,12 @@ def _children(pid: int) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper that is not its parent any more is not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    return "State:\tZ" not in status
 
 
 def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> list[int]:
