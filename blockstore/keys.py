@@ -28,7 +28,9 @@ SNAPSHOT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 _SEG_RE = re.compile(r"^disks/([a-z0-9][a-z0-9-]{0,62})/seg/([0-9a-f]{16})-([0-9a-f]{8})$")
 _CKPT_RE = re.compile(r"^disks/([a-z0-9][a-z0-9-]{0,62})/ckpt/([0-9a-f]{16})$")
-_EPOCH_RE = re.compile(r"^disks/[a-z0-9][a-z0-9-]{0,62}/epoch/([0-9a-f]{8})(?:\.start-([0-9a-f]{16}))?$")
+_EPOCH_RE = re.compile(
+    r"^disks/[a-z0-9][a-z0-9-]{0,62}/epoch/([0-9a-f]{8})(?:\.start-([0-9a-f]{16}))?$"
+)
 _SNAP_RE = re.compile(r"^disks/[a-z0-9][a-z0-9-]{0,62}/snap/([a-z0-9][a-z0-9-]{0,62})\.json$")
 _CLONE_RE = re.compile(
     r"^disks/[a-z0-9][a-z0-9-]{0,62}/snap/([a-z0-9][a-z0-9-]{0,62})\.clones/([a-z0-9][a-z0-9-]{0,62})$"

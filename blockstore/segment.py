@@ -90,7 +90,10 @@ class Record:
         self.sums = sums
 
     def __repr__(self) -> str:
-        return f"Record(kind={self.kind}, offset={self.offset}, length={self.length}, seg={self.seg_key!r})"
+        return (
+            f"Record(kind={self.kind}, offset={self.offset}, length={self.length}, "
+            f"seg={self.seg_key!r})"
+        )
 
 
 def chunk_sums(data: bytes | memoryview, chunk: int) -> bytes:
@@ -280,7 +283,9 @@ def encode_checkpoint(
             if si is None:
                 si = seg_index[rec.seg_key] = len(seg_index)
                 k = rec.seg_key.encode()
-                seg_parts.append(_U16.pack(len(k)) + k + _U64.pack(segment_sizes.get(rec.seg_key, 0)))
+                seg_parts.append(
+                    _U16.pack(len(k)) + k + _U64.pack(segment_sizes.get(rec.seg_key, 0))
+                )
             ri = rec_index[id(rec)] = len(rec_index)
             rec_parts.append(_CKPT_REC.pack(si, rec.data_off, rec.length, rec.chunk) + rec.sums)
         ext_parts.append(_CKPT_EXT.pack(s, e, ri, delta))

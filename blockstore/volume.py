@@ -1,0 +1,1375 @@
+"""The volume engine: a page blob as a log of immutable segments, with checkpoints, GC,
+snapshots, clones and writer fencing.
+
+Place in the stack: ``HostCache -> Volume -> ObjectStore`` (DESIGN.md). The NBD plugin and the
+API reach a disk only through this class; it imports neither nbdkit nor a web framework.
+
+State (all in memory, rebuilt from the store at open):
+
+- the *durable map* (`ExtentMap`): for every byte, the newest copy acknowledged by the store;
+  changed only by the committer, in segment seq order;
+- the *pending overlay*: writes, trims and shrinks not yet acknowledged, pointing at their bytes
+  in memory. Reads look here first, so every write is visible at once (read-your-writes);
+- the *open batch* (records that will form the next segment), then *sealed* and *in-flight*
+  batches. A committer thread seals the open batch when it reaches `segment_max_bytes`, when a
+  durable write or flush waits, or `commit_delay` after its first write; PUTs run up to
+  `max_inflight_segments` at a time, but are acknowledged strictly in seq order.
+
+Guarantees:
+
+- `flush()` returns only when every write acknowledged before it is in a segment the store
+  acknowledged, and so is every earlier segment; a `durable=True` write likewise for itself.
+  Concurrent durable writers share one PUT.
+- A crash at any instant loses nothing flushed: segments are immutable and created with
+  If-None-Match, checkpoints are immutable, and opening replays the newest checkpoint plus the
+  contiguous run of valid segments after it (docs/format.md walks through every crash point).
+- Every byte fetched from the store is checked against its xxh3 chunk checksum; a mismatch
+  raises `IntegrityError` and counts `checksum_failures`, it never returns wrong data.
+- Exclusive writer: a writable open claims a new epoch (create-if-absent only). A writer checks
+  after its PUTs and before acknowledging that no newer epoch exists, and raises `Fenced`
+  otherwise; segments an older epoch writes after the newer one began are never applied.
+- A failed segment PUT is not retried in a loop here (`RetryingStore` below does bounded
+  retries): the waiting flush/durable write gets the error, the batch stays queued and is
+  re-sent on the next flush. Nothing is acknowledged that the store did not acknowledge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from typing import Any
+
+from blockstore import keys
+from blockstore.clock import SYSTEM_CLOCK, Clock
+from blockstore.errors import (
+    BlockstoreError,
+    Conflict,
+    Fenced,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    PreconditionFailed,
+    Unavailable,
+)
+from blockstore.extentmap import ExtentMap
+from blockstore.objectstore import ObjectStore
+from blockstore.segment import (
+    RESIZE,
+    TRIM,
+    WRITE,
+    Checkpoint,
+    Record,
+    decode_checkpoint,
+    decode_segment_header,
+    encode_checkpoint,
+    encode_segment,
+    n_chunks,
+    segment_header_length,
+    verify_chunks,
+)
+
+SECTOR = 512
+MAX_SIZE = 64 << 40  # 64 TiB, the largest disk we create or grow to
+_FAR = 1 << 62  # "to the end of any disk" for clearing tails
+_ZEROS = memoryview(bytes(1 << 20))
+
+
+@dataclass(frozen=True)
+class VolumeConfig:
+    segment_max_bytes: int = 4 << 20  # a batch closes at this size
+    commit_delay: float = 0.0005  # group-commit window after the first write of a batch
+    checksum_chunk: int = 4096  # data checksummed per chunk so a small read verifies little
+    checkpoint_every_segments: int = 256
+    gc_live_threshold: float = 0.5  # segments under this live fraction are compacted
+    gc_min_age_seconds: float = 300.0  # nothing is deleted until unreferenced this long
+    max_inflight_segments: int = 4  # segment PUTs may be pipelined; acks stay in order
+    gc_interval_seconds: float = 60.0  # background GC period in writable volumes; 0 disables
+    header_read_bytes: int = 64 << 10  # first ranged GET of a segment header at replay
+
+    def __post_init__(self) -> None:
+        if self.segment_max_bytes < SECTOR:
+            raise InvalidArgument(f"segment_max_bytes {self.segment_max_bytes} is too small")
+        if self.checksum_chunk < SECTOR or self.checksum_chunk % SECTOR:
+            raise InvalidArgument(
+                f"checksum_chunk {self.checksum_chunk} must be a positive multiple of 512"
+            )
+        if self.max_inflight_segments < 1:
+            raise InvalidArgument(f"max_inflight_segments {self.max_inflight_segments} < 1")
+        if self.checkpoint_every_segments < 1:
+            raise InvalidArgument(f"checkpoint_every_segments {self.checkpoint_every_segments} < 1")
+
+
+@dataclass
+class VolumeStats:
+    """Counters of one open volume; /metrics and the bench read these, nobody re-counts."""
+
+    writes: int = 0
+    bytes_written: int = 0  # bytes the caller wrote (not counting trims)
+    trims: int = 0
+    reads: int = 0
+    bytes_read: int = 0
+    flushes: int = 0
+    segments_written: int = 0
+    segments_replayed: int = 0
+    bytes_uploaded: int = 0  # every byte this volume PUT (segments, checkpoints, records)
+    puts: int = 0
+    gets: int = 0
+    heads: int = 0
+    lists: int = 0
+    deletes: int = 0
+    bytes_fetched: int = 0
+    checksum_failures: int = 0
+    checkpoints_written: int = 0
+    commit_errors: int = 0
+    gc_passes: int = 0
+    gc_segments_compacted: int = 0
+    gc_bytes_rewritten: int = 0
+    gc_objects_deleted: int = 0
+    gc_bytes_deleted: int = 0
+    gc_errors: int = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    name: str
+    disk_id: str
+    size: int
+    created: float  # unix time
+    checkpoint_seq: int
+
+
+@dataclass
+class GcResult:
+    segments_compacted: int = 0
+    bytes_rewritten: int = 0
+    objects_deleted: int = 0
+    bytes_deleted: int = 0
+    objects_waiting: int = 0  # unreferenced but younger than gc_min_age_seconds
+
+
+# --- helpers that read the store ---------------------------------------------------------
+
+
+class _Io:
+    """Store calls of one volume, counted in its stats."""
+
+    def __init__(self, store: ObjectStore, stats: VolumeStats) -> None:
+        self.store = store
+        self.stats = stats
+        self.lock = threading.Lock()
+
+    def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+        data = self.store.get(key, start, length)
+        with self.lock:
+            self.stats.gets += 1
+            self.stats.bytes_fetched += len(data)
+        return data
+
+    def put(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
+        with self.lock:
+            self.stats.puts += 1
+            self.stats.bytes_uploaded += len(data)
+        self.store.put(key, data, if_none_match=if_none_match)
+
+    def exists(self, key: str) -> bool:
+        with self.lock:
+            self.stats.heads += 1
+        try:
+            self.store.head(key)
+        except NotFound:
+            return False
+        return True
+
+    def list(self, prefix: str, start_after: str | None = None) -> list[tuple[str, int]]:
+        with self.lock:
+            self.stats.lists += 1
+        return [(o.key, o.size) for o in self.store.list(prefix, start_after)]
+
+    def delete(self, key: str) -> None:
+        with self.lock:
+            self.stats.deletes += 1
+        self.store.delete(key)
+
+    def json(self, key: str) -> dict[str, Any]:
+        raw = self.get(key)
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            raise IntegrityError(f"{key}: not valid JSON ({exc})") from exc
+        if not isinstance(obj, dict):
+            raise IntegrityError(f"{key}: expected a JSON object")
+        return obj
+
+
+def _check_size(name: str, size: object) -> int:
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise InvalidArgument(f"{name} {size!r} is not an integer")
+    if size <= 0 or size % SECTOR or size > MAX_SIZE:
+        raise InvalidArgument(
+            f"{name} {size} must be a positive multiple of 512 no larger than {MAX_SIZE} (64 TiB)"
+        )
+    return size
+
+
+def _snapshot_info(obj: dict[str, Any], key: str) -> SnapshotInfo:
+    try:
+        return SnapshotInfo(
+            name=str(obj["name"]),
+            disk_id=str(obj["disk_id"]),
+            size=int(obj["size"]),
+            created=float(obj["created"]),
+            checkpoint_seq=int(obj["checkpoint_seq"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"{key}: malformed snapshot record ({exc})") from exc
+
+
+def _read_snapshot(io: _Io, disk_id: str, name: str) -> SnapshotInfo:
+    key = keys.snapshot_key(disk_id, name)
+    try:
+        obj = io.json(key)
+    except NotFound:
+        raise NotFound(f"disk {disk_id!r} has no snapshot {name!r}") from None
+    return _snapshot_info(obj, key)
+
+
+def _read_meta(io: _Io, disk_id: str) -> dict[str, Any]:
+    try:
+        return io.json(keys.volume_key(disk_id))
+    except NotFound:
+        raise NotFound(f"disk {disk_id!r} does not exist") from None
+
+
+def _read_checkpoint(io: _Io, key: str) -> Checkpoint:
+    return decode_checkpoint(io.get(key), key)
+
+
+def _ownership(starts: dict[int, int]) -> list[tuple[int, int, int]]:
+    """Which epoch owns which seqs: [(lo, hi, epoch)] sorted by lo.
+
+    Epoch e owns the seqs from its recorded start up to the smallest start of any newer epoch:
+    a newer writer's start record says "nothing older is valid from here on".
+    """
+    out: list[tuple[int, int, int]] = []
+    limit = 1 << 64
+    for e in sorted(starts, reverse=True):
+        lo = starts[e]
+        if lo < limit:
+            out.append((lo, limit, e))
+            limit = lo
+    out.reverse()
+    return out
+
+
+def _owner(table: list[tuple[int, int, int]], seq: int) -> int | None:
+    for lo, hi, e in table:
+        if lo <= seq < hi:
+            return e
+    return None
+
+
+def _list_epochs(io: _Io, disk_id: str) -> tuple[int, dict[int, int]]:
+    """(highest claimed epoch or 0, {epoch: start seq})."""
+    top = 0
+    starts: dict[int, int] = {}
+    for key, _size in io.list(keys.epoch_prefix(disk_id)):
+        parsed = keys.parse_epoch_key(key)
+        if parsed is None:
+            continue
+        e, start = parsed
+        top = max(top, e)
+        if start is not None:
+            starts[e] = start
+    return top, starts
+
+
+@dataclass
+class _State:
+    durable: ExtentMap[Record]
+    size: int
+    seq: int  # last applied segment seq (0: none of this disk's own)
+    ckpt_seq: int  # newest checkpoint seq, -1 when there is none
+    ckpt_refs: set[str]
+    segments: dict[str, int]  # segment key -> data bytes, for every segment the map may name
+
+
+def _load_state(io: _Io, disk_id: str, meta: dict[str, Any], header_read: int) -> _State:
+    """Newest checkpoint (or the clone source's, or empty) plus replay of the valid segments
+    after it, stopping at the first gap."""
+    _top, starts = _list_epochs(io, disk_id)
+    ckpts = [
+        p[1]
+        for k, _s in io.list(keys.checkpoint_prefix(disk_id))
+        if (p := keys.parse_checkpoint_key(k)) is not None
+    ]
+    if ckpts:
+        base_seq = max(ckpts)
+        ck = _read_checkpoint(io, keys.checkpoint_key(disk_id, base_seq))
+        if ck.disk_id != disk_id or ck.seq != base_seq:
+            raise IntegrityError(
+                f"checkpoint {base_seq:016x} of {disk_id} names {ck.disk_id}/{ck.seq}"
+            )
+        durable = ExtentMap.from_sorted(ck.starts, ck.ends, ck.vals)
+        size, segments, ckpt_seq, ckpt_refs = ck.size, dict(ck.segments), base_seq, set(ck.segments)
+    else:
+        base_seq, ckpt_seq, ckpt_refs = 0, -1, set()
+        size = int(meta["size"])
+        source = meta.get("source")
+        if source:
+            ck = _read_checkpoint(io, str(source["checkpoint_key"]))
+            durable = ExtentMap.from_sorted(ck.starts, ck.ends, ck.vals)
+            segments = dict(ck.segments)
+        else:
+            durable = ExtentMap()
+            segments = {}
+    table = _ownership(starts)
+    prefix = keys.segment_prefix(disk_id)
+    present = dict(io.list(prefix, start_after=f"{prefix}{base_seq:016x}-ffffffff"))
+    seq = base_seq
+    while True:
+        owner = _owner(table, seq + 1)
+        if owner is None:
+            break
+        key = keys.segment_key(disk_id, seq + 1, owner)
+        obj_size = present.get(key)
+        if obj_size is None:
+            break  # a gap: nothing after it was ever acknowledged
+        head = io.get(key, 0, header_read)
+        need = segment_header_length(head, key)
+        if need > len(head):
+            head += io.get(key, len(head), need - len(head))
+        hdr = decode_segment_header(head, key, obj_size)
+        if hdr.seq != seq + 1 or hdr.epoch != owner or hdr.disk_id != disk_id:
+            raise IntegrityError(f"segment {key}: header names {hdr.disk_id}/{hdr.seq}/{hdr.epoch}")
+        for rec in hdr.records:
+            size = _apply(durable, rec, size)
+        segments[key] = hdr.data_len
+        seq += 1
+        with io.lock:
+            io.stats.segments_replayed += 1
+    return _State(durable, size, seq, ckpt_seq, ckpt_refs, segments)
+
+
+def _apply(durable: ExtentMap[Record], rec: Record, size: int) -> int:
+    """Apply one acknowledged record to the durable map; returns the size after it."""
+    if rec.kind == WRITE:
+        durable.set(rec.offset, rec.offset + rec.length, rec, 0)
+    elif rec.kind == TRIM:
+        durable.clear(rec.offset, rec.offset + rec.length)
+    elif rec.kind == RESIZE:
+        if rec.offset < size:
+            durable.clear(rec.offset, _FAR)
+        size = rec.offset
+    return size
+
+
+def _identity_list(
+    starts: list[int], ends: list[int], vals: list[tuple[Record, int]]
+) -> list[tuple[int, int, tuple[str, int]]]:
+    """Extents with a location identity: byte x lives at (seg_key, base + x)."""
+    return [
+        (s, e, (rec.seg_key, rec.data_off + delta - s))
+        for s, e, (rec, delta) in zip(starts, ends, vals, strict=True)
+    ]
+
+
+def _diff(
+    a: list[tuple[int, int, tuple[str, int]]],
+    b: list[tuple[int, int, tuple[str, int]]],
+    limit: int,
+) -> list[tuple[int, int]]:
+    """Ranges of [0, limit) where map a and map b do not point at the same stored bytes."""
+    points = {0, limit}
+    for s, e, _ in a:
+        points.update((min(s, limit), min(e, limit)))
+    for s, e, _ in b:
+        points.update((min(s, limit), min(e, limit)))
+    cuts = sorted(points)
+    out: list[tuple[int, int]] = []
+    ia = ib = 0
+    for p, q in itertools.pairwise(cuts):
+        while ia < len(a) and a[ia][1] <= p:
+            ia += 1
+        while ib < len(b) and b[ib][1] <= p:
+            ib += 1
+        va = a[ia][2] if ia < len(a) and a[ia][0] <= p else None
+        vb = b[ib][2] if ib < len(b) and b[ib][0] <= p else None
+        if va != vb:
+            if out and out[-1][1] == p:
+                out[-1] = (out[-1][0], q)
+            else:
+                out.append((p, q))
+    return out
+
+
+class _Batch:
+    """Records that become one segment."""
+
+    __slots__ = ("blob", "data_len", "first", "future", "nbytes", "records", "seq")
+
+    def __init__(self, seq: int, first: float) -> None:
+        self.seq = seq
+        self.first = first
+        self.records: list[Record] = []
+        self.nbytes = 0
+        self.data_len = 0
+        self.blob: bytes | None = None
+        self.future: Future[None] | None = None
+
+
+# --- the volume --------------------------------------------------------------------------
+
+
+class Volume:
+    """One page blob; see the module docstring. Thread-safe."""
+
+    # -- lifecycle (classmethods) --
+
+    @classmethod
+    def create(
+        cls,
+        store: ObjectStore,
+        disk_id: str,
+        size: int,
+        *,
+        config: VolumeConfig | None = None,
+        clock: Clock | None = None,
+        source: tuple[str, str] | None = None,
+    ) -> None:
+        """Create an empty volume, or a clone of snapshot `source = (src_disk_id, name)`
+        (size 0 means the snapshot's size; a larger size grows the clone); Conflict if the
+        disk exists or has leftover objects."""
+        clock = clock or SYSTEM_CLOCK
+        keys.validate_disk_id(disk_id)
+        io = _Io(store, VolumeStats())
+        meta: dict[str, Any] = {"format": 1, "disk_id": disk_id, "created": clock.time()}
+        if io.list(keys.disk_prefix(disk_id)):
+            raise Conflict(f"disk {disk_id!r} already exists (or has objects left from a destroy)")
+        registration: str | None = None
+        if source is None:
+            meta["size"] = _check_size("size", size)
+            meta["source"] = None
+        else:
+            src, name = keys.validate_disk_id(source[0]), keys.validate_snapshot_name(source[1])
+            snap = _read_snapshot(io, src, name)
+            if size == 0:
+                size = snap.size
+            _check_size("size", size)
+            if size < snap.size:
+                raise InvalidArgument(
+                    f"size {size} is smaller than snapshot {src}/{name} ({snap.size} bytes)"
+                )
+            # Register first, then re-check the snapshot: delete_snapshot writes its tombstone
+            # first and then looks for clones, so of the two racing, at least one sees the other.
+            registration = keys.clone_ref_key(src, name, disk_id)
+            io.put(registration, disk_id.encode())
+            if io.exists(keys.snapshot_deleting_key(src, name)) or not io.exists(
+                keys.snapshot_key(src, name)
+            ):
+                io.delete(registration)
+                raise Conflict(f"snapshot {src}/{name} is being deleted")
+            meta["size"] = size
+            meta["source"] = {
+                "disk_id": src,
+                "snapshot": name,
+                "checkpoint_seq": snap.checkpoint_seq,
+                "checkpoint_key": keys.checkpoint_key(src, snap.checkpoint_seq),
+            }
+        try:
+            io.put(keys.volume_key(disk_id), json.dumps(meta).encode(), if_none_match=True)
+        except PreconditionFailed:
+            if registration is not None:
+                io.delete(registration)
+            raise Conflict(f"disk {disk_id!r} already exists") from None
+
+    @classmethod
+    def open(
+        cls,
+        store: ObjectStore,
+        disk_id: str,
+        *,
+        writable: bool = True,
+        config: VolumeConfig | None = None,
+        clock: Clock | None = None,
+    ) -> Volume:
+        """Open a volume. A writable open takes a new epoch, fencing every older writer."""
+        config = config or VolumeConfig()
+        stats = VolumeStats()
+        io = _Io(store, stats)
+        meta = _read_meta(io, disk_id)
+        epoch = 0
+        if writable:
+            epoch = cls._claim_epoch(io, disk_id)
+        state = _load_state(io, disk_id, meta, config.header_read_bytes)
+        if writable:
+            # From here on, segments of older epochs at seq >= state.seq + 1 are void. Every
+            # segment an older writer acknowledged was PUT before our claim existed (it checks
+            # for a newer claim after its PUT), so the listing above already saw it.
+            io.put(keys.epoch_start_key(disk_id, epoch, state.seq + 1), b"", if_none_match=True)
+        return cls(io, disk_id, meta, state, config, clock or SYSTEM_CLOCK, writable, epoch)
+
+    @staticmethod
+    def _claim_epoch(io: _Io, disk_id: str) -> int:
+        top, _ = _list_epochs(io, disk_id)
+        epoch = top + 1
+        for _ in range(1000):
+            if epoch > keys.MAX_EPOCH:
+                break
+            try:
+                io.put(keys.epoch_key(disk_id, epoch), b"", if_none_match=True)
+                return epoch
+            except PreconditionFailed:
+                epoch += 1  # another opener won this number; claims stay contiguous
+        raise Conflict(f"disk {disk_id!r}: could not claim a writer epoch")
+
+    @classmethod
+    def open_snapshot(
+        cls,
+        store: ObjectStore,
+        disk_id: str,
+        snapshot: str,
+        *,
+        config: VolumeConfig | None = None,
+        clock: Clock | None = None,
+    ) -> Volume:
+        """A read-only view of a snapshot."""
+        config = config or VolumeConfig()
+        io = _Io(store, VolumeStats())
+        meta = _read_meta(io, disk_id)
+        info = _read_snapshot(io, disk_id, snapshot)
+        ck = _read_checkpoint(io, keys.checkpoint_key(disk_id, info.checkpoint_seq))
+        state = _State(
+            ExtentMap.from_sorted(ck.starts, ck.ends, ck.vals),
+            ck.size,
+            ck.seq,
+            ck.seq,
+            set(ck.segments),
+            dict(ck.segments),
+        )
+        return cls(io, disk_id, meta, state, config, clock or SYSTEM_CLOCK, False, 0)
+
+    @classmethod
+    def destroy(cls, store: ObjectStore, disk_id: str) -> None:
+        """Delete every object of the volume; Conflict while a clone depends on one of its
+        snapshots. The volume record goes last, so an interrupted destroy can be re-run."""
+        io = _Io(store, VolumeStats())
+        objects = io.list(keys.disk_prefix(disk_id))
+        if not objects:
+            raise NotFound(f"disk {disk_id!r} does not exist")
+        for key, _size in objects:
+            ref = keys.parse_clone_ref_key(key)
+            if ref is not None:
+                raise Conflict(
+                    f"disk {disk_id!r} cannot be destroyed: clone {ref[1]!r} depends on "
+                    f"its snapshot {ref[0]!r}"
+                )
+        meta_key = keys.volume_key(disk_id)
+        try:
+            meta = io.json(meta_key)
+        except (NotFound, IntegrityError):
+            meta = {}
+        source = meta.get("source")
+        if source:
+            io.delete(keys.clone_ref_key(source["disk_id"], source["snapshot"], disk_id))
+        for key, _size in objects:
+            if key != meta_key:
+                io.delete(key)
+        io.delete(meta_key)
+
+    # -- construction --
+
+    def __init__(
+        self,
+        io: _Io,
+        disk_id: str,
+        meta: dict[str, Any],
+        state: _State,
+        config: VolumeConfig,
+        clock: Clock,
+        writable: bool,
+        epoch: int,
+    ) -> None:
+        self._io = io
+        self._store = io.store
+        self.stats = io.stats
+        self.disk_id = disk_id
+        self._meta = meta
+        self._config = config
+        self._clock = clock
+        self.writable = writable
+        self._epoch = epoch
+        # Reentrant: a future that is already done runs its callback (`_wake`) inside
+        # add_done_callback, under this lock.
+        self._lock = threading.RLock()
+        self._cv = threading.Condition(self._lock)
+        self._durable = state.durable
+        self._pending: ExtentMap[Record] = ExtentMap()
+        self._size = state.size
+        self._durable_size = state.size
+        self._acked_seq = state.seq
+        self._next_seq = state.seq + 1
+        self._segments = state.segments
+        self._last_ckpt_seq = state.ckpt_seq
+        self._last_ckpt_refs = state.ckpt_refs
+        self._last_ckpt_size = state.size
+        self._open: _Batch | None = None
+        self._sealed: deque[_Batch] = deque()
+        self._inflight: deque[_Batch] = deque()
+        self._flush_target = 0
+        self._flush_gen = 0
+        self._error: BaseException | None = None
+        self._error_gen = 0
+        self._fatal: BlockstoreError | None = None
+        self._stopping = False
+        self._abandoned = False
+        self._closed = False
+        self._ckpt_lock = threading.Lock()
+        self._gc_lock = threading.Lock()
+        self._unref_since: dict[str, float] = {}
+        self._snap_refs_cache: dict[str, set[str]] = {}
+        self._stop_event = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._executor: ThreadPoolExecutor | None = None
+        if writable:
+            self._executor = ThreadPoolExecutor(
+                config.max_inflight_segments, thread_name_prefix=f"seg-put-{disk_id}"
+            )
+            t = threading.Thread(target=self._committer, name=f"commit-{disk_id}", daemon=True)
+            self._threads.append(t)
+            t.start()
+            if config.gc_interval_seconds > 0:
+                g = threading.Thread(target=self._gc_loop, name=f"gc-{disk_id}", daemon=True)
+                self._threads.append(g)
+                g.start()
+
+    # -- properties --
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def config(self) -> VolumeConfig:
+        return self._config
+
+    # -- validation --
+
+    def _check_range(self, offset: int, length: int) -> None:
+        for name, v in (("offset", offset), ("length", length)):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise InvalidArgument(f"{name} {v!r} is not an integer")
+            if v < 0 or v % SECTOR:
+                raise InvalidArgument(f"{name} {v} must be a non-negative multiple of 512")
+        size = self._size
+        if offset + length > size:
+            raise InvalidArgument(
+                f"range offset {offset} length {length} goes past the end of the disk "
+                f"({size} bytes)"
+            )
+
+    def _check_can_write_locked(self) -> None:
+        if not self.writable:
+            raise Conflict(f"disk {self.disk_id!r} is open read-only")
+        if self._fatal is not None:
+            raise self._fatal
+        if self._closed or self._abandoned:
+            raise Conflict(f"disk {self.disk_id!r} is closed")
+
+    # -- reads --
+
+    def _resolve_locked(self, lo: int, hi: int) -> list[tuple[int, int, Record | None, int]]:
+        """Pieces covering [lo, hi): pending overlay first, durable map under its gaps."""
+        if not len(self._pending):
+            return self._durable.lookup(lo, hi)
+        out: list[tuple[int, int, Record | None, int]] = []
+        for s, e, rec, delta in self._pending.lookup(lo, hi):
+            if rec is None:
+                out.extend(self._durable.lookup(s, e))
+            else:
+                out.append((s, e, rec, delta))
+        return out
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        """Fill `buf` with the bytes at `offset`; holes read as zeros."""
+        buf = memoryview(buf)
+        if buf.format != "B" or buf.ndim != 1:
+            buf = buf.cast("B")
+        n = len(buf)
+        self._check_range(offset, n)
+        with self._lock:
+            pieces = self._resolve_locked(offset, offset + n)
+        for s, e, rec, delta in pieces:
+            dst = buf[s - offset : e - offset]
+            if rec is None or rec.kind != WRITE:
+                _zero_fill(dst)
+                continue
+            mem = rec.mem  # read once: the committer drops it after the segment is acked
+            if mem is not None:
+                dst[:] = memoryview(mem)[delta : delta + (e - s)]
+            else:
+                self._fetch_into(rec, delta, dst)
+        with self._io.lock:
+            self.stats.reads += 1
+            self.stats.bytes_read += n
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._check_range(offset, length)
+        out = bytearray(length)
+        self.readinto(offset, memoryview(out))
+        return bytes(out)
+
+    def _fetch_into(self, rec: Record, delta: int, dst: memoryview) -> None:
+        """One ranged GET of the whole chunks holding the bytes, verify each, copy once."""
+        chunk = rec.chunk
+        n = len(dst)
+        c0 = delta // chunk
+        lo = c0 * chunk
+        hi = min(n_chunks(delta + n, chunk) * chunk, rec.length)
+        try:
+            data = self._io.get(rec.seg_key, rec.data_off + lo, hi - lo)
+        except NotFound:
+            raise IntegrityError(
+                f"segment {rec.seg_key} named by the extent map is missing (removed by GC while "
+                "this read-only view was open past gc_min_age_seconds, or lost)"
+            ) from None
+        self._verify(rec, c0, data, hi - lo)
+        dst[:] = memoryview(data)[delta - lo : delta - lo + n]
+
+    def _verify(self, rec: Record, first_chunk: int, data: bytes, expect: int) -> None:
+        bad = verify_chunks(rec, first_chunk, data) if len(data) == expect else -1
+        if bad is not None:
+            with self._io.lock:
+                self.stats.checksum_failures += 1
+            where = "object too short" if bad == -1 else f"record byte {bad}"
+            raise IntegrityError(
+                f"disk {self.disk_id}: checksum mismatch in {rec.seg_key} ({where}); "
+                "refusing to return wrong data"
+            )
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        """(offset, length, is_hole) runs covering exactly [offset, offset+length)."""
+        self._check_range(offset, length)
+        with self._lock:
+            pieces = self._resolve_locked(offset, offset + length)
+        out: list[tuple[int, int, bool]] = []
+        for s, e, rec, _d in pieces:
+            hole = rec is None or rec.kind != WRITE
+            if out and out[-1][2] == hole and out[-1][0] + out[-1][1] == s:
+                out[-1] = (out[-1][0], out[-1][1] + e - s, hole)
+            else:
+                out.append((s, e - s, hole))
+        return out
+
+    # -- writes --
+
+    def write(
+        self, offset: int, data: bytes | bytearray | memoryview, *, durable: bool = False
+    ) -> None:
+        """Join the open batch (visible to reads at once); with durable=True, return only when
+        the segment holding it and every earlier one are acknowledged by the store."""
+        mv = memoryview(data)
+        if mv.format != "B" or mv.ndim != 1:
+            mv = mv.cast("B")
+        n = len(mv)
+        self._check_range(offset, n)
+        if n == 0:
+            return
+        # Copy once: the caller (nbdkit) reuses its buffer after we return.
+        payload = data if isinstance(data, bytes) else mv.tobytes()
+        step = self._config.segment_max_bytes - self._config.segment_max_bytes % SECTOR
+        with self._lock:
+            self._check_can_write_locked()
+            self._backpressure_locked()
+            target = 0
+            for pos in range(0, n, step):
+                piece = payload[pos : pos + step] if n > step else payload
+                rec = Record(WRITE, offset + pos, len(piece), mem=piece)
+                target = self._append_locked(rec)
+            self.stats.writes += 1
+            self.stats.bytes_written += n
+            if durable:
+                self._wait_locked(target)
+
+    def trim(self, offset: int, length: int, *, durable: bool = False) -> None:
+        """Make the range a hole (reads as zeros, stores nothing)."""
+        self._check_range(offset, length)
+        if length == 0:
+            return
+        with self._lock:
+            self._check_can_write_locked()
+            self._backpressure_locked()
+            target = self._append_locked(Record(TRIM, offset, length))
+            self.stats.trims += 1
+            if durable:
+                self._wait_locked(target)
+
+    def zero(self, offset: int, length: int, *, durable: bool = False) -> None:
+        """Same as trim: holes read as zeros."""
+        self.trim(offset, length, durable=durable)
+
+    def resize(self, new_size: int, *, allow_shrink: bool = False) -> None:
+        """Grow (always) or shrink (only with allow_shrink; the tail is dropped). Recorded in
+        the log, so it is ordered with the writes around it."""
+        _check_size("new size", new_size)
+        with self._lock:
+            self._check_can_write_locked()
+            if new_size == self._size:
+                return
+            if new_size < self._size and not allow_shrink:
+                raise Conflict(
+                    f"shrinking disk {self.disk_id!r} from {self._size} to {new_size} bytes "
+                    "would drop data; pass allow_shrink=True to do it"
+                )
+            self._backpressure_locked()
+            self._append_locked(Record(RESIZE, new_size, 0))
+
+    def _append_locked(self, rec: Record) -> int:
+        b = self._open
+        if b is None:
+            b = self._open = _Batch(self._next_seq, self._clock.monotonic())
+            self._next_seq += 1
+            self._cv.notify_all()  # start the commit-delay timer
+        b.records.append(rec)
+        end = rec.offset + rec.length
+        if rec.kind == WRITE:
+            self._pending.set(rec.offset, end, rec, 0)
+            b.nbytes += rec.length + 25 + 8 * n_chunks(rec.length, self._config.checksum_chunk)
+            b.data_len += rec.length
+        elif rec.kind == TRIM:
+            self._pending.set(rec.offset, end, rec, 0)
+            b.nbytes += 17
+        else:
+            if rec.offset < self._size:
+                # Until the shrink is durable the durable map still has the tail: mask it, so
+                # a later grow reads zeros there.
+                self._pending.set(rec.offset, self._size, rec, 0)
+            self._size = rec.offset
+            b.nbytes += 17
+        if b.nbytes >= self._config.segment_max_bytes:
+            self._seal_locked()
+        return b.seq
+
+    def _seal_locked(self) -> None:
+        b = self._open
+        if b is not None:
+            self._open = None
+            self._sealed.append(b)
+            self._cv.notify_all()
+
+    def _backpressure_locked(self) -> None:
+        """Bound memory: wait while too many batches are queued behind the store."""
+        limit = 2 * self._config.max_inflight_segments
+        if len(self._sealed) + len(self._inflight) < limit:
+            return
+        oldest = (self._inflight or self._sealed)[0].seq
+        self._wait_locked(oldest + len(self._sealed) + len(self._inflight) - limit)
+
+    def _wait_locked(self, target: int) -> None:
+        """Block until segment `target` and all before it are acknowledged."""
+        self._flush_gen += 1
+        my_gen = self._flush_gen
+        if target > self._flush_target:
+            self._flush_target = target
+        self._cv.notify_all()
+        while self._acked_seq < target:
+            if self._fatal is not None:
+                raise self._fatal
+            err = self._error
+            if err is not None and self._error_gen >= my_gen:
+                if isinstance(err, BlockstoreError):
+                    raise type(err)(f"disk {self.disk_id}: segment not stored: {err}") from err
+                raise Unavailable(f"disk {self.disk_id}: segment not stored: {err!r}") from err
+            if self._abandoned or (self._stopping and not self._threads_alive()):
+                raise Conflict(f"disk {self.disk_id!r} is closed")
+            self._cv.wait()
+
+    def _threads_alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def flush(self) -> None:
+        """Return when every write acknowledged before this call is durable in the store."""
+        if not self.writable:
+            return
+        with self._lock:
+            if self._fatal is not None:
+                raise self._fatal
+            self.stats.flushes += 1
+            target = self._next_seq - 1
+            if self._acked_seq >= target:
+                return
+            self._wait_locked(target)
+
+    # -- the committer --
+
+    def _committer(self) -> None:
+        cfg = self._config
+        while True:
+            with self._lock:
+                while True:
+                    if self._abandoned:
+                        return
+                    ob = self._open
+                    now = self._clock.monotonic()
+                    if ob is not None and (
+                        self._stopping
+                        or self._flush_target >= ob.seq
+                        or now - ob.first >= cfg.commit_delay
+                    ):
+                        self._seal_locked()
+                        ob = None
+                    if self._error is not None and self._flush_gen > self._error_gen:
+                        self._error = None  # someone asked again: retry the queued batches
+                    if self._error is None and self._fatal is None:
+                        self._submit_locked()
+                    done: list[_Batch] = []
+                    for b in self._inflight if self._fatal is None else ():
+                        f = b.future
+                        if f is None or not f.done():
+                            break
+                        exc = f.exception()
+                        if exc is not None:
+                            b.future = None
+                            self._set_error_locked(exc)
+                            break
+                        done.append(b)
+                    if done:
+                        break
+                    running = any(b.future is not None for b in self._inflight)
+                    if self._stopping and not running:
+                        idle = not self._inflight and not self._sealed and self._open is None
+                        if idle or self._error is not None or self._fatal is not None:
+                            self._cv.notify_all()
+                            return
+                    timeout = None
+                    if ob is not None:
+                        timeout = max(1e-4, cfg.commit_delay - (now - ob.first))
+                    self._cv.wait(timeout)
+            self._acknowledge(done)
+
+    def _submit_locked(self) -> None:
+        assert self._executor is not None
+        for b in self._inflight:
+            if b.future is None:
+                b.future = self._executor.submit(self._put_batch, b)
+                b.future.add_done_callback(self._wake)
+        while self._sealed and len(self._inflight) < self._config.max_inflight_segments:
+            b = self._sealed.popleft()
+            b.future = self._executor.submit(self._put_batch, b)
+            b.future.add_done_callback(self._wake)
+            self._inflight.append(b)
+
+    def _wake(self, _f: object) -> None:
+        with self._lock:
+            self._cv.notify_all()
+
+    def _set_error_locked(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+            self._error_gen = self._flush_gen
+            self.stats.commit_errors += 1
+        self._cv.notify_all()
+
+    def _put_batch(self, b: _Batch) -> None:
+        key = keys.segment_key(self.disk_id, b.seq, self._epoch)
+        if b.blob is None:
+            b.blob = encode_segment(
+                key, self.disk_id, b.seq, self._epoch, self._config.checksum_chunk, b.records
+            )
+        # Only this writer (its epoch is in the key) ever creates this key: PreconditionFailed
+        # means an earlier attempt whose reply was lost already stored these very bytes.
+        with contextlib.suppress(PreconditionFailed):
+            self._io.put(key, b.blob, if_none_match=True)
+
+    def _acknowledge(self, done: list[_Batch]) -> None:
+        """Fence check for the PUTs in `done` (all complete), then apply them in seq order."""
+        try:
+            fenced = self._io.exists(keys.epoch_key(self.disk_id, self._epoch + 1))
+        except BaseException as exc:
+            with self._lock:
+                for b in done:
+                    b.future = None  # re-PUT later: PreconditionFailed then means "stored"
+                self._set_error_locked(exc)
+            return
+        with self._lock:
+            if self._abandoned:
+                return
+            if fenced:
+                self._fatal = Fenced(
+                    f"disk {self.disk_id!r}: writer epoch {self._epoch} was superseded by a "
+                    "newer writer; this handle may not commit any more"
+                )
+                self._cv.notify_all()
+                return
+            for b in done:
+                self._inflight.popleft()
+                for rec in b.records:
+                    self._durable_size = _apply(self._durable, rec, self._durable_size)
+                    end = rec.offset + rec.length if rec.kind != RESIZE else _FAR
+                    self._pending.remove_where(rec.offset, end, lambda r, rec=rec: r is rec)  # type: ignore[misc]
+                for rec in b.records:
+                    rec.mem = None  # reads now go to the store
+                if b.data_len:
+                    self._segments[keys.segment_key(self.disk_id, b.seq, self._epoch)] = b.data_len
+                b.blob = None
+                self._acked_seq = b.seq
+                self.stats.segments_written += 1
+            self._cv.notify_all()
+            due = (
+                self._acked_seq - max(self._last_ckpt_seq, 0)
+                >= self._config.checkpoint_every_segments
+            )
+        if due:
+            try:
+                self._write_checkpoint()
+            except BlockstoreError:
+                with self._io.lock:
+                    self.stats.commit_errors += 1  # the next one will try again
+
+    # -- checkpoints --
+
+    def checkpoint(self) -> None:
+        """Flush, then write the durable map as a checkpoint (if it changed)."""
+        if not self.writable:
+            raise Conflict(f"disk {self.disk_id!r} is open read-only")
+        self.flush()
+        self._write_checkpoint()
+
+    def _write_checkpoint(self) -> tuple[int, set[str]]:
+        """Checkpoint the durable map at the acknowledged seq; returns (seq, segments named)."""
+        with self._ckpt_lock:
+            with self._lock:
+                seq = self._acked_seq
+                if seq <= self._last_ckpt_seq:
+                    return self._last_ckpt_seq, self._last_ckpt_refs
+                starts, ends, vals = self._durable.copy().lists()
+                size = self._durable_size
+                sizes = dict(self._segments)
+            refs = {rec.seg_key for rec, _d in vals}
+            blob = encode_checkpoint(
+                self.disk_id, seq, self._epoch, size, starts, ends, vals, sizes
+            )
+            # A checkpoint already at this seq describes the same log prefix: same content.
+            with contextlib.suppress(PreconditionFailed):
+                self._io.put(keys.checkpoint_key(self.disk_id, seq), blob, if_none_match=True)
+            with self._lock:
+                self._last_ckpt_seq = seq
+                self._last_ckpt_refs = refs
+                self._last_ckpt_size = size
+                # Forget sizes of segments nothing will name again (bounded memory).
+                newer = keys.segment_key(self.disk_id, seq, keys.MAX_EPOCH)
+                self._segments = {k: v for k, v in self._segments.items() if k in refs or k > newer}
+                self.stats.checkpoints_written += 1
+            return seq, refs
+
+    # -- snapshots and clones --
+
+    def create_snapshot(self, name: str) -> SnapshotInfo:
+        """Flush, checkpoint, and record an immutable snapshot pinning that checkpoint."""
+        keys.validate_snapshot_name(name)
+        if not self.writable:
+            raise Conflict(f"disk {self.disk_id!r} is open read-only; snapshots need the writer")
+        key = keys.snapshot_key(self.disk_id, name)
+        if self._io.exists(key):
+            raise Conflict(f"disk {self.disk_id!r} already has a snapshot {name!r}")
+        with self._gc_lock:  # our own GC must not retire the checkpoint before it is pinned
+            self.flush()
+            seq, _refs = self._write_checkpoint()
+            info = SnapshotInfo(name, self.disk_id, self._last_ckpt_size, self._clock.time(), seq)
+            body = json.dumps(
+                {
+                    "format": 1,
+                    "name": name,
+                    "disk_id": self.disk_id,
+                    "size": info.size,
+                    "created": info.created,
+                    "checkpoint_seq": seq,
+                    "checkpoint_key": keys.checkpoint_key(self.disk_id, seq),
+                }
+            ).encode()
+            try:
+                self._io.put(key, body, if_none_match=True)
+            except PreconditionFailed:
+                raise Conflict(f"disk {self.disk_id!r} already has a snapshot {name!r}") from None
+        return info
+
+    def list_snapshots(self) -> list[SnapshotInfo]:
+        return list_snapshots(self._store, self.disk_id)
+
+    def delete_snapshot(self, name: str) -> None:
+        delete_snapshot(self._store, self.disk_id, name)
+
+    def changed_ranges(self, since: str | None, until: str | None = None) -> list[tuple[int, int]]:
+        """Ranges whose content may differ between snapshot `since` (None: the empty disk)
+        and snapshot `until` (None: now), merged and sorted."""
+        if since is None:
+            a: list[tuple[int, int, tuple[str, int]]] = []
+        else:
+            ck = self._snapshot_checkpoint(since)
+            a = _identity_list(ck.starts, ck.ends, ck.vals)
+        if until is None:
+            self.flush()
+            with self._lock:
+                starts, ends, vals = self._durable.copy().lists()
+                limit = self._durable_size
+            b = _identity_list(starts, ends, vals)
+        else:
+            ck = self._snapshot_checkpoint(until)
+            b = _identity_list(ck.starts, ck.ends, ck.vals)
+            limit = ck.size
+        return _diff(a, b, limit)
+
+    def _snapshot_checkpoint(self, name: str) -> Checkpoint:
+        info = _read_snapshot(self._io, self.disk_id, name)
+        return _read_checkpoint(self._io, keys.checkpoint_key(self.disk_id, info.checkpoint_seq))
+
+    # -- space --
+
+    def stored_bytes(self) -> int:
+        """Bytes of every object under this disk (a clone's shared source data not counted)."""
+        return sum(size for _k, size in self._io.list(keys.disk_prefix(self.disk_id)))
+
+    def live_bytes(self) -> int:
+        """Bytes of data the current durable map references."""
+        with self._lock:
+            return self._durable.mapped_bytes()
+
+    # -- garbage collection --
+
+    def _gc_loop(self) -> None:
+        while not self._stop_event.wait(self._config.gc_interval_seconds):
+            try:
+                self.gc()
+            except BlockstoreError:
+                with self._io.lock:
+                    self.stats.gc_errors += 1
+                if self._fatal is not None:
+                    return
+
+    def gc(self) -> GcResult:
+        """One GC pass: compact sparse segments, then delete what nothing can need any more."""
+        if not self.writable:
+            raise Conflict(f"disk {self.disk_id!r} is open read-only; only the writer runs GC")
+        with self._gc_lock:
+            result = GcResult()
+            pinned_segs, pinned_ckpts = self._snapshot_pins()
+            self._compact(pinned_segs, result)
+            self.flush()
+            ckpt_seq, ckpt_refs = self._write_checkpoint()
+            self._delete_unreferenced(ckpt_seq, ckpt_refs, pinned_segs, pinned_ckpts, result)
+            with self._io.lock:
+                self.stats.gc_passes += 1
+                self.stats.gc_segments_compacted += result.segments_compacted
+                self.stats.gc_bytes_rewritten += result.bytes_rewritten
+                self.stats.gc_objects_deleted += result.objects_deleted
+                self.stats.gc_bytes_deleted += result.bytes_deleted
+            return result
+
+    def _snapshot_pins(self) -> tuple[set[str], set[int]]:
+        """Segments and checkpoint seqs that this disk's snapshots hold."""
+        segs: set[str] = set()
+        ckpts: set[int] = set()
+        for info in list_snapshots(self._store, self.disk_id):
+            ckey = keys.checkpoint_key(self.disk_id, info.checkpoint_seq)
+            ckpts.add(info.checkpoint_seq)
+            refs = self._snap_refs_cache.get(ckey)
+            if refs is None:
+                refs = self._snap_refs_cache[ckey] = set(_read_checkpoint(self._io, ckey).segments)
+            segs |= refs
+        return segs, ckpts
+
+    def _compact(self, pinned: set[str], result: GcResult) -> None:
+        own = keys.segment_prefix(self.disk_id)
+        threshold = self._config.gc_live_threshold
+        with self._lock:
+            live: dict[str, list[tuple[int, int, Record, int]]] = {}
+            for s, e, rec, delta in self._durable:
+                if rec.seg_key.startswith(own) and rec.seg_key not in pinned:
+                    live.setdefault(rec.seg_key, []).append((s, e, rec, delta))
+            candidates = []
+            for key, pieces in live.items():
+                total = self._segments.get(key, 0)
+                used = sum(e - s for s, e, _r, _d in pieces)
+                if total > 0 and used < threshold * total:
+                    candidates.append((key, pieces))
+        for key, pieces in sorted(candidates):
+            try:
+                blob = self._io.get(key)
+            except NotFound:
+                continue
+            rewritten = 0
+            with self._lock:
+                self._check_can_write_locked()
+                for s, e, rec, delta in pieces:
+                    for ps, pe, prec, pdelta in self._resolve_locked(s, e):
+                        # Only bytes still served from this very place are copied: anything
+                        # written or trimmed since we looked wins.
+                        if prec is not rec or pdelta != delta + (ps - s):
+                            continue
+                        d0 = pdelta
+                        c0 = d0 // rec.chunk
+                        lo = c0 * rec.chunk
+                        hi = min(n_chunks(d0 + pe - ps, rec.chunk) * rec.chunk, rec.length)
+                        raw = blob[rec.data_off + lo : rec.data_off + hi]
+                        self._verify(rec, c0, raw, hi - lo)
+                        data = raw[d0 - lo : d0 - lo + (pe - ps)]
+                        self._append_locked(Record(WRITE, ps, pe - ps, mem=data))
+                        rewritten += pe - ps
+                self._backpressure_locked()
+            result.segments_compacted += 1
+            result.bytes_rewritten += rewritten
+
+    def _delete_unreferenced(
+        self,
+        ckpt_seq: int,
+        ckpt_refs: set[str],
+        pinned_segs: set[str],
+        pinned_ckpts: set[int],
+        result: GcResult,
+    ) -> None:
+        now = self._clock.time()
+        min_age = self._config.gc_min_age_seconds
+        with self._lock:
+            live = {rec.seg_key for _s, _e, rec, _d in self._durable}
+        keep = live | ckpt_refs | pinned_segs
+        doomed: list[tuple[str, int]] = []
+        seen: set[str] = set()
+        candidates: list[tuple[str, int]] = []
+        for key, size in self._io.list(keys.segment_prefix(self.disk_id)):
+            p = keys.parse_segment_key(key)
+            # Only at or below the newest checkpoint: replay never reads those, so deleting
+            # them cannot open a gap in anyone's log.
+            if p is None or p[1] > ckpt_seq or key in keep:
+                continue
+            candidates.append((key, size))
+        for key, size in self._io.list(keys.checkpoint_prefix(self.disk_id)):
+            c = keys.parse_checkpoint_key(key)
+            if c is None or c[1] >= ckpt_seq or c[1] in pinned_ckpts:
+                continue
+            candidates.append((key, size))
+        for key, size in candidates:
+            seen.add(key)
+            first = self._unref_since.setdefault(key, now)
+            if now - first >= min_age:
+                doomed.append((key, size))
+            else:
+                result.objects_waiting += 1
+        self._unref_since = {k: v for k, v in self._unref_since.items() if k in seen}
+        if not doomed:
+            return
+        # A superseded writer must not delete anything on the strength of a stale view.
+        if self._io.exists(keys.epoch_key(self.disk_id, self._epoch + 1)):
+            with self._lock:
+                self._fatal = Fenced(
+                    f"disk {self.disk_id!r}: writer epoch {self._epoch} superseded"
+                )
+                self._cv.notify_all()
+            raise self._fatal
+        for key, size in doomed:
+            self._io.delete(key)
+            self._unref_since.pop(key, None)
+            self._snap_refs_cache.pop(key, None)
+            result.objects_deleted += 1
+            result.bytes_deleted += size
+
+    # -- shutdown --
+
+    def close(self) -> None:
+        """Flush, checkpoint if useful, stop threads. Safe to call twice."""
+        if self._closed:
+            return
+        try:
+            if self.writable and self._fatal is None and not self._abandoned:
+                self.flush()
+                with self._lock:
+                    useful = self._acked_seq > max(self._last_ckpt_seq, 0)
+                if useful:
+                    self._write_checkpoint()
+        finally:
+            self._stop(wait_puts=True)
+            self._closed = True
+
+    def abandon(self) -> None:
+        """Crash tests: stop threads and drop everything unflushed, writing nothing more (PUTs
+        already on the wire complete but are not acknowledged, as when a process dies)."""
+        with self._lock:
+            self._abandoned = True
+            self._cv.notify_all()
+        self._stop(wait_puts=True)
+        self._closed = True
+
+    def _stop(self, *, wait_puts: bool) -> None:
+        with self._lock:
+            self._stopping = True
+            self._cv.notify_all()
+        self._stop_event.set()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join()
+        if self._executor is not None:
+            self._executor.shutdown(wait=wait_puts, cancel_futures=True)
+        with self._lock:
+            self._cv.notify_all()
+
+    def __enter__(self) -> Volume:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _zero_fill(dst: memoryview) -> None:
+    n = len(dst)
+    pos = 0
+    while pos < n:
+        k = min(n - pos, len(_ZEROS))
+        dst[pos : pos + k] = _ZEROS[:k]
+        pos += k
+
+
+# --- snapshot records (also used by the control plane without opening the volume) -------
+
+
+def list_snapshots(store: ObjectStore, disk_id: str) -> list[SnapshotInfo]:
+    """Every snapshot of `disk_id`, by name."""
+    io = _Io(store, VolumeStats())
+    out = []
+    for key, _size in io.list(keys.snapshot_prefix(disk_id)):
+        if keys.parse_snapshot_key(key) is None:
+            continue
+        try:
+            out.append(_snapshot_info(io.json(key), key))
+        except NotFound:
+            continue  # deleted between the listing and the read
+    return sorted(out, key=lambda s: s.name)
+
+
+def delete_snapshot(store: ObjectStore, disk_id: str, name: str) -> None:
+    """Delete a snapshot record; Conflict while a clone depends on it. GC later reclaims what
+    only it held."""
+    io = _Io(store, VolumeStats())
+    key = keys.snapshot_key(disk_id, name)
+    if not io.exists(key):
+        raise NotFound(f"disk {disk_id!r} has no snapshot {name!r}")
+    tomb = keys.snapshot_deleting_key(disk_id, name)
+    # Tombstone first, then look for clones: a clone registers first and then looks for the
+    # tombstone, so a racing clone either sees the tombstone or is seen here.
+    io.put(tomb, b"")
+    clones = [k for k, _s in io.list(keys.clone_ref_prefix(disk_id, name))]
+    if clones:
+        io.delete(tomb)
+        names = ", ".join(sorted(k.rsplit("/", 1)[-1] for k in clones))
+        raise Conflict(f"snapshot {disk_id}/{name} is the source of clone(s) {names}")
+    io.delete(key)
+    io.delete(tomb)
