@@ -1,0 +1,613 @@
+"""Volume engine on the in-memory store: data path, durability, crashes, fencing, corruption,
+snapshots, clones, changed ranges and GC."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from blockstore.clock import FakeClock
+from blockstore.errors import (
+    Conflict,
+    Fenced,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from blockstore.faults import FaultRule, FaultyStore
+from blockstore.objectstore import Buffer, MemoryStore, ObjectStore
+from blockstore.volume import Volume, VolumeConfig
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def cfg(**kw: object) -> VolumeConfig:
+    base: dict[str, object] = {"gc_interval_seconds": 0, "commit_delay": 3600.0}
+    base.update(kw)
+    return VolumeConfig(**base)  # type: ignore[arg-type]
+
+
+def new_volume(
+    store: ObjectStore | None = None, size: int = 1 * MiB, disk: str = "d1", **kw: object
+) -> tuple[ObjectStore, Volume]:
+    store = store or MemoryStore()
+    Volume.create(store, disk, size)
+    return store, Volume.open(store, disk, config=cfg(**kw))
+
+
+def reader(store: ObjectStore, disk: str = "d1") -> Volume:
+    return Volume.open(store, disk, writable=False, config=cfg())
+
+
+# --- data path ----------------------------------------------------------------------------
+
+
+def test_write_read_holes_and_reopen() -> None:
+    store, v = new_volume(segment_max_bytes=64 * KiB, checkpoint_every_segments=3)
+    assert v.read(0, 8192) == bytes(8192)
+    a, b = os.urandom(12 * KiB), os.urandom(4 * KiB)
+    v.write(4096, a)
+    v.write(8192, b)  # overlaps the middle of a
+    want = bytearray(1 * MiB)
+    want[4096 : 4096 + len(a)] = a
+    want[8192 : 8192 + len(b)] = b
+    assert v.read(0, 1 * MiB) == want  # read-your-writes before any flush
+    v.flush()
+    assert v.read(0, 1 * MiB) == want  # now from the store
+    v.trim(8192, 1024)
+    want[8192 : 8192 + 1024] = bytes(1024)
+    big = os.urandom(300 * KiB)  # spans several segments
+    v.write(512 * KiB, big)
+    want[512 * KiB : 512 * KiB + len(big)] = big
+    assert v.extents(0, 16 * KiB) == [
+        (0, 4096, True),
+        (4096, 4096, False),
+        (8192, 1024, True),
+        (9216, 7168, False),
+    ]
+    v.close()
+    r = reader(store)
+    assert r.read(0, 1 * MiB) == want
+    assert r.stats.segments_replayed < v.stats.segments_written  # a checkpoint was used
+    ext = r.extents(0, 1 * MiB)
+    assert sum(n for _o, n, _h in ext) == 1 * MiB
+    assert all(want[o : o + n] == bytes(n) for o, n, hole in ext if hole)
+
+
+def test_readinto_fills_caller_buffer() -> None:
+    _store, v = new_volume()
+    data = os.urandom(8192)
+    v.write(4096, data)
+    v.flush()
+    buf = bytearray(b"\xff" * 16384)
+    v.readinto(0, memoryview(buf))
+    assert buf == bytes(4096) + data + bytes(4096)
+    v.close()
+
+
+@pytest.mark.parametrize(
+    ("offset", "length", "needle"),
+    [
+        (1, 512, "offset 1"),
+        (512, 100, "length 100"),
+        (-512, 512, "offset -512"),
+        (1 * MiB, 512, "past the end"),
+        ((1 << 63) - 512, 512, "past the end"),
+    ],
+)
+def test_bad_ranges_are_invalid_argument(offset: int, length: int, needle: str) -> None:
+    _store, v = new_volume()
+    for call in (
+        lambda: v.read(offset, length),
+        lambda: v.write(offset, bytes(max(length, 0))),
+        lambda: v.trim(offset, length),
+        lambda: v.extents(offset, length),
+    ):
+        with pytest.raises(InvalidArgument, match=needle):
+            call()
+    v.close()
+
+
+def test_create_open_destroy_errors() -> None:
+    store = MemoryStore()
+    with pytest.raises(InvalidArgument):
+        Volume.create(store, "Bad_Name", MiB)
+    with pytest.raises(InvalidArgument, match="size 1000"):
+        Volume.create(store, "d1", 1000)
+    with pytest.raises(NotFound):
+        Volume.open(store, "d1", config=cfg())
+    Volume.create(store, "d1", MiB)
+    with pytest.raises(Conflict):
+        Volume.create(store, "d1", MiB)
+    Volume.destroy(store, "d1")
+    assert not store.raw()
+    with pytest.raises(NotFound):
+        Volume.destroy(store, "d1")
+
+
+def test_resize_grow_shrink_is_ordered_and_persistent() -> None:
+    store, v = new_volume(size=64 * KiB)
+    v.write(60 * KiB, b"a" * 4096)
+    with pytest.raises(Conflict, match="allow_shrink"):
+        v.resize(32 * KiB)
+    with pytest.raises(InvalidArgument):
+        v.resize(32 * KiB + 1)
+    v.resize(128 * KiB)
+    v.write(100 * KiB, b"b" * 4096)
+    v.resize(32 * KiB, allow_shrink=True)
+    with pytest.raises(InvalidArgument):
+        v.read(32 * KiB, 512)
+    v.resize(128 * KiB)  # grown again: the dropped tail reads as zeros
+    assert v.read(0, 128 * KiB) == bytes(128 * KiB)
+    v.flush()
+    assert v.read(0, 128 * KiB) == bytes(128 * KiB)
+    v.write(0, b"c" * 512, durable=True)
+    v.abandon()
+    r = reader(store)
+    assert r.size == 128 * KiB
+    assert r.read(0, 128 * KiB) == b"c" * 512 + bytes(128 * KiB - 512)
+
+
+def test_unflushed_writes_are_not_durable_and_flush_makes_them_so() -> None:
+    store, v = new_volume()
+    v.write(0, b"x" * 4096)
+    assert reader(store).read(0, 4096) == bytes(4096)  # still in the open batch
+    v.flush()
+    assert reader(store).read(0, 4096) == b"x" * 4096
+    v.write(4096, b"y" * 4096, durable=True)
+    assert reader(store).read(4096, 4096) == b"y" * 4096
+    v.close()
+
+
+class SlowStore(MemoryStore):
+    """PUTs take a while, so concurrent durable writers pile up behind one."""
+
+    def put(self, key: str, data: Buffer, **kw: object) -> str:
+        if "/seg/" in key:
+            time.sleep(0.05)
+        return super().put(key, data, **kw)  # type: ignore[arg-type]
+
+
+def test_concurrent_durable_writers_share_puts() -> None:
+    store = SlowStore()
+    _s, v = new_volume(store, max_inflight_segments=1)
+    n = 16
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def writer(i: int) -> None:
+        try:
+            barrier.wait()
+            v.write(i * 4096, bytes([i]) * 4096, durable=True)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert v.stats.segments_written < n  # group commit: fewer PUTs than durable writes
+    r = reader(store)
+    for i in range(n):
+        assert r.read(i * 4096, 4096) == bytes([i]) * 4096
+    v.close()
+
+
+def test_store_outage_fails_flush_then_recovers() -> None:
+    inner = MemoryStore()
+    store = FaultyStore(inner)
+    _s, v = new_volume(store)
+    store.add(FaultRule(op="put", key_contains="/seg/", times=1))
+    v.write(0, b"q" * 4096)
+    with pytest.raises(Unavailable):
+        v.flush()
+    assert v.read(0, 4096) == b"q" * 4096  # still readable from memory
+    v.flush()  # asked again: the queued segment is re-sent
+    assert reader(inner).read(0, 4096) == b"q" * 4096
+    # a lost reply: the PUT landed, the writer did not hear back; the re-send must not fail
+    store.add(FaultRule(op="put", key_contains="/seg/", times=1, apply_before=False))
+    v.write(4096, b"r" * 4096)
+    with pytest.raises(Unavailable):
+        v.flush()
+    v.flush()
+    assert reader(inner).read(4096, 4096) == b"r" * 4096
+    v.close()
+
+
+# --- crashes ------------------------------------------------------------------------------
+
+
+def _crash_scenario(
+    store: ObjectStore, flushed: dict[int, bytes], written: dict[int, list[bytes]]
+) -> None:
+    """Writes, flushes, a checkpoint and a close; records what each flush made durable.
+    `written[sector]` lists every value written to a sector in order, `flushed[sector]` the
+    value a completed flush covered."""
+    rng = random.Random(7)
+    v = Volume.open(
+        store, "d1", config=cfg(segment_max_bytes=16 * KiB, checkpoint_every_segments=2)
+    )
+    try:
+        for round_ in range(4):
+            for _ in range(6):
+                sector = rng.randrange(64)
+                value = bytes([round_ * 16 + rng.randrange(16)]) * 512
+                v.write(sector * 512, value)
+                written.setdefault(sector, []).append(value)
+            if round_ == 2:
+                v.checkpoint()
+            else:
+                v.flush()
+            for sector, values in written.items():
+                flushed[sector] = values[-1]
+        v.close()
+    finally:
+        v.abandon()
+
+
+def _check_after_crash(
+    store: ObjectStore, flushed: dict[int, bytes], written: dict[int, list[bytes]]
+) -> None:
+    r = reader(store)
+    for sector in range(64):
+        got = r.read(sector * 512, 512)
+        values = written.get(sector, [])
+        if sector in flushed:
+            # the flushed value or a later one; never an older one, never garbage
+            later = values[values.index(flushed[sector]) :]
+            assert got in later, f"sector {sector} lost a flushed write"
+        else:
+            assert got in [bytes(512), *values]
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["crash-before-op", "crash-after-op"])
+def test_crash_at_every_store_call_keeps_flushed_writes(before: bool) -> None:
+    """Cut the store at each call in turn (open, segment PUTs, fence checks, checkpoint,
+    close); the reopened volume holds every flushed write."""
+    k = 0
+    while True:
+        inner = MemoryStore()
+        Volume.create(inner, "d1", 32 * KiB)
+        store = FaultyStore(inner)
+        store.add(FaultRule(op="*", after=k, crash=True, apply_before=before))
+        flushed: dict[int, bytes] = {}
+        written: dict[int, list[bytes]] = {}
+        try:
+            _crash_scenario(store, flushed, written)
+            completed = True
+        except Unavailable:
+            completed = False
+        _check_after_crash(inner, flushed, written)
+        # the crashed volume can be opened as a writer again and used
+        v = Volume.open(inner, "d1", config=cfg())
+        v.write(0, b"z" * 512, durable=True)
+        v.close()
+        if completed:
+            break
+        k += 1
+    assert k > 12  # the sweep really went through the whole scenario
+
+
+def test_abandon_drops_unflushed_only() -> None:
+    store, v = new_volume()
+    v.write(0, b"a" * 4096)
+    v.flush()
+    v.write(0, b"b" * 4096)
+    v.write(8192, b"c" * 4096)
+    v.abandon()
+    r = reader(store)
+    assert r.read(0, 4096) == b"a" * 4096
+    assert r.read(8192, 4096) == bytes(4096)
+
+
+def test_corrupt_newest_checkpoint_is_an_error_not_silent_loss() -> None:
+    store, v = new_volume()
+    v.write(0, b"a" * 4096)
+    v.checkpoint()
+    v.close()
+    raw = store.raw()  # type: ignore[attr-defined]
+    ck = max(k for k in raw if "/ckpt/" in k)
+    raw[ck] = raw[ck][:-1] + bytes([raw[ck][-1] ^ 1])
+    with pytest.raises(IntegrityError):
+        reader(store)
+
+
+# --- fencing ------------------------------------------------------------------------------
+
+
+def test_second_writer_fences_the_first() -> None:
+    store, v1 = new_volume()
+    v1.write(0, b"1" * 4096, durable=True)
+    v2 = Volume.open(store, "d1", config=cfg())
+    assert v2.epoch > v1.epoch
+    assert v2.read(0, 4096) == b"1" * 4096
+    v1.write(4096, b"L" * 4096)  # lands in v1's batch; its commit must fail
+    with pytest.raises(Fenced):
+        v1.flush()
+    with pytest.raises(Fenced):
+        v1.write(8192, b"M" * 512)
+    v2.write(0, b"2" * 4096, durable=True)
+    r = reader(store)
+    assert r.read(0, 8192) == b"2" * 4096 + bytes(4096)  # v1's late write never appears
+    v1.abandon()
+    v2.close()
+    assert reader(store).read(4096, 4096) == bytes(4096)
+
+
+class HookStore(MemoryStore):
+    """Runs a callback just before the first PUT of a key containing `trigger`."""
+
+    def __init__(self, trigger: str, hook: Callable[[], None]) -> None:
+        super().__init__()
+        self.trigger = trigger
+        self.hook: Callable[[], None] | None = hook
+
+    def put(self, key: str, data: Buffer, **kw: object) -> str:
+        if self.trigger in key and self.hook is not None:
+            hook, self.hook = self.hook, None
+            hook()
+        return super().put(key, data, **kw)  # type: ignore[arg-type]
+
+
+def test_old_writer_racing_a_new_open_never_shows_late_writes() -> None:
+    """The old writer PUTs a segment after the new writer claimed its epoch but before it
+    recorded where its log starts: the old writer must not acknowledge it, and no reader may
+    see it afterwards."""
+    box: dict[str, Volume] = {}
+    outcome: list[str] = []
+
+    def old_writer_commits() -> None:
+        box["v1"].write(4096, b"L" * 4096)
+        try:
+            box["v1"].flush()
+            outcome.append("acked")
+        except Fenced:
+            outcome.append("fenced")
+
+    store = HookStore(".start-", lambda: None)
+    Volume.create(store, "d1", MiB)
+    box["v1"] = Volume.open(store, "d1", config=cfg())
+    box["v1"].write(0, b"1" * 4096, durable=True)
+    store.hook = old_writer_commits  # fire during v2's open, between claim and start record
+    v2 = Volume.open(store, "d1", config=cfg())
+    assert outcome == ["fenced"]
+    assert any(f"-{box['v1'].epoch:08x}" in k and "/seg/" in k for k in store.raw())
+    v2.write(8192, b"2" * 4096, durable=True)
+    v2.close()
+    r = reader(store)
+    assert r.read(0, 12 * KiB) == b"1" * 4096 + bytes(4096) + b"2" * 4096
+    box["v1"].abandon()
+
+
+def test_acknowledged_write_of_old_writer_survives_new_open() -> None:
+    """The old writer's segment is acknowledged just before the new claim: the new writer's
+    listing must include it."""
+    store = MemoryStore()
+    Volume.create(store, "d1", MiB)
+    v1 = Volume.open(store, "d1", config=cfg())
+    v1.write(0, b"A" * 4096, durable=True)
+    v2 = Volume.open(store, "d1", config=cfg())
+    assert v2.read(0, 4096) == b"A" * 4096
+    v1.abandon()
+    v2.close()
+
+
+# --- corruption ---------------------------------------------------------------------------
+
+
+def test_flipped_data_byte_is_detected() -> None:
+    store, v = new_volume(checksum_chunk=4096)
+    data = os.urandom(64 * KiB)
+    v.write(0, data, durable=True)
+    raw = store.raw()  # type: ignore[attr-defined]
+    (seg,) = [k for k in raw if "/seg/" in k]
+    blob = bytearray(raw[seg])
+    blob[-1000] ^= 0x01  # inside the last 4 KiB chunk of the data
+    raw[seg] = bytes(blob)
+    assert v.read(0, 4096) == data[:4096]  # other chunks still verify
+    with pytest.raises(IntegrityError, match="checksum"):
+        v.read(60 * KiB, 4096)
+    assert v.stats.checksum_failures == 1
+    v.close()
+    r = reader(store)
+    with pytest.raises(IntegrityError):
+        r.read(0, 64 * KiB)
+    assert r.stats.checksum_failures == 1
+
+
+def test_flipped_header_byte_fails_open() -> None:
+    store, v = new_volume()
+    v.write(0, b"x" * 4096, durable=True)
+    v.abandon()  # no checkpoint: opening must replay the segment
+    raw = store.raw()  # type: ignore[attr-defined]
+    (seg,) = [k for k in raw if "/seg/" in k]
+    blob = bytearray(raw[seg])
+    blob[30] ^= 0x10
+    raw[seg] = bytes(blob)
+    with pytest.raises(IntegrityError):
+        reader(store)
+
+
+# --- snapshots, clones, changed ranges ------------------------------------------------------
+
+
+def test_snapshot_is_frozen_and_clone_diverges() -> None:
+    store, v = new_volume(size=256 * KiB)
+    v.write(0, b"a" * 8192)
+    s1 = v.create_snapshot("s1")
+    assert (s1.name, s1.disk_id, s1.size) == ("s1", "d1", 256 * KiB)
+    with pytest.raises(Conflict):
+        v.create_snapshot("s1")
+    v.write(4096, b"b" * 8192)
+    snap = Volume.open_snapshot(store, "d1", "s1", config=cfg())
+    assert snap.read(0, 16384) == b"a" * 8192 + bytes(8192)
+    with pytest.raises(Conflict):
+        snap.write(0, b"x" * 512)
+    Volume.create(store, "c1", 0, source=("d1", "s1"))
+    c = Volume.open(store, "c1", config=cfg())
+    assert c.size == 256 * KiB
+    assert c.read(0, 16384) == b"a" * 8192 + bytes(8192)
+    c.write(0, b"c" * 4096, durable=True)
+    assert v.read(0, 4096) == b"a" * 4096  # the source is untouched
+    assert v.read(4096, 8192) == b"b" * 8192
+    assert c.read(0, 16384) == b"c" * 4096 + b"a" * 4096 + bytes(8192)
+    c.close()
+    assert reader(store, "c1").read(0, 8192) == b"c" * 4096 + b"a" * 4096
+    assert [s.name for s in v.list_snapshots()] == ["s1"]
+    with pytest.raises(Conflict, match="c1"):
+        v.delete_snapshot("s1")
+    with pytest.raises(Conflict, match="c1"):
+        Volume.destroy(store, "d1")
+    Volume.destroy(store, "c1")
+    v.delete_snapshot("s1")
+    assert v.list_snapshots() == []
+    with pytest.raises(NotFound):
+        Volume.open_snapshot(store, "d1", "s1")
+    v.close()
+    Volume.destroy(store, "d1")
+    assert not store.raw()  # type: ignore[attr-defined]
+
+
+def test_clone_of_clone_and_larger_clone() -> None:
+    store, v = new_volume(size=64 * KiB)
+    v.write(0, b"a" * 4096)
+    v.create_snapshot("s")
+    Volume.create(store, "c1", 128 * KiB, source=("d1", "s"))
+    c1 = Volume.open(store, "c1", config=cfg())
+    assert c1.size == 128 * KiB
+    c1.write(100 * KiB, b"x" * 4096)
+    c1.create_snapshot("t")
+    with pytest.raises(InvalidArgument):
+        Volume.create(store, "c2", 64 * KiB, source=("c1", "t"))
+    Volume.create(store, "c2", 0, source=("c1", "t"))
+    c2 = Volume.open(store, "c2", config=cfg())
+    assert c2.read(0, 4096) == b"a" * 4096
+    assert c2.read(100 * KiB, 4096) == b"x" * 4096
+    for vol in (v, c1, c2):
+        vol.close()
+
+
+def test_changed_ranges() -> None:
+    _store, v = new_volume(size=1 * MiB)
+    v.write(0, b"a" * 8192)
+    v.write(512 * KiB, b"a" * 4096)
+    v.create_snapshot("s1")
+    v.write(4096, b"b" * 4096)
+    v.trim(512 * KiB, 4096)
+    v.write(900 * KiB, b"c" * 1024)
+    v.create_snapshot("s2")
+    v.write(0, b"d" * 512)
+    assert v.changed_ranges(None, "s1") == [(0, 8192), (512 * KiB, 512 * KiB + 4096)]
+    assert v.changed_ranges("s1", "s2") == [
+        (4096, 8192),
+        (512 * KiB, 512 * KiB + 4096),
+        (900 * KiB, 900 * KiB + 1024),
+    ]
+    assert v.changed_ranges("s2") == [(0, 512)]
+    assert v.changed_ranges("s2", "s2") == []
+    v.close()
+
+
+# --- garbage collection -------------------------------------------------------------------
+
+
+def test_gc_bounds_space_under_random_overwrite() -> None:
+    clock = FakeClock()
+    store = MemoryStore()
+    size = 2 * MiB
+    Volume.create(store, "d1", size)
+    v = Volume.open(
+        store,
+        "d1",
+        config=cfg(segment_max_bytes=128 * KiB, checkpoint_every_segments=16),
+        clock=clock,
+    )
+    rng = random.Random(1)
+    model = bytearray(size)
+    for i in range(6000):
+        off = rng.randrange(size // 4096) * 4096
+        data = rng.randbytes(4096)
+        v.write(off, data)
+        model[off : off + 4096] = data
+        if i % 64 == 63:
+            v.flush()
+    v.flush()
+    before = v.stored_bytes()
+    assert before > 4 * size  # lots of garbage before GC
+    for _ in range(3):
+        v.gc()
+        clock.advance(v.config.gc_min_age_seconds + 1)
+    result = v.gc()
+    assert result.objects_deleted > 0 or v.stats.gc_objects_deleted > 0
+    live = v.live_bytes()
+    assert v.stored_bytes() < 2 * live
+    assert v.read(0, size) == model
+    v.close()
+    r = reader(store)
+    assert r.read(0, size) == model
+
+
+def test_gc_waits_min_age_and_keeps_snapshots() -> None:
+    clock = FakeClock()
+    store = MemoryStore()
+    Volume.create(store, "d1", 256 * KiB)
+    v = Volume.open(store, "d1", config=cfg(segment_max_bytes=32 * KiB), clock=clock)
+    old = os.urandom(256 * KiB)
+    v.write(0, old)
+    v.create_snapshot("keep")
+    new = os.urandom(256 * KiB)
+    v.write(0, new)
+    v.flush()
+    v.gc()
+    clock.advance(10_000)
+    v.gc()
+    snap = Volume.open_snapshot(store, "d1", "keep", config=cfg())
+    assert snap.read(0, 256 * KiB) == old  # the snapshot still holds its segments
+    with_snapshot = v.stored_bytes()
+    assert with_snapshot > 2 * 256 * KiB
+    v.delete_snapshot("keep")
+    r1 = v.gc()
+    assert r1.objects_deleted == 0 and r1.objects_waiting > 0  # too young to delete yet
+    clock.advance(v.config.gc_min_age_seconds + 1)
+    r2 = v.gc()
+    assert r2.objects_deleted > 0
+    assert v.stored_bytes() < with_snapshot - 200 * KiB
+    assert v.read(0, 256 * KiB) == new
+    v.close()
+    assert reader(store).read(0, 256 * KiB) == new
+
+
+def test_source_gc_keeps_what_a_clone_needs() -> None:
+    clock = FakeClock()
+    store = MemoryStore()
+    Volume.create(store, "d1", 64 * KiB)
+    v = Volume.open(store, "d1", config=cfg(segment_max_bytes=16 * KiB), clock=clock)
+    base = os.urandom(64 * KiB)
+    v.write(0, base)
+    v.create_snapshot("s")
+    Volume.create(store, "c1", 0, source=("d1", "s"))
+    v.write(0, os.urandom(64 * KiB))
+    v.flush()
+    for _ in range(3):
+        v.gc()
+        clock.advance(1000)
+    c = Volume.open(store, "c1", config=cfg(), clock=clock)
+    assert c.read(0, 64 * KiB) == base
+    c.write(0, b"z" * 4096)
+    for _ in range(3):
+        c.gc()
+        clock.advance(1000)
+    assert c.read(0, 64 * KiB) == b"z" * 4096 + base[4096:]
+    # the clone's GC touched only its own objects: the source snapshot still reads whole
+    assert Volume.open_snapshot(store, "d1", "s", config=cfg()).read(0, 64 * KiB) == base
+    c.close()
+    v.close()
