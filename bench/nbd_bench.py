@@ -1,0 +1,190 @@
+"""NBD data-path bench: fio's nbd engine against the blockstore plugin in every caching mode,
+with the floors measured in the same run (not a test; nothing is asserted).
+
+    .venv/bin/python bench/nbd_bench.py [--runtime 5] [--json out.json]
+
+Client: fio 3.x, ioengine=nbd over a Unix socket, 4 KiB random I/O at QD1 and QD16 on a 64 MiB
+area of a 256 MiB disk that was first written sequentially (so reads in `none` really fetch).
+Floors, same run, same machine: nbdkit's C `file` plugin on a local file; a minimal Python
+plugin (one os.preadv / os.pwritev per request) on a local file; single 4 KiB PUT and GET
+latency of the store client (S3Store over the MinIO SDK) to the same embedded SeaweedFS.
+Ratios printed at the end are the issue's targets (lower latency ratio / higher IOPS ratio is
+better). Run it when nothing else heavy runs on the machine: it has 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from blockstore.embedded import Credentials, EmbeddedSeaweed
+from blockstore.exports import Export, ExportConfig, venv_bin
+from blockstore.s3store import S3Config, S3Store
+from blockstore.stack import build_store
+from blockstore.volume import Volume
+
+MiB = 1 << 20
+AREA = "64M"
+MIN_PLUGIN = """
+import os
+API_VERSION = 2
+import nbdkit
+fd = -1
+def thread_model(): return nbdkit.THREAD_MODEL_PARALLEL
+def config(k, v):
+    global path
+    path = v
+def after_fork():
+    global fd
+    fd = os.open(path, os.O_RDWR)
+def open(ro): return 1
+def get_size(h): return os.fstat(fd).st_size
+def pread(h, buf, off, flags): os.preadv(fd, (buf,), off)
+def pwrite(h, buf, off, flags): os.pwritev(fd, (buf,), off)
+def flush(h, flags): pass
+def can_multi_conn(h): return True
+"""
+
+
+def fio(uri: str, rw: str, bs: str, qd: int, runtime: float, *extra: str) -> dict[str, float]:
+    cmd = ["fio", "--name=b", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}",
+           f"--iodepth={qd}", f"--size={AREA}", "--output-format=json", "--randrepeat=0",
+           "--norandommap"]  # fmt: skip
+    if runtime:
+        cmd += ["--time_based", f"--runtime={runtime}"]
+    out = subprocess.run([*cmd, *extra], capture_output=True, text=True, check=True).stdout
+    job = json.loads(out[out.index("{") :])["jobs"][0]
+    side = job["read"] if "read" in rw else job["write"]
+    return {"iops": side["iops"], "lat_us": side["lat_ns"]["mean"] / 1000}
+
+
+def nbdkit_local(tmp: Path, name: str, plugin: list[str]) -> subprocess.Popen[bytes]:
+    sock = tmp / f"{name}.sock"
+    env = dict(os.environ)
+    vb = venv_bin()
+    if vb:
+        env["PATH"] = f"{vb}:{env['PATH']}"
+    p = subprocess.Popen(["nbdkit", "--foreground", "--exit-with-parent", "--unix", str(sock),
+                          *plugin], env=env)  # fmt: skip
+    for _ in range(500):
+        if sock.exists():
+            break
+        time.sleep(0.02)
+    time.sleep(0.3)
+    return p
+
+
+def store_latency(s3: S3Config, n: int = 50) -> dict[str, float]:
+    st = S3Store(s3)
+    body = os.urandom(4096)
+    puts, gets = [], []
+    for i in range(n):
+        t = time.perf_counter()
+        st.put(f"lat/{i}", body)
+        puts.append(time.perf_counter() - t)
+    for i in range(n):
+        t = time.perf_counter()
+        st.get(f"lat/{i}", 0, 4096)
+        gets.append(time.perf_counter() - t)
+    st.close()
+    return {"put_us": statistics.median(puts) * 1e6, "get_us": statistics.median(gets) * 1e6}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runtime", type=float, default=5.0)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    rt = args.runtime
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="nbdbench-") as t:
+        tmp = Path(t)
+        img = tmp / "local.img"
+        with open(img, "wb") as f:
+            f.truncate(256 * MiB)
+        (tmp / "minplug.py").write_text(MIN_PLUGIN)
+        for name, plugin in [("file", ["file", str(img)]),
+                             ("minpy", ["python", str(tmp / "minplug.py"), str(img)])]:  # fmt: skip
+            p = nbdkit_local(tmp, name, plugin)
+            uri = f"nbd+unix:///?socket={tmp / name}.sock"
+            try:
+                fio(uri, "write", "1M", 4, 0)
+                results[f"{name} randread qd1"] = fio(uri, "randread", "4k", 1, rt)
+                results[f"{name} randread qd16"] = fio(uri, "randread", "4k", 16, rt)
+                results[f"{name} randwrite qd1"] = fio(uri, "randwrite", "4k", 1, rt)
+            finally:
+                p.terminate()
+                p.wait()
+        server = EmbeddedSeaweed(tmp / "weed", Credentials("benchkey", "bench-secret-not-real"))
+        server.start()
+        try:
+            s3 = S3Config(server.endpoint, "bench", "benchkey", "bench-secret-not-real")
+            S3Store(s3).ensure_bucket()
+            results["store 4k"] = store_latency(s3)
+            for i, mode in enumerate(["none", "readonly", "readwrite"]):
+                s3m = S3Config(s3.endpoint, s3.bucket, s3.access_key, s3.secret_key,
+                               prefix=f"m{i}/")  # fmt: skip
+                store = build_store(s3m)
+                Volume.create(store, "bench", 256 * MiB)
+                store.close()
+                exp = Export(ExportConfig(
+                    disk_id="bench", socket=tmp / f"{mode}.sock", s3=s3m, cache_mode=mode,
+                    cache_dir=None if mode == "none" else tmp / f"cache-{mode}",
+                    cache_size="512M", dirty_limit="128M", cache_block="64K",
+                )).start()  # fmt: skip
+                try:
+                    uri = exp.uri
+                    fio(uri, "write", "1M", 4, 0)  # data everywhere; warms the cache modes
+                    if mode == "readonly":
+                        fio(uri, "read", "1M", 4, 0)
+                    results[f"{mode} randread qd1"] = fio(uri, "randread", "4k", 1, rt)
+                    results[f"{mode} randread qd16"] = fio(uri, "randread", "4k", 16, rt)
+                    results[f"{mode} randwrite qd1"] = fio(uri, "randwrite", "4k", 1, rt)
+                    if mode == "readwrite":
+                        results["readwrite randwrite+flush qd1"] = fio(
+                            uri, "randwrite", "4k", 1, rt, "--fsync=1"
+                        )
+                finally:
+                    exp.stop()
+        finally:
+            server.stop()
+    print(f"{'job':34} {'IOPS':>10} {'mean lat us':>12}")
+    for k, v in results.items():
+        if "iops" in v:
+            print(f"{k:34} {v['iops']:10.0f} {v['lat_us']:12.1f}")
+    st = results["store 4k"]
+    print(f"store single 4 KiB PUT {st['put_us']:.0f} us, GET {st['get_us']:.0f} us (median)")
+    r = results
+    ratios = {
+        "none randwrite qd1 lat / PUT (target <= 1.3)": r["none randwrite qd1"]["lat_us"]
+        / st["put_us"],
+        "readwrite write+flush lat / PUT (target <= 1.5)": r["readwrite randwrite+flush qd1"][
+            "lat_us"
+        ]
+        / st["put_us"],
+        "readonly warm randread qd1 lat / minpy (<= 1.2)": r["readonly randread qd1"]["lat_us"]
+        / r["minpy randread qd1"]["lat_us"],
+        "readwrite warm randread qd1 lat / minpy (<= 1.2)": r["readwrite randread qd1"]["lat_us"]
+        / r["minpy randread qd1"]["lat_us"],
+        "readonly randread qd16 IOPS / minpy (>= 0.9)": r["readonly randread qd16"]["iops"]
+        / r["minpy randread qd16"]["iops"],
+        "readwrite randread qd16 IOPS / minpy (>= 0.9)": r["readwrite randread qd16"]["iops"]
+        / r["minpy randread qd16"]["iops"],
+    }
+    for k, v in ratios.items():
+        print(f"{k:52} {v:6.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "ratios": ratios}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
