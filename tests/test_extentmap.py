@@ -57,7 +57,7 @@ def test_matches_reference(script: list[tuple[str, int, int, str, int]]) -> None
             for x in range(start, end):
                 ref[x] = None
         else:
-            m.remove_where(start, end, lambda r, name=name: r == name)
+            m.remove_where(start, end, name.__eq__)
             for x in range(start, end):
                 cur = ref[x]
                 if cur is not None and cur[0] == name:

@@ -19,7 +19,7 @@ CFG = VolumeConfig(gc_interval_seconds=0, segment_max_bytes=64 * 1024, checkpoin
 
 def test_model_on_seaweedfs(s3_store_factory: Callable[..., ObjectStore]) -> None:
     class OnSeaweed(VolumeMachine):
-        store_factory = staticmethod(lambda: s3_store_factory("model"))  # type: ignore[assignment]
+        store_factory = staticmethod(lambda: s3_store_factory("model"))
 
     run_state_machine_as_test(
         OnSeaweed, settings=settings(max_examples=6, stateful_step_count=20, deadline=None)
