@@ -39,6 +39,7 @@ import contextlib
 import itertools
 import json
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -838,7 +839,9 @@ class Volume:
     def _append_locked(self, rec: Record) -> int:
         b = self._open
         if b is None:
-            b = self._open = _Batch(self._next_seq, self._clock.monotonic())
+            # The group-commit window is a latency knob timed by the real monotonic clock (a
+            # condition wait cannot sleep on a fake clock); GC ages use the injected clock.
+            b = self._open = _Batch(self._next_seq, time.monotonic())
             self._next_seq += 1
             self._cv.notify_all()  # start the commit-delay timer
         b.records.append(rec)
@@ -921,7 +924,7 @@ class Volume:
                     if self._abandoned:
                         return
                     ob = self._open
-                    now = self._clock.monotonic()
+                    now = time.monotonic()
                     if ob is not None and (
                         self._stopping
                         or self._flush_target >= ob.seq
@@ -1076,10 +1079,13 @@ class Volume:
     # -- snapshots and clones --
 
     def create_snapshot(self, name: str) -> SnapshotInfo:
-        """Flush, checkpoint, and record an immutable snapshot pinning that checkpoint."""
+        """Flush, checkpoint, and record an immutable snapshot pinning that checkpoint.
+
+        A read-only open may take a snapshot too: of the state it replayed (the control plane
+        flushes an attached disk through its export first, then opens it read-only). Its
+        checkpoint at seq S describes the same log prefix the writer's would, and the writer's
+        GC sees the new pin at its next pass, well inside `gc_min_age_seconds` of the open."""
         keys.validate_snapshot_name(name)
-        if not self.writable:
-            raise Conflict(f"disk {self.disk_id!r} is open read-only; snapshots need the writer")
         key = keys.snapshot_key(self.disk_id, name)
         if self._io.exists(key):
             raise Conflict(f"disk {self.disk_id!r} already has a snapshot {name!r}")

@@ -247,6 +247,6 @@ class VolumeMachine(RuleBasedStateMachine):
 
 
 VolumeMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=50, deadline=None, print_blob=True
+    max_examples=250, stateful_step_count=50, deadline=None, print_blob=True
 )
 TestVolumeModel = VolumeMachine.TestCase
