@@ -18,7 +18,9 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,20 @@ class EphemeralExport(Export):
 
 def _size_request_path(socket: Path) -> Path:
     return socket.with_suffix(".size")
+
+
+@contextmanager
+def _nbd_connection(socket: Path, name: str, doing: str) -> Iterator[Any]:
+    """A libnbd connection to one of our exports (Debian's python3-libnbd)."""
+    import nbd
+
+    handle = nbd.NBD()
+    try:
+        handle.connect_unix(str(socket))
+        yield handle
+        handle.shutdown()
+    except nbd.Error as exc:
+        raise Unavailable(f"{doing} disk {name!r} through its export failed: {exc}") from exc
 
 
 class ExportSupervisor:
@@ -164,16 +180,8 @@ class ExportSupervisor:
 
     def flush(self, disk: dict[str, Any]) -> None:
         """An NBD flush through the export: everything acknowledged so far becomes durable."""
-        import nbd  # Debian's python3-libnbd; only the service process needs it
-
-        handle = nbd.NBD()
-        try:
-            handle.connect_unix(str(self.socket_of(disk)))
+        with _nbd_connection(self.socket_of(disk), disk["name"], "flushing") as handle:
             handle.flush()
-        except nbd.Error as exc:
-            raise Unavailable(f"flushing disk {disk['name']!r} failed: {exc}") from exc
-        finally:
-            handle.close()
 
     def resize(self, disk: dict[str, Any], size_bytes: int) -> None:
         """Grow an attached disk: new connections see the new size."""
@@ -187,16 +195,8 @@ class ExportSupervisor:
         tmp.replace(path)
         # The plugin applies the request when the next connection opens; open one now so that
         # the resize is in the volume's log before this call returns.
-        import nbd
-
-        handle = nbd.NBD()
-        try:
-            handle.connect_unix(str(self.socket_of(disk)))
+        with _nbd_connection(self.socket_of(disk), disk["name"], "resizing") as handle:
             got = handle.get_size()
-        except nbd.Error as exc:
-            raise Unavailable(f"resizing disk {disk['name']!r} failed: {exc}") from exc
-        finally:
-            handle.close()
         if got != size_bytes:
             raise Unavailable(f"export of {disk['name']!r} reports {got} bytes, not {size_bytes}")
 

@@ -579,15 +579,15 @@ class ControlService:
             for snap in (snapshot, since):
                 if snap is not None and snap not in present:
                     raise NotFound(f"disk {name!r} has no snapshot {snap!r}")
-            ranges = vol.changed_ranges(since, snapshot)
+            ranges = vol.changed_ranges(since, snapshot)  # [(start, end)]
         finally:
             vol.close()
         return {
             "disk": name,
             "snapshot": snapshot,
             "since": since,
-            "ranges": [{"offset": o, "length": n} for o, n in ranges],
-            "changed_bytes": sum(n for _, n in ranges),
+            "ranges": [{"offset": start, "length": end - start} for start, end in ranges],
+            "changed_bytes": sum(end - start for start, end in ranges),
         }
 
 

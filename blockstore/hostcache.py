@@ -95,6 +95,8 @@ class VolumeLike(Protocol):
 
     def zero(self, offset: int, length: int, *, durable: bool = False) -> None: ...
 
+    def resize(self, new_size: int, *, allow_shrink: bool = False) -> None: ...
+
     def flush(self) -> None: ...
 
     def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]: ...
@@ -400,6 +402,23 @@ class HostCache:
     def zero(self, offset: int, length: int, *, fua: bool = False) -> None:
         """Make a range read as zeros (always fast: no data is written)."""
         self._range_op(KIND_ZERO, offset, length, fua)
+
+    def grow(self, new_size: int) -> None:
+        """Grow the disk while it is served: the volume logs the new size and makes it durable
+        before this returns; the cache file and its block maps grow with it. New connections
+        see the new size (NBD gives a connection its size once, at the handshake)."""
+        if new_size <= self.size:
+            return
+        self.volume.resize(new_size)
+        self.volume.flush()
+        with self._lock:
+            if self.mode != "none":
+                os.ftruncate(self._fd, new_size)
+                nblocks = (new_size + self._bs - 1) >> self._shift
+                self._present.extend(bytes(nblocks - self._nblocks))
+                self._ref.extend(bytes(nblocks - self._nblocks))
+                self._nblocks = nblocks
+            self.size = new_size
 
     def flush(self) -> None:
         """Return once every write acknowledged before the call is durable in the store."""

@@ -25,6 +25,7 @@ import errno
 import os
 import site
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
@@ -74,6 +75,7 @@ _KNOWN = {
 
 _store = None
 _volume = None
+_resize_lock = threading.Lock()
 # Set in after_fork, before nbdkit accepts any connection; callbacks use it without a check.
 _cache: HostCache = None  # type: ignore[assignment]
 
@@ -225,7 +227,26 @@ def open(readonly):
     if _cache is None:
         nbdkit.set_error(errno.EIO)
         raise RuntimeError("blockstore: the disk is not open (after_fork failed)")
+    _apply_size_request()
     return Handle(readonly or _settings["readonly"].lower() in ("true", "1", "yes", "on"))
+
+
+def _apply_size_request():
+    """Online grow: the control plane writes the wanted size to the file named by
+    $BLOCKSTORE_SIZE_REQUEST; each new connection applies it before it learns the size."""
+    path = os.environ.get("BLOCKSTORE_SIZE_REQUEST")
+    if not path:
+        return
+    try:
+        wanted = int(Path(path).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return
+    if wanted > _cache.size:
+        with _resize_lock:
+            try:
+                _cache.grow(wanted)
+            except BlockstoreError as exc:
+                _fail(exc)
 
 
 def get_size(h):
