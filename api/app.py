@@ -14,7 +14,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily
 
 import blockstore
 from api import errors
@@ -22,6 +21,7 @@ from api.models import NAME_PATTERN, AttachRequest, DiskCreate, DiskUpdate, Snap
 from blockstore.config import Settings
 from blockstore.control import ControlService, DiskSpec
 from blockstore.errors import BlockstoreError, Unauthorized, Unavailable
+from blockstore.metrics import DiskCollector, StoreCollector
 from blockstore.objectstore import ObjectStore
 
 DiskName = Annotated[str, Path(pattern=NAME_PATTERN, description="disk name")]
@@ -46,34 +46,6 @@ class AppContext:
         pass
 
 
-class StoreCollector:
-    """Exposes the object store's own counters (StoreStats) to Prometheus; nobody re-counts."""
-
-    def __init__(self, store: ObjectStore) -> None:
-        self.store = store
-
-    def collect(self) -> Any:
-        stats = self.store.stats.snapshot()
-        requests = CounterMetricFamily(
-            "blockstore_store_requests", "Object store requests by operation", labels=["op"]
-        )
-        for op in ("gets", "puts", "deletes", "lists", "heads"):
-            requests.add_metric([op.rstrip("s")], float(stats[op]))  # type: ignore[arg-type]
-        yield requests
-        errors_ = CounterMetricFamily(
-            "blockstore_store_errors", "Object store errors by kind", labels=["kind"]
-        )
-        for kind, count in dict(stats["errors"]).items():  # type: ignore[call-overload]
-            errors_.add_metric([kind], float(count))
-        yield errors_
-        for name in ("bytes_fetched", "bytes_uploaded", "retries", "precondition_failed"):
-            yield CounterMetricFamily(
-                f"blockstore_store_{name}",
-                f"Object store {name.replace('_', ' ')}",
-                value=float(stats[name]),  # type: ignore[arg-type]
-            )
-
-
 def create_app(context: AppContext) -> FastAPI:
     app = FastAPI(
         title="blockstore",
@@ -83,6 +55,8 @@ def create_app(context: AppContext) -> FastAPI:
     errors.install(app)
     registry = CollectorRegistry()
     registry.register(StoreCollector(context.store))
+    if context.control is not None:
+        registry.register(DiskCollector(context.control.disk_stats))
 
     def require_token(
         authorization: Annotated[str | None, Header(include_in_schema=False)] = None,

@@ -14,6 +14,7 @@ before the socket accepts again, so acknowledged writes survive). Exports die wi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -59,6 +60,10 @@ class EphemeralExport(Export):
 
 def _size_request_path(socket: Path) -> Path:
     return socket.with_suffix(".size")
+
+
+def _stats_path(socket: Path) -> Path:
+    return socket.with_suffix(".stats.json")
 
 
 @contextmanager
@@ -122,7 +127,10 @@ class ExportSupervisor:
             cache_dir=self._cache_dir_of(disk) if caching != "none" else None,
             cache_size=self.config.cache_size,
             retry_seconds=self.config.retry_seconds,
-            extra_env={"BLOCKSTORE_SIZE_REQUEST": str(_size_request_path(sock))},
+            extra_env={
+                "BLOCKSTORE_SIZE_REQUEST": str(_size_request_path(sock)),
+                "BLOCKSTORE_STATS_FILE": str(_stats_path(sock)),
+            },
         )
         return Export(config)
 
@@ -201,7 +209,16 @@ class ExportSupervisor:
             raise Unavailable(f"export of {disk['name']!r} reports {got} bytes, not {size_bytes}")
 
     def stats(self, disk: dict[str, Any]) -> dict[str, Any] | None:
-        return None
+        """The counters the export last wrote (every 2 s), or None if it has written none."""
+        try:
+            data: dict[str, Any] = json.loads(_stats_path(self.socket_of(disk)).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data
+
+    def served_disks(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._disks.values())
 
     def discard_local(self, disk: dict[str, Any]) -> None:
         self._image_of(disk).unlink(missing_ok=True)

@@ -106,6 +106,8 @@ class Exports(Protocol):
 
     def stats(self, disk: Record) -> dict[str, Any] | None: ...
 
+    def served_disks(self) -> list[Record]: ...
+
     def discard_local(self, disk: Record) -> None: ...
 
 
@@ -499,6 +501,15 @@ class ControlService:
                 self._serve(disk)
                 served.append(name)
         return served
+
+    def disk_stats(self) -> list[tuple[str, dict[str, Any]]]:
+        """(name, counters) of every disk this host serves, for /metrics."""
+        out = []
+        for disk in self.exports.served_disks():
+            stats = self.exports.stats(disk)
+            if stats is not None:
+                out.append((disk["name"], stats))
+        return out
 
     # -- snapshots -----------------------------------------------------------------------
 

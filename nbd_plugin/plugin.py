@@ -28,6 +28,7 @@ import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
+from time import perf_counter
 from typing import NoReturn
 
 import nbdkit
@@ -50,6 +51,7 @@ from blockstore.errors import (  # noqa: E402
     Unavailable,
 )
 from blockstore.hostcache import HostCache, HostCacheConfig  # noqa: E402
+from blockstore.iostats import IoStats  # noqa: E402
 
 API_VERSION = 2
 
@@ -76,6 +78,8 @@ _KNOWN = {
 _store = None
 _volume = None
 _resize_lock = threading.Lock()
+_io = IoStats()
+_stats_stop = threading.Event()
 # Set in after_fork, before nbdkit accepts any connection; callbacks use it without a check.
 _cache: HostCache = None  # type: ignore[assignment]
 
@@ -169,10 +173,40 @@ def after_fork():
     cache_dir = Path(s["cache-dir"]) / s["disk"] if "cache-dir" in s else None
     _cache = HostCache(_volume, _cache_config(), cache_dir)
     nbdkit.debug(f"blockstore: disk {s['disk']} size {_volume.size} cache {s['cache']}")
+    stats_path = os.environ.get("BLOCKSTORE_STATS_FILE")
+    if stats_path:
+        threading.Thread(
+            target=_write_stats, args=(Path(stats_path),), name="stats", daemon=True
+        ).start()
+
+
+def _write_stats(path: Path, interval: float = 2.0) -> None:
+    """Every `interval` seconds, this export's counters as JSON for the API's /metrics."""
+    import json
+
+    tmp = path.with_suffix(".tmp")
+    while True:
+        body = {
+            "disk": _settings["disk"],
+            "cache_mode": _settings["cache"],
+            "size": _cache.size,
+            "io": _io.to_dict(),
+            "cache": _cache.stats.snapshot(),
+            "volume": _volume.stats.snapshot() if _volume else {},
+            "store": _store.stats.snapshot() if _store else {},
+        }
+        try:
+            tmp.write_text(json.dumps(body))
+            tmp.replace(path)
+        except OSError as exc:
+            nbdkit.debug(f"blockstore: writing stats failed: {exc}")
+        if _stats_stop.wait(interval):
+            return
 
 
 def cleanup():
     """Upload what is dirty and close (best effort: a journal left behind is replayed later)."""
+    _stats_stop.set()
     if _cache is not None:
         _cache.close()
     if _volume is not None:
@@ -298,34 +332,47 @@ def can_extents(h):
 
 
 def pread(h, buf, offset, flags):
+    t = perf_counter()
     try:
         _cache.pread(buf, offset)
     except Exception as exc:
+        _io.observe("read", 0, perf_counter() - t, ok=False)
         _fail(exc)
+    _io.observe("read", len(buf), perf_counter() - t)
 
 
 def pwrite(h, buf, offset, flags):
+    t = perf_counter()
     try:
         _cache.pwrite(buf, offset, fua=bool(flags & nbdkit.FLAG_FUA))
     except Exception as exc:
+        _io.observe("write", 0, perf_counter() - t, ok=False)
         _fail(exc)
+    _io.observe("write", len(buf), perf_counter() - t)
 
 
 def flush(h, flags):
+    t = perf_counter()
     try:
         _cache.flush()
     except Exception as exc:
+        _io.observe("flush", 0, perf_counter() - t, ok=False)
         _fail(exc)
+    _io.observe("flush", 0, perf_counter() - t)
 
 
 def trim(h, count, offset, flags):
+    t = perf_counter()
     try:
         _cache.trim(offset, count, fua=bool(flags & nbdkit.FLAG_FUA))
     except Exception as exc:
+        _io.observe("trim", 0, perf_counter() - t, ok=False)
         _fail(exc)
+    _io.observe("trim", count, perf_counter() - t)
 
 
 def zero(h, count, offset, flags):
+    t = perf_counter()
     try:
         fua = bool(flags & nbdkit.FLAG_FUA)
         if flags & nbdkit.FLAG_MAY_TRIM:
@@ -333,7 +380,9 @@ def zero(h, count, offset, flags):
         else:
             _cache.zero(offset, count, fua=fua)
     except Exception as exc:
+        _io.observe("zero", 0, perf_counter() - t, ok=False)
         _fail(exc)
+    _io.observe("zero", count, perf_counter() - t)
 
 
 def extents(h, count, offset, flags):

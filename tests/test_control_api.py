@@ -286,3 +286,25 @@ def test_ephemeral_disk_is_local_to_its_host(hosts: tuple[Host, Host]) -> None:
     back = a("POST", "/v1/disks/tmp1/attach", json={"vm": "vm1"}).json()
     assert nbd_read(back["socket"], 0, 4096) == b"e" * 4096
     a("POST", "/v1/disks/tmp1/detach")
+
+
+def test_metrics_show_per_disk_io(api: Host) -> None:
+    api("POST", "/v1/disks", json={"name": "m1", "size_bytes": 8 * MiB, "kind": "os"})
+    att = api("POST", "/v1/disks/m1/attach", json={"vm": "vm1"}).json()
+    for i in range(5):
+        nbd_write(att["socket"], i * 4096, b"m" * 4096)
+    nbd_read(att["socket"], 0, 4096)
+    deadline = time.monotonic() + 15
+    text = ""
+    while time.monotonic() < deadline:
+        text = api.client.get("/metrics").text
+        if 'blockstore_disk_ops_total{disk="m1",op="write"} 5.0' in text:
+            break
+        time.sleep(0.5)
+    assert 'blockstore_disk_ops_total{disk="m1",op="write"} 5.0' in text
+    assert 'blockstore_disk_bytes_total{disk="m1",op="write"} 20480.0' in text
+    assert 'blockstore_disk_latency_seconds_count{disk="m1",op="flush"} 5.0' in text
+    assert 'blockstore_disk_cache_hits_total{disk="m1"}' in text
+    assert 'blockstore_disk_dirty_bytes{disk="m1"}' in text
+    assert 'blockstore_store_requests_total{op="put"}' in text
+    api("POST", "/v1/disks/m1/detach")
