@@ -9,6 +9,7 @@ embedded store also gets PR_SET_PDEATHSIG, so even a `kill -9` of this process l
 from __future__ import annotations
 
 import logging
+import signal
 from contextlib import ExitStack
 from dataclasses import replace
 
@@ -76,6 +77,11 @@ def serve(settings: Settings) -> None:
             settings.port,
             settings.home / "api-token",
         )
+        # uvicorn re-raises the SIGINT/SIGTERM it handled once it has shut down, to the
+        # handlers that were there before it: make those no-ops, so that this function goes
+        # on to stop the exports (flushing them) before the store they flush to.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: None)
         uvicorn.run(
             app, host="127.0.0.1", port=settings.port, log_level="warning", access_log=False
         )
