@@ -53,6 +53,31 @@ def serve(
     run(load_settings(home, port))
 
 
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="Short runs, under 4 min")] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Results directory [default: bench/results/<time>]")
+    ] = None,
+    endpoint: Annotated[
+        str | None, typer.Option("--endpoint", help="S3 endpoint [default: embedded SeaweedFS]")
+    ] = None,
+    bucket: Annotated[str, typer.Option("--bucket", help="Bucket with --endpoint")] = "bsbench",
+    region: Annotated[str, typer.Option("--region", help="Region with --endpoint")] = "us-east-1",
+) -> None:
+    """Benchmark every caching mode, the ephemeral disk, the floors and nbdkit's S3 peer (fio and
+    ioping over NBD): raw JSON, a Markdown report and charts. With --endpoint, credentials come
+    from BLOCKSTORE_S3_ACCESS_KEY / _SECRET_KEY; the bench deletes every object it wrote."""
+    from blockstore import bench as runner
+
+    try:
+        report = runner.run(quick, out, runner.store_from_options(endpoint, bucket, region))
+    except BlockstoreError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"report: {report}")
+
+
 # -- the API client commands --------------------------------------------------------------------
 
 disk_app = typer.Typer(

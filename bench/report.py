@@ -1,0 +1,476 @@
+"""The bench report: Markdown tables and PNG charts derived only from a run's raw JSON.
+
+    .venv/bin/python -m bench.report bench/results/<run>/    # rewrites report.md and the PNGs
+
+Everything printed is computed here from `raw.json` (fio's own JSON job output, ioping's
+per-request times, the store floor's per-request times and counts), so a report can always be
+re-derived and checked. Definitions (bench/README.md explains them for readers):
+
+- fio rows: median and p99 are fio's total-latency percentiles (`lat_ns`, submission to
+  completion); IOPS and MB/s are fio's (MB = 10^6 bytes). For "randwrite+flush" the latency is
+  write + flush (fio reports the flush as a separate `sync` latency): median = write p50 + flush
+  p50, p99 = write p99 + flush p99, and IOPS counts write+flush pairs.
+- ioping and store-floor latency rows: median and nearest-rank p99 of the recorded requests.
+- ratios: latency workloads compare medians (target / floor: 3.0x = three times slower);
+  throughput workloads compare IOPS or MB/s (target / floor: 0.50x = half the floor's rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FILE_FLOOR = "floor: nbdkit file"
+PY_FLOOR = "floor: minimal Python plugin"
+STORE_FLOOR = "floor: object store (S3Store)"
+# The article's ioping figures (4 KiB reads, QD1) for the disks of the 2012 service.
+ARTICLE = {"data disk": 6.0, "OS disk": 18.0, "resource disk": 0.4}  # ms
+# Which workloads compare latency, IOPS or MB/s, and what the store floor is for each.
+METRIC = {
+    "ioping 4k read QD1": "latency",
+    "fio 4k randread QD1": "latency",
+    "fio 4k randread QD16": "iops",
+    "fio 1M seqread QD4": "mbps",
+    "fio 4k randwrite QD1": "latency",
+    "fio 4k randwrite+flush QD1": "latency",
+    "fio 1M seqwrite QD4": "mbps",
+}
+STORE_FLOOR_OF = {
+    "ioping 4k read QD1": ("get_4k_ns", "ranged 4 KiB GET, 1 thread"),
+    "fio 4k randread QD1": ("get_4k_ns", "ranged 4 KiB GET, 1 thread"),
+    "fio 4k randread QD16": ("get_4k_16threads", "ranged 4 KiB GETs, 16 threads"),
+    "fio 1M seqread QD4": ("get_4m_4threads", "4 MiB GETs, 4 threads"),
+    "fio 4k randwrite QD1": ("put_4k_ns", "4 KiB PUT, 1 thread"),
+    "fio 4k randwrite+flush QD1": ("put_4k_ns", "4 KiB PUT, 1 thread"),
+    "fio 1M seqwrite QD4": ("put_4m_4threads", "4 MiB PUTs, 4 threads"),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured figure: a target on a workload, warm or cold."""
+
+    target: str
+    workload: str
+    cache: str  # warm | cold | - (no cache)
+    median_us: float | None = None
+    p99_us: float | None = None
+    mean_us: float | None = None
+    iops: float | None = None
+    mbps: float | None = None
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.target if self.cache in ("-", "") else f"{self.target} ({self.cache})"
+
+    def metric(self, kind: str) -> float | None:
+        return {"latency": self.median_us, "iops": self.iops, "mbps": self.mbps}[kind]
+
+
+def percentile(xs: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    s = sorted(xs)
+    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
+
+
+def _from_samples(target: str, workload: str, cache: str, ns: list[float], size: int) -> Row:
+    mean = statistics.fmean(ns) / 1000
+    return Row(
+        target,
+        workload,
+        cache,
+        statistics.median(ns) / 1000,
+        percentile(ns, 99) / 1000,
+        mean,
+        1e6 / mean,
+        size * 1e6 / mean / 1e6,
+    )
+
+
+def _from_fio(rec: dict[str, Any], flush_each: bool) -> Row:
+    job = rec["fio"]
+    side = job["read"] if job["read"]["total_ios"] else job["write"]
+    lat = side["lat_ns"]
+    p50, p99, mean = lat["percentile"]["50.000000"], lat["percentile"]["99.000000"], lat["mean"]
+    if flush_each:
+        sync = job["sync"]["lat_ns"]
+        p50 += sync["percentile"]["50.000000"]
+        p99 += sync["percentile"]["99.000000"]
+        mean += sync["mean"]
+    return Row(
+        rec["target"],
+        rec["workload"],
+        rec["cache"],
+        p50 / 1000,
+        p99 / 1000,
+        mean / 1000,
+        side["iops"],
+        side["bw_bytes"] / 1e6,
+    )
+
+
+def rows(raw: dict[str, Any]) -> list[Row]:
+    """Every measured row of the run, in run order."""
+    flush = {w["name"]: w.get("flush_each", False) for w in raw.get("workloads", [])}
+    out = []
+    for rec in raw["runs"]:
+        if "error" in rec:
+            out.append(Row(rec["target"], rec["workload"], rec["cache"], error=rec["error"]))
+        elif "fio" in rec:
+            out.append(_from_fio(rec, flush.get(rec["workload"], False)))
+        elif "ioping_ns" in rec:
+            out.append(
+                _from_samples(rec["target"], rec["workload"], rec["cache"], rec["ioping_ns"], 4096)
+            )
+    return out
+
+
+def store_floor_row(raw: dict[str, Any], workload: str) -> Row | None:
+    sf = raw.get("store_floor")
+    if not sf or workload not in STORE_FLOOR_OF:
+        return None
+    key, what = STORE_FLOOR_OF[workload]
+    name = f"{STORE_FLOOR} {what}"
+    v = sf[key]
+    if isinstance(v, list):
+        return _from_samples(name, workload, "-", v, 4096)
+    rate = v["ops"] / v["seconds"]
+    return Row(name, workload, "-", iops=rate, mbps=rate * v["bytes_per_op"] / 1e6)
+
+
+def floors(raw: dict[str, Any], all_rows: list[Row], workload: str) -> dict[str, Row | None]:
+    def find(target: str) -> Row | None:
+        for r in all_rows:
+            if r.target == target and r.workload == workload and r.error is None:
+                return r
+        return None
+
+    return {
+        "file": find(FILE_FLOOR),
+        "python": find(PY_FLOOR),
+        "store": store_floor_row(raw, workload),
+    }
+
+
+def ratio(row: Row, floor: Row | None, kind: str) -> float | None:
+    a, b = row.metric(kind), floor.metric(kind) if floor else None
+    if a is None or not b:
+        return None
+    return a / b
+
+
+# -- formatting -----------------------------------------------------------------------------------
+
+
+def fmt_us(us: float | None) -> str:
+    if us is None:
+        return "-"
+    if us >= 1000:
+        return f"{us / 1000:.2f} ms" if us < 100_000 else f"{us / 1000:.0f} ms"
+    return f"{us:.0f} us"
+
+
+def fmt_num(x: float | None, digits: int = 0) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else (f"{x:.2f}x" if x < 10 else f"{x:.0f}x")
+
+
+def durability(raw: dict[str, Any]) -> dict[str, str]:
+    return {t["name"]: t["durability"] for t in raw.get("targets", [])}
+
+
+def workload_table(raw: dict[str, Any], all_rows: list[Row], workload: str) -> str:
+    kind = METRIC[workload]
+    fl = floors(raw, all_rows, workload)
+    lines = [
+        "| target | cache | median | p99 | IOPS | MB/s | x file floor | x Python floor "
+        "| x store floor |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    sfr = fl["store"]
+    these = [r for r in all_rows if r.workload == workload]
+    for r in [*these, *([sfr] if sfr else [])]:
+        if r.error:
+            lines.append(f"| {r.target} | {r.cache} | failed: {r.error[:80]} | | | | | | |")
+            continue
+        cells = [fmt_ratio(ratio(r, fl[k], kind)) for k in ("file", "python", "store")]
+        lines.append(
+            f"| {r.target} | {r.cache} | {fmt_us(r.median_us)} | {fmt_us(r.p99_us)} | "
+            f"{fmt_num(r.iops)} | {fmt_num(r.mbps, 1)} | {' | '.join(cells)} |"
+        )
+    return "\n".join(lines)
+
+
+def _get(all_rows: list[Row], target: str, workload: str, cache: str) -> Row | None:
+    for r in all_rows:
+        if (r.target, r.workload, r.cache) == (target, workload, cache) and r.error is None:
+            return r
+    return None
+
+
+def article_table(all_rows: list[Row]) -> str:
+    w = "ioping 4k read QD1"
+    pairs = [
+        ("data disk (default caching `none`)", "data disk", "blockstore none", "-"),
+        ("OS disk (default `readwrite`), warm cache", "OS disk", "blockstore readwrite", "warm"),
+        ("OS disk (default `readwrite`), cold cache", "OS disk", "blockstore readwrite", "cold"),
+        ("data disk with `readonly`, warm cache", "data disk", "blockstore readonly", "warm"),
+        ("resource disk (`ephemeral`)", "resource disk", "blockstore ephemeral", "-"),
+    ]
+    lines = [
+        "| disk | article (ioping) | this run: median | p99 | this run / article |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for label, art, target, cache in pairs:
+        r = _get(all_rows, target, w, cache)
+        ms = ARTICLE[art]
+        med = r.median_us if r else None
+        rel = fmt_ratio(med / (ms * 1000)) if med else "-"
+        p99 = r.p99_us if r else None
+        lines.append(f"| {label} | {ms:g} ms | {fmt_us(med)} | {fmt_us(p99)} | {rel} |")
+    return "\n".join(lines)
+
+
+HEADLINE_COLUMNS = [
+    ("ioping 4k read QD1", "latency", "ioping 4k read"),
+    ("fio 4k randread QD1", "latency", "4k randread QD1"),
+    ("fio 4k randread QD16", "iops", "4k randread QD16 IOPS"),
+    ("fio 4k randwrite QD1", "latency", "4k write QD1"),
+    ("fio 4k randwrite+flush QD1", "latency", "4k write+flush QD1"),
+    ("fio 1M seqread QD4", "mbps", "1M read QD4 MB/s"),
+    ("fio 1M seqwrite QD4", "mbps", "1M write QD4 MB/s"),
+]
+
+
+def headline_table(raw: dict[str, Any], all_rows: list[Row]) -> str:
+    """One row per target and cache state; medians for latency columns."""
+    head = "| target | " + " | ".join(c[2] for c in HEADLINE_COLUMNS) + " |"
+    lines = [head, "| --- |" + " ---: |" * len(HEADLINE_COLUMNS)]
+    labels: list[tuple[str, str]] = []
+    for r in all_rows:
+        if (r.target, r.cache) not in labels and r.workload != "start":
+            labels.append((r.target, r.cache))
+    for target, cache in labels:
+        cells = []
+        for w, kind, _ in HEADLINE_COLUMNS:
+            got = _get(all_rows, target, w, cache)
+            if got is None and cache == "cold":
+                cells.append("")  # cold runs are read workloads only
+            elif got is None:
+                cells.append("failed" if _failed(all_rows, target, w, cache) else "-")
+            elif kind == "latency":
+                cells.append(fmt_us(got.median_us))
+            else:
+                cells.append(fmt_num(got.metric(kind)))
+        name = target if cache == "-" else f"{target} ({cache})"
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    cells = []
+    for w, kind, _ in HEADLINE_COLUMNS:
+        sfr = store_floor_row(raw, w)
+        m = sfr.metric(kind) if sfr else None
+        cells.append(fmt_us(m) if kind == "latency" else fmt_num(m))
+    lines.append(f"| {STORE_FLOOR} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _failed(all_rows: list[Row], target: str, workload: str, cache: str) -> bool:
+    return any(
+        (r.target, r.workload, r.cache) == (target, workload, cache) and r.error for r in all_rows
+    )
+
+
+def header(raw: dict[str, Any]) -> str:
+    m, v, c, load = raw["machine"], raw["versions"], raw["config"], raw.get("load", {})
+    mem = m.get("memory_bytes", 0) / (1 << 30)
+    mode = "quick" if c.get("quick") else "full"
+    lines = [
+        f"# blockstore bench, {raw['date']} ({mode} run)",
+        "",
+        f"- **machine**: {m['host']}: {m['cpu']}, {m['cores']} cores, {mem:.1f} GiB memory, "
+        f"Linux {m['kernel']}, {m.get('os', '')}",
+        "- **versions**: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        f"- **store**: {raw.get('store', '?')}",
+        f"- **peer**: nbdkit `S3` plugin, object-size={raw['peer']['object_size']}; "
+        f"{raw['peer']['filters']}",
+        f"- **run**: fio {c['runtime']:g} s per job (ramp {c['ramp']:g} s) over a "
+        f"{c['area_mib']} MiB area of a {c['disk_mib']} MiB disk written once before; "
+        f"ioping {c['ioping_count']} requests; store floor {c['store_samples']} requests per "
+        f"latency figure, {c['store_seconds']:g} s per throughput figure",
+    ]
+    if load:
+        other = load.get("other_cpu_seconds")
+        wall = load.get("wall_seconds")
+        if other is not None and wall:
+            lines.append(
+                f"- **other load**: processes outside this run used {other:.0f} CPU-seconds "
+                f"during its {wall:.0f} s ({other / wall / (m['cores'] or 1) * 100:.0f}% of "
+                f"the machine); load average {load['loadavg_start'][0]:.2f} at start, "
+                f"{load['loadavg_end'][0]:.2f} at end"
+            )
+        for when in ("busy_at_start", "busy_at_end"):
+            if load.get(when):
+                lines.append(f"- busy {when[8:]}: " + "; ".join(f"`{b}`" for b in load[when]))
+    if not raw.get("complete"):
+        lines.append("- **this run did not complete**: tables show what was measured")
+    return "\n".join(lines)
+
+
+def markdown(raw: dict[str, Any]) -> str:
+    all_rows = rows(raw)
+    parts = [
+        header(raw),
+        "## Summary (medians; IOPS and MB/s for throughput)",
+        headline_table(raw, all_rows),
+        "![latency](latency.png)\n\n![throughput](throughput.png)",
+        "## The article's figure: ioping, 4 KiB reads at queue depth 1 (nbdfuse, O_DIRECT)",
+        article_table(all_rows),
+        "## What each row's write acknowledgement means",
+        "| target | durability at ack |\n| --- | --- |\n"
+        + "\n".join(f"| {k} | {v} |" for k, v in durability(raw).items())
+        + f"\n| {STORE_FLOOR} | each PUT is durable in the store when it returns |",
+    ]
+    for w in METRIC:
+        what = {"latency": "median latency", "iops": "IOPS", "mbps": "MB/s"}[METRIC[w]]
+        parts.append(
+            f"## {w}\n\nRatios compare {what}; the store floor is "
+            f"{STORE_FLOOR_OF[w][1]}.\n\n{workload_table(raw, all_rows, w)}"
+        )
+    errors = [r for r in all_rows if r.error]
+    start_errors = [rec for rec in raw["runs"] if rec.get("workload") == "start"]
+    if errors or start_errors or raw.get("cleanup_problems"):
+        parts.append("## Failures")
+        parts += [f"- {r.label}, {r.workload}: {r.error}" for r in errors]
+        parts += [f"- {rec['target']} did not start: {rec['error']}" for rec in start_errors]
+        parts += [f"- clean-up: {p}" for p in raw.get("cleanup_problems", [])]
+    return "\n\n".join(parts) + "\n"
+
+
+# -- charts ---------------------------------------------------------------------------------------
+
+COLORS = {"floor": "#9e9e9e", "blockstore": "#1f77b4", "peer": "#d62728", "store": "#7f7f7f"}
+
+
+def _group(raw: dict[str, Any], target: str) -> str:
+    for t in raw.get("targets", []):
+        if t["name"] == target:
+            return str(t["group"])
+    return "store"
+
+
+def charts(raw: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    all_rows = rows(raw)
+    made = []
+    panels = [
+        ("ioping 4k read QD1", "ioping 4 KiB read, QD1"),
+        ("fio 4k randread QD1", "fio 4 KiB random read, QD1"),
+        ("fio 4k randwrite QD1", "fio 4 KiB random write, QD1"),
+        ("fio 4k randwrite+flush QD1", "fio 4 KiB write + flush, QD1"),
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), dpi=80)
+    for ax, (w, title) in zip(axes.flat, panels, strict=True):
+        rs = [r for r in all_rows if r.workload == w and r.error is None]
+        sfr = store_floor_row(raw, w)
+        rs += [sfr] if sfr else []
+        labels = [r.label.replace("floor: ", "").replace(STORE_FLOOR, "store floor") for r in rs]
+        vals = [(r.median_us or 0) / 1000 for r in rs]
+        p99 = [(r.p99_us or 0) / 1000 for r in rs]
+        colors = [COLORS[_group(raw, r.target)] for r in rs]
+        y = range(len(rs))
+        ax.barh(y, vals, color=colors)
+        ax.scatter(p99, y, marker="|", color="black", s=60, label="p99", zorder=3)
+        ax.set_yticks(list(y), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("latency, ms (bar: median, tick: p99; log scale)", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        for i, v in enumerate(vals):
+            ax.text(v, i, f" {v:.2f}" if v < 10 else f" {v:.0f}", va="center", fontsize=7)
+        if w == "ioping 4k read QD1":
+            for name, ms in ARTICLE.items():
+                ax.axvline(ms, ls="--", lw=1, color="#2ca02c")
+                ax.text(
+                    ms,
+                    len(rs) - 0.4,
+                    f"article {name}\n{ms:g} ms",
+                    fontsize=7,
+                    color="#2ca02c",
+                    ha="center",
+                    va="bottom",
+                )
+        ax.grid(axis="x", which="both", alpha=0.3)
+    fig.suptitle(_title(raw, "latency by target and caching mode"), fontsize=11)
+    fig.tight_layout()
+    path = out / "latency.png"
+    fig.savefig(path)
+    plt.close(fig)
+    made.append(path)
+
+    tpanels = [
+        ("fio 1M seqread QD4", "mbps", "1 MiB sequential read, QD4 (MB/s)"),
+        ("fio 1M seqwrite QD4", "mbps", "1 MiB sequential write, QD4 (MB/s)"),
+        ("fio 4k randread QD16", "iops", "4 KiB random read, QD16 (IOPS)"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 6), dpi=80)
+    for ax, (w, kind, title) in zip(axes.flat, tpanels, strict=True):
+        rs = [r for r in all_rows if r.workload == w and r.error is None]
+        sfr = store_floor_row(raw, w)
+        rs += [sfr] if sfr else []
+        labels = [r.label.replace("floor: ", "").replace(STORE_FLOOR, "store floor") for r in rs]
+        vals = [r.metric(kind) or 0 for r in rs]
+        y = range(len(rs))
+        ax.barh(y, vals, color=[COLORS[_group(raw, r.target)] for r in rs])
+        ax.set_yticks(list(y), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_title(title, fontsize=10)
+        for i, v in enumerate(vals):
+            ax.text(v, i, f" {v:,.0f}", va="center", fontsize=7)
+        ax.grid(axis="x", which="both", alpha=0.3)
+    fig.suptitle(_title(raw, "throughput by target and caching mode (log scale)"), fontsize=11)
+    fig.tight_layout()
+    path = out / "throughput.png"
+    fig.savefig(path)
+    plt.close(fig)
+    made.append(path)
+    return made
+
+
+def _title(raw: dict[str, Any], what: str) -> str:
+    m = raw["machine"]
+    return f"blockstore bench {raw['date'][:10]}: {what} ({m['cores']} cores, {m['cpu'][:40]})"
+
+
+def write_report(results: Path, with_charts: bool = True) -> Path:
+    """(Re)write report.md and the charts in `results` from its raw.json."""
+    raw = json.loads((results / "raw.json").read_text())
+    if with_charts:
+        charts(raw, results)
+    path = results / "report.md"
+    path.write_text(markdown(raw))
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Re-derive a bench report from its raw.json")
+    ap.add_argument("results", type=Path, help="a results directory holding raw.json")
+    ap.add_argument("--no-charts", action="store_true")
+    args = ap.parse_args()
+    print(write_report(args.results, not args.no_charts))
+
+
+if __name__ == "__main__":
+    main()
