@@ -17,10 +17,24 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DiskCreate(Strict):
-    name: Name
+class Sized(Strict):
+    """A size given as size_bytes or size_gib (not both)."""
+
     size_bytes: Annotated[int | None, Field(gt=0, le=64 << 40)] = None
     size_gib: Annotated[int | None, Field(gt=0, le=MAX_GIB)] = None
+
+    @model_validator(mode="after")
+    def one_size(self) -> Sized:
+        if self.size_bytes is not None and self.size_gib is not None:
+            raise ValueError("give size_bytes or size_gib, not both")
+        return self
+
+    def size(self) -> int | None:
+        return self.size_bytes if self.size_gib is None else self.size_gib * GIB
+
+
+class DiskCreate(Sized):
+    name: Name
     kind: DiskKind
     caching: Caching | None = None
     redundancy: Redundancy = Redundancy.lrs
@@ -32,30 +46,10 @@ class DiskCreate(Strict):
         ),
     ] = None
 
-    @model_validator(mode="after")
-    def one_size(self) -> DiskCreate:
-        if self.size_bytes is not None and self.size_gib is not None:
-            raise ValueError("give size_bytes or size_gib, not both")
-        return self
 
-    def size(self) -> int | None:
-        return self.size_bytes if self.size_gib is None else self.size_gib * GIB
-
-
-class DiskUpdate(Strict):
-    size_bytes: Annotated[int | None, Field(gt=0, le=64 << 40)] = None
-    size_gib: Annotated[int | None, Field(gt=0, le=MAX_GIB)] = None
+class DiskUpdate(Sized):
     caching: Caching | None = None
     allow_shrink: bool = False
-
-    @model_validator(mode="after")
-    def one_size(self) -> DiskUpdate:
-        if self.size_bytes is not None and self.size_gib is not None:
-            raise ValueError("give size_bytes or size_gib, not both")
-        return self
-
-    def size(self) -> int | None:
-        return self.size_bytes if self.size_gib is None else self.size_gib * GIB
 
 
 class AttachRequest(Strict):
