@@ -36,6 +36,15 @@ MAX_READ_AGE_SECONDS = PRUNE_AGE_SECONDS / 2
 MAX_RACES = 50
 
 
+def _decode(raw: bytes) -> dict[str, Any] | None:
+    """A version's body, or None for an empty or torn one (a PUT that never completed)."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) and "value" in body else None
+
+
 @dataclass(frozen=True)
 class Versioned:
     version: int
@@ -59,16 +68,22 @@ class RecordStore:
         return [int(o.key.rsplit("/", 1)[1]) for o in self.store.list(f"{self.prefix}{name}/")]
 
     def _newest(self, name: str) -> Versioned:
+        """The newest readable version. Its number is the newest listed one, readable or not:
+        a PUT cut off before its body leaves an empty object on SeaweedFS 4.48; that version
+        never succeeded (its writer saw an error) and is skipped, but its number stays used."""
         for _ in range(MAX_RACES):
             versions = self._versions(name)
             if not versions:
                 return Versioned(0, None)
-            try:
-                raw = self.store.get(self._key(name, versions[-1]))
-            except NotFound:
-                continue  # pruned between the listing and the read: list again
-            body = json.loads(raw)
-            return Versioned(versions[-1], body.get("value"))
+            for version in reversed(versions):
+                try:
+                    body = _decode(self.store.get(self._key(name, version)))
+                except NotFound:
+                    break  # pruned between the listing and the read: list again
+                if body is not None:
+                    return Versioned(versions[-1], body.get("value"))
+            else:
+                return Versioned(versions[-1], None)
         raise Conflict(f"record {self.prefix}{name} is changing too fast to read")
 
     def get(self, name: str) -> Record:
@@ -137,9 +152,10 @@ class RecordStore:
             newest[name] = max(newest.get(name, 0), int(number))
         for name, version in sorted(newest.items()):
             try:
-                value = json.loads(self.store.get(self._key(name, version))).get("value")
+                body = _decode(self.store.get(self._key(name, version)))
             except NotFound:
-                value = self.find(name)
+                body = None
+            value = body.get("value") if body is not None else self.find(name)
             if value is not None:
                 yield name, value
 
@@ -157,8 +173,9 @@ class RecordStore:
             if version > newest - KEEP_VERSIONS:
                 break
             try:
-                written = json.loads(self.store.get(self._key(name, version))).get("written_at")
+                body = _decode(self.store.get(self._key(name, version)))
             except NotFound:
                 continue
+            written = body.get("written_at") if body is not None else 0.0
             if written is not None and written < horizon:
                 self.store.delete(self._key(name, version))
