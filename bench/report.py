@@ -366,6 +366,32 @@ def _group(raw: dict[str, Any], target: str) -> str:
     return "store"
 
 
+def _chart_rows(raw: dict[str, Any], all_rows: list[Row]) -> list[tuple[str, str]]:
+    """The (target, cache) rows of every chart panel, in run order, then the store floor."""
+    keys: list[tuple[str, str]] = []
+    for r in all_rows:
+        if (r.target, r.cache) not in keys:
+            keys.append((r.target, r.cache))
+    return [*keys, (STORE_FLOOR, "-")]
+
+
+def _chart_label(target: str, cache: str) -> str:
+    name = target.replace("floor: ", "floor ").replace(STORE_FLOOR, "floor: object store")
+    return name if cache == "-" else f"{name} ({cache})"
+
+
+def _panel(
+    raw: dict[str, Any], all_rows: list[Row], keys: list[tuple[str, str]], w: str
+) -> list[Row | None]:
+    out: list[Row | None] = []
+    for target, cache in keys:
+        if target == STORE_FLOOR:
+            out.append(store_floor_row(raw, w))
+        else:
+            out.append(_get(all_rows, target, w, cache))
+    return out
+
+
 def charts(raw: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib
 
@@ -373,6 +399,10 @@ def charts(raw: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     all_rows = rows(raw)
+    keys = _chart_rows(raw, all_rows)
+    labels = [_chart_label(t, c) for t, c in keys]
+    colors = [COLORS[_group(raw, t)] for t, _ in keys]
+    y = list(range(len(keys)))
     made = []
     panels = [
         ("ioping 4k read QD1", "ioping 4 KiB read, QD1"),
@@ -380,38 +410,33 @@ def charts(raw: dict[str, Any], out: Path) -> list[Path]:
         ("fio 4k randwrite QD1", "fio 4 KiB random write, QD1"),
         ("fio 4k randwrite+flush QD1", "fio 4 KiB write + flush, QD1"),
     ]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), dpi=80)
+    height = 1.2 + 0.36 * len(keys)
+    fig, axes = plt.subplots(1, 4, figsize=(17, height), dpi=72, sharey=True)
     for ax, (w, title) in zip(axes.flat, panels, strict=True):
-        rs = [r for r in all_rows if r.workload == w and r.error is None]
-        sfr = store_floor_row(raw, w)
-        rs += [sfr] if sfr else []
-        labels = [r.label.replace("floor: ", "").replace(STORE_FLOOR, "store floor") for r in rs]
-        vals = [(r.median_us or 0) / 1000 for r in rs]
-        p99 = [(r.p99_us or 0) / 1000 for r in rs]
-        colors = [COLORS[_group(raw, r.target)] for r in rs]
-        y = range(len(rs))
-        ax.barh(y, vals, color=colors)
-        ax.scatter(p99, y, marker="|", color="black", s=60, label="p99", zorder=3)
-        ax.set_yticks(list(y), labels, fontsize=8)
-        ax.invert_yaxis()
+        got = _panel(raw, all_rows, keys, w)
+        med = [(r.median_us or 0) / 1000 if r else 0 for r in got]
+        p99 = [(r.p99_us or 0) / 1000 if r else 0 for r in got]
+        ax.barh(y, med, color=colors, height=0.7)
+        ax.scatter(p99, y, marker="|", color="black", s=80, zorder=3)
         ax.set_xscale("log")
-        ax.set_xlabel("latency, ms (bar: median, tick: p99; log scale)", fontsize=8)
+        ax.set_xlim(0.01, 5000)
         ax.set_title(title, fontsize=10)
-        for i, v in enumerate(vals):
-            ax.text(v, i, f" {v:.2f}" if v < 10 else f" {v:.0f}", va="center", fontsize=7)
+        ax.set_xlabel("ms, log scale (bar: median, tick: p99)", fontsize=8)
+        for i, (m, p) in enumerate(zip(med, p99, strict=True)):
+            if m:
+                text = f"{m:.2f}" if m < 10 else f"{m:.0f}"
+                ax.text(max(m, p) * 1.25, i, text, va="center", fontsize=7)
+            else:
+                ax.text(0.012, i, "n/a", va="center", fontsize=7, color="#777777")
         if w == "ioping 4k read QD1":
-            for name, ms in ARTICLE.items():
-                ax.axvline(ms, ls="--", lw=1, color="#2ca02c")
-                ax.text(
-                    ms,
-                    len(rs) - 0.4,
-                    f"article {name}\n{ms:g} ms",
-                    fontsize=7,
-                    color="#2ca02c",
-                    ha="center",
-                    va="bottom",
+            for (name, ms), style in zip(ARTICLE.items(), ("--", "-.", ":"), strict=True):
+                ax.axvline(
+                    ms, ls=style, lw=1.2, color="#2ca02c", label=f"article {name}: {ms:g} ms"
                 )
-        ax.grid(axis="x", which="both", alpha=0.3)
+            ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
+        ax.grid(axis="x", which="major", alpha=0.3)
+    axes[0].set_yticks(y, labels, fontsize=8)
+    axes[0].invert_yaxis()
     fig.suptitle(_title(raw, "latency by target and caching mode"), fontsize=11)
     fig.tight_layout()
     path = out / "latency.png"
@@ -420,26 +445,31 @@ def charts(raw: dict[str, Any], out: Path) -> list[Path]:
     made.append(path)
 
     tpanels = [
-        ("fio 1M seqread QD4", "mbps", "1 MiB sequential read, QD4 (MB/s)"),
-        ("fio 1M seqwrite QD4", "mbps", "1 MiB sequential write, QD4 (MB/s)"),
-        ("fio 4k randread QD16", "iops", "4 KiB random read, QD16 (IOPS)"),
+        ("fio 1M seqread QD4", "mbps", "1 MiB sequential read, QD4: MB/s"),
+        ("fio 1M seqwrite QD4", "mbps", "1 MiB sequential write, QD4: MB/s"),
+        ("fio 4k randread QD16", "iops", "4 KiB random read, QD16: IOPS"),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 6), dpi=80)
+    fig, axes = plt.subplots(1, 3, figsize=(15, height), dpi=72, sharey=True)
     for ax, (w, kind, title) in zip(axes.flat, tpanels, strict=True):
-        rs = [r for r in all_rows if r.workload == w and r.error is None]
-        sfr = store_floor_row(raw, w)
-        rs += [sfr] if sfr else []
-        labels = [r.label.replace("floor: ", "").replace(STORE_FLOOR, "store floor") for r in rs]
-        vals = [r.metric(kind) or 0 for r in rs]
-        y = range(len(rs))
-        ax.barh(y, vals, color=[COLORS[_group(raw, r.target)] for r in rs])
-        ax.set_yticks(list(y), labels, fontsize=8)
-        ax.invert_yaxis()
+        got = _panel(raw, all_rows, keys, w)
+        vals = [(r.metric(kind) or 0) if r else 0 for r in got]
+        ax.barh(y, vals, color=colors, height=0.7)
         ax.set_xscale("log")
+        top = max(vals) if any(vals) else 10
+        ax.set_xlim(1, top * 8)
         ax.set_title(title, fontsize=10)
         for i, v in enumerate(vals):
-            ax.text(v, i, f" {v:,.0f}", va="center", fontsize=7)
-        ax.grid(axis="x", which="both", alpha=0.3)
+            ax.text(
+                v * 1.1 if v else 1.2,
+                i,
+                f"{v:,.0f}" if v else "n/a",
+                va="center",
+                fontsize=7,
+                color="black" if v else "#777777",
+            )
+        ax.grid(axis="x", which="major", alpha=0.3)
+    axes[0].set_yticks(y, labels, fontsize=8)
+    axes[0].invert_yaxis()
     fig.suptitle(_title(raw, "throughput by target and caching mode (log scale)"), fontsize=11)
     fig.tight_layout()
     path = out / "throughput.png"
