@@ -5,9 +5,14 @@ with the floors measured in the same run (not a test; nothing is asserted).
 
 Client: fio 3.x, ioengine=nbd over a Unix socket, 4 KiB random I/O at QD1 and QD16 on a 64 MiB
 area of a 256 MiB disk that was first written sequentially (so reads in `none` really fetch).
+In `none` also: sequential 1 MiB writes at QD4 (durable on ack), then cold sequential 1 MiB
+reads at QD4 of that freshly written area (one extent per read), and the same reads again after
+the 4 KiB random writes have fragmented the area (a 1 MiB read then spans dozens of extents).
 Floors, same run, same machine: nbdkit's C `file` plugin on a local file; a minimal Python
 plugin (one os.preadv / os.pwritev per request) on a local file; single 4 KiB PUT and GET
-latency of the store client (S3Store over the MinIO SDK) to the same embedded SeaweedFS.
+latency of the store client (S3Store over the MinIO SDK) to the same embedded SeaweedFS; and
+throughput of 4 threads each doing 4 MiB PUTs, and of 4 threads each doing 1 MiB ranged GETs of
+those objects in sequence, with the same client (S3Store) and with boto3.
 Ratios printed at the end are the issue's targets (lower latency ratio / higher IOPS ratio is
 better). Run it when nothing else heavy runs on the machine: it has 2 cores.
 """
@@ -21,7 +26,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -64,7 +71,11 @@ def fio(uri: str, rw: str, bs: str, qd: int, runtime: float, *extra: str) -> dic
     out = subprocess.run([*cmd, *extra], capture_output=True, text=True, check=True).stdout
     job = json.loads(out[out.index("{") :])["jobs"][0]
     side = job["read"] if "read" in rw else job["write"]
-    return {"iops": side["iops"], "lat_us": side["lat_ns"]["mean"] / 1000}
+    return {
+        "iops": side["iops"],
+        "lat_us": side["lat_ns"]["mean"] / 1000,
+        "mbps": side["bw_bytes"] / 1e6,
+    }
 
 
 def nbdkit_local(tmp: Path, name: str, plugin: list[str]) -> subprocess.Popen[bytes]:
@@ -99,11 +110,79 @@ def store_latency(s3: S3Config, n: int = 50) -> dict[str, float]:
     return {"put_us": statistics.median(puts) * 1e6, "get_us": statistics.median(gets) * 1e6}
 
 
+def _parallel(threads: int, seconds: float, op: Callable[[int, int], None]) -> int:
+    """Run op(thread, n) in `threads` threads for `seconds`; the number of calls made."""
+    counts = [0] * threads
+
+    def loop(i: int) -> None:
+        end = time.perf_counter() + seconds
+        n = 0
+        while time.perf_counter() < end:
+            op(i, n)
+            n += 1
+        counts[i] = n
+
+    ts = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return sum(counts)
+
+
+def store_throughput(s3: S3Config, seconds: float, threads: int = 4) -> dict[str, float]:
+    """MB/s of `threads` parallel 4 MiB PUTs, then of parallel 1 MiB ranged GETs of them, for
+    S3Store and for boto3 (the issue names boto3; the engine uses S3Store)."""
+    import boto3
+    from botocore.config import Config
+
+    body = os.urandom(4 * MiB)
+    st = S3Store(s3)
+    b3 = boto3.client(
+        "s3", endpoint_url=s3.endpoint, aws_access_key_id=s3.access_key,
+        aws_secret_access_key=s3.secret_key, region_name=s3.region,
+        config=Config(max_pool_connections=threads * 2),
+    )  # fmt: skip
+
+    def b3_get(k: str, off: int) -> None:
+        b3.get_object(Bucket=s3.bucket, Key=k, Range=f"bytes={off}-{off + MiB - 1}")["Body"].read()
+
+    clients: dict[str, tuple[Callable[[str], object], Callable[[str, int], object]]] = {
+        "s3store": (lambda k: st.put(k, body), lambda k, off: st.get(k, off, MiB)),
+        "boto3": (lambda k: b3.put_object(Bucket=s3.bucket, Key=k, Body=body), b3_get),
+    }
+    out: dict[str, float] = {}
+    for name, (put, get) in clients.items():
+        written: list[list[str]] = [[] for _ in range(threads)]
+
+        def put_op(i: int, n: int, name: str = name, put: Callable[[str], object] = put,
+                   written: list[list[str]] = written) -> None:  # fmt: skip
+            put(f"tp/{name}/{i}/{n}")
+            written[i].append(f"tp/{name}/{i}/{n}")
+
+        def get_op(i: int, n: int, get: Callable[[str, int], object] = get,
+                   written: list[list[str]] = written) -> None:  # fmt: skip
+            ks = written[i]
+            get(ks[(n // 4) % len(ks)], (n % 4) * MiB)
+
+        t0 = time.perf_counter()
+        n = _parallel(threads, seconds, put_op)
+        out[f"{name} put4m MBps"] = n * 4 * MiB / (time.perf_counter() - t0) / 1e6
+        t0 = time.perf_counter()
+        n = _parallel(threads, seconds, get_op)
+        out[f"{name} get1m MBps"] = n * MiB / (time.perf_counter() - t0) / 1e6
+    st.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runtime", type=float, default=5.0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--modes", default="none,readonly,readwrite", help="cache modes to run")
+    ap.add_argument("--no-local-floors", action="store_true", help="skip the file/minpy floors")
     args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
     rt = args.runtime
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="nbdbench-") as t:
@@ -116,7 +195,7 @@ def main() -> None:
             ("file", ["file", str(img)]),
             ("minpy", ["python", str(tmp / "minplug.py"), f"path={img}"]),
         ]
-        for name, plugin in floors:
+        for name, plugin in [] if args.no_local_floors else floors:
             p = nbdkit_local(tmp, name, plugin)
             uri = f"nbd+unix:///?socket={tmp / name}.sock"
             try:
@@ -133,7 +212,8 @@ def main() -> None:
             s3 = S3Config(server.endpoint, "bench", "benchkey", "bench-secret-not-real")
             S3Store(s3).ensure_bucket()
             results["store 4k"] = store_latency(s3)
-            for i, mode in enumerate(["none", "readonly", "readwrite"]):
+            results["store parallel"] = store_throughput(s3, rt)
+            for i, mode in enumerate(modes):
                 s3m = S3Config(s3.endpoint, s3.bucket, s3.access_key, s3.secret_key,
                                prefix=f"m{i}/")  # fmt: skip
                 store = build_store(s3m)
@@ -147,11 +227,16 @@ def main() -> None:
                 try:
                     uri = exp.uri
                     fio(uri, "write", "1M", 4, 0)  # data everywhere; warms the cache modes
+                    if mode == "none":
+                        results["none seqwrite 1M qd4"] = fio(uri, "write", "1M", 4, rt)
+                        results["none cold seqread 1M qd4"] = fio(uri, "read", "1M", 4, rt)
                     if mode == "readonly":
                         fio(uri, "read", "1M", 4, 0)
                     results[f"{mode} randread qd1"] = fio(uri, "randread", "4k", 1, rt)
                     results[f"{mode} randread qd16"] = fio(uri, "randread", "4k", 16, rt)
                     results[f"{mode} randwrite qd1"] = fio(uri, "randwrite", "4k", 1, rt)
+                    if mode == "none":
+                        results["none fragmented seqread 1M qd4"] = fio(uri, "read", "1M", 4, rt)
                     if mode == "readwrite":
                         results["readwrite randwrite+flush qd1"] = fio(
                             uri, "randwrite", "4k", 1, rt, "--fsync=1"
@@ -160,32 +245,53 @@ def main() -> None:
                     exp.stop()
         finally:
             server.stop()
-    print(f"{'job':34} {'IOPS':>10} {'mean lat us':>12}")
+    print(f"{'job':34} {'IOPS':>10} {'mean lat us':>12} {'MB/s':>8}")
     for k, v in results.items():
         if "iops" in v:
-            print(f"{k:34} {v['iops']:10.0f} {v['lat_us']:12.1f}")
+            print(f"{k:34} {v['iops']:10.0f} {v['lat_us']:12.1f} {v['mbps']:8.1f}")
     st = results["store 4k"]
     print(f"store single 4 KiB PUT {st['put_us']:.0f} us, GET {st['get_us']:.0f} us (median)")
+    for k, val in results["store parallel"].items():
+        print(f"store {k:30} {val:8.1f}")
     r = results
-    ratios = {
-        "none randwrite qd1 lat / PUT (target <= 1.3)": r["none randwrite qd1"]["lat_us"]
-        / st["put_us"],
+    sp = r["store parallel"]
+    put_floor = max(sp["s3store put4m MBps"], sp["boto3 put4m MBps"])
+    get_floor = max(sp["s3store get1m MBps"], sp["boto3 get1m MBps"])
+    ratios: dict[str, float] = {}
+
+    def lat(job: str) -> float:
+        return r[job]["lat_us"]
+
+    def iops(job: str) -> float:
+        return r[job]["iops"]
+
+    # (name, jobs needed, figure): a ratio is printed when its jobs ran.
+    wanted: list[tuple[str, list[str], Callable[[], float]]] = [
+        ("none randwrite qd1 lat / PUT (target <= 1.3)", ["none randwrite qd1"],
+         lambda: lat("none randwrite qd1") / st["put_us"]),
         # fio's write latency leaves out the flush (--fsync=1 counts it as a sync): per-pair
         # time at QD1 is 1/IOPS.
-        "readwrite write+flush time / PUT (target <= 1.5)": 1e6
-        / r["readwrite randwrite+flush qd1"]["iops"]
-        / st["put_us"],
-        "readonly warm randread qd1 lat / minpy (<= 1.2)": r["readonly randread qd1"]["lat_us"]
-        / r["minpy randread qd1"]["lat_us"],
-        "readwrite warm randread qd1 lat / minpy (<= 1.2)": r["readwrite randread qd1"]["lat_us"]
-        / r["minpy randread qd1"]["lat_us"],
-        "readonly randread qd16 IOPS / minpy (>= 0.9)": r["readonly randread qd16"]["iops"]
-        / r["minpy randread qd16"]["iops"],
-        "readwrite randread qd16 IOPS / minpy (>= 0.9)": r["readwrite randread qd16"]["iops"]
-        / r["minpy randread qd16"]["iops"],
-    }
-    for k, v in ratios.items():
-        print(f"{k:52} {v:6.2f}")
+        ("readwrite write+flush time / PUT (target <= 1.5)", ["readwrite randwrite+flush qd1"],
+         lambda: 1e6 / r["readwrite randwrite+flush qd1"]["iops"] / st["put_us"]),
+        ("none seqwrite 1M qd4 / best 4M PUTs (>= 0.8)", ["none seqwrite 1M qd4"],
+         lambda: r["none seqwrite 1M qd4"]["mbps"] / put_floor),
+        ("none cold seqread 1M qd4 / best GETs (>= 0.8)", ["none cold seqread 1M qd4"],
+         lambda: r["none cold seqread 1M qd4"]["mbps"] / get_floor),
+        ("none fragmented seqread / best GETs", ["none fragmented seqread 1M qd4"],
+         lambda: r["none fragmented seqread 1M qd4"]["mbps"] / get_floor),
+    ]  # fmt: skip
+    for name, need, fig in wanted:
+        if all(j in r for j in need):
+            ratios[name] = fig()
+    for m in ("readonly", "readwrite"):
+        q1, q16, m1, m16 = (f"{m} randread qd1", f"{m} randread qd16", "minpy randread qd1",
+                            "minpy randread qd16")  # fmt: skip
+        if q1 in r and m1 in r:
+            ratios[f"{m} warm randread qd1 lat / minpy (<= 1.2)"] = lat(q1) / lat(m1)
+        if q16 in r and m16 in r:
+            ratios[f"{m} randread qd16 IOPS / minpy (>= 0.9)"] = iops(q16) / iops(m16)
+    for k, val in ratios.items():
+        print(f"{k:52} {val:6.2f}")
     if args.json:
         args.json.write_text(json.dumps({"results": results, "ratios": ratios}, indent=1))
 
