@@ -5,8 +5,7 @@ readable in one place and can change in one place. The layout (see docs/format.m
 
     disks/<id>/volume.json                     volume metadata (size at creation, clone source)
     disks/<id>/epoch/<epoch:08x>               writer epoch claim, created with If-None-Match: *
-    disks/<id>/epoch/<epoch:08x>.start-<seq:016x>   first log seq that epoch may write
-    disks/<id>/seg/<seq:016x>-<epoch:08x>      immutable log segment
+    disks/<id>/seg/<seq:016x>                  immutable log segment or fence (one per seq)
     disks/<id>/ckpt/<seq:016x>                 immutable checkpoint of the extent map at <seq>
     disks/<id>/snap/<name>.json                snapshot record (pins a checkpoint)
     disks/<id>/snap/<name>.deleting            tombstone while a snapshot is being deleted
@@ -26,11 +25,9 @@ from blockstore.errors import InvalidArgument
 DISK_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 SNAPSHOT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
-_SEG_RE = re.compile(r"^disks/([a-z0-9][a-z0-9-]{0,62})/seg/([0-9a-f]{16})-([0-9a-f]{8})$")
+_SEG_RE = re.compile(r"^disks/([a-z0-9][a-z0-9-]{0,62})/seg/([0-9a-f]{16})$")
 _CKPT_RE = re.compile(r"^disks/([a-z0-9][a-z0-9-]{0,62})/ckpt/([0-9a-f]{16})$")
-_EPOCH_RE = re.compile(
-    r"^disks/[a-z0-9][a-z0-9-]{0,62}/epoch/([0-9a-f]{8})(?:\.start-([0-9a-f]{16}))?$"
-)
+_EPOCH_RE = re.compile(r"^disks/[a-z0-9][a-z0-9-]{0,62}/epoch/([0-9a-f]{8})$")
 _SNAP_RE = re.compile(r"^disks/[a-z0-9][a-z0-9-]{0,62}/snap/([a-z0-9][a-z0-9-]{0,62})\.json$")
 _CLONE_RE = re.compile(
     r"^disks/[a-z0-9][a-z0-9-]{0,62}/snap/([a-z0-9][a-z0-9-]{0,62})\.clones/([a-z0-9][a-z0-9-]{0,62})$"
@@ -77,32 +74,28 @@ def epoch_key(disk_id: str, epoch: int) -> str:
     return f"{epoch_prefix(disk_id)}{epoch:08x}"
 
 
-def epoch_start_key(disk_id: str, epoch: int, start_seq: int) -> str:
-    return f"{epoch_prefix(disk_id)}{epoch:08x}.start-{start_seq:016x}"
-
-
-def parse_epoch_key(key: str) -> tuple[int, int | None] | None:
-    """(epoch, start seq or None for a bare claim), or None if `key` is not an epoch key."""
+def parse_epoch_key(key: str) -> int | None:
+    """The epoch of a claim key, or None if `key` is not one."""
     m = _EPOCH_RE.match(key)
-    if not m:
-        return None
-    return int(m.group(1), 16), (int(m.group(2), 16) if m.group(2) else None)
+    return int(m.group(1), 16) if m else None
 
 
 def segment_prefix(disk_id: str) -> str:
     return disk_prefix(disk_id) + "seg/"
 
 
-def segment_key(disk_id: str, seq: int, epoch: int) -> str:
-    return f"{segment_prefix(disk_id)}{seq:016x}-{epoch:08x}"
+def segment_key(disk_id: str, seq: int) -> str:
+    # One key per seq, whoever writes it: create-if-absent on this key is what fences an older
+    # writer (docs/format.md, "Fencing"). The writer's epoch is in the segment header.
+    return f"{segment_prefix(disk_id)}{seq:016x}"
 
 
-def parse_segment_key(key: str) -> tuple[str, int, int] | None:
-    """(disk id, seq, epoch), or None if `key` is not a segment key."""
+def parse_segment_key(key: str) -> tuple[str, int] | None:
+    """(disk id, seq), or None if `key` is not a segment key."""
     m = _SEG_RE.match(key)
     if not m:
         return None
-    return m.group(1), int(m.group(2), 16), int(m.group(3), 16)
+    return m.group(1), int(m.group(2), 16)
 
 
 def checkpoint_prefix(disk_id: str) -> str:

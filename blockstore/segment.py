@@ -11,10 +11,13 @@ A segment is `prefix | header body | data`:
     record  = u8 kind | u64 disk offset | u64 length | (WRITE only) u64 data offset | sums
     sums    = one little-endian u64 xxh3_64 per `chunk` bytes of the record's data (last short)
 
+A segment with no records is a *fence*: a new writer's claim on a log position (docs/format.md).
+
 Records apply in order. Data offsets in the body are relative to the end of the body; decoded
 `Record.data_off` is absolute within the object so a read is one ranged GET. A checkpoint is
 `magic "BLKCKP01" | u16 version | u16 flags | u32 0 | u64 xxh3_64(body) | u64 body length | body`
-with the whole extent map, the size and the table of segments it references.
+with the whole extent map, the size, the log's epoch and fence positions at that seq, and the
+table of segments it references.
 
 Guarantees: anything malformed (bad magic, unknown version, checksum mismatch, truncated, a
 record pointing outside the object) raises `IntegrityError`; decoders never return partial
@@ -31,7 +34,7 @@ import xxhash
 
 from blockstore.errors import IntegrityError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one segment key per seq, fences; checkpoints list fence seqs
 SEG_MAGIC = b"BLKSEG01"
 CKPT_MAGIC = b"BLKCKP01"
 
@@ -253,12 +256,13 @@ class Checkpoint:
 
     disk_id: str
     seq: int
-    epoch: int
+    epoch: int  # the log's epoch at `seq`: the highest epoch of any segment applied so far
     size: int
     starts: list[int]
     ends: list[int]
     vals: list[tuple[Record, int]]
     segments: dict[str, int]  # every segment key the map references -> its data bytes
+    fences: list[int]  # seqs of the first segment of every epoch in the log (never deleted)
 
 
 def encode_checkpoint(
@@ -270,6 +274,7 @@ def encode_checkpoint(
     ends: list[int],
     vals: list[tuple[Record, int]],
     segment_sizes: dict[str, int],
+    fences: Sequence[int] = (),
 ) -> bytes:
     seg_index: dict[str, int] = {}
     rec_index: dict[int, int] = {}
@@ -294,6 +299,8 @@ def encode_checkpoint(
         [
             _CKPT_FIXED.pack(seq, epoch, size, 0, len(did)),
             did,
+            _U32.pack(len(fences)),
+            *(_U64.pack(f) for f in fences),
             _U32.pack(len(seg_parts)),
             *seg_parts,
             _U32.pack(len(rec_parts)),
@@ -324,6 +331,10 @@ def decode_checkpoint(blob: bytes, key: str) -> Checkpoint:
         pos = _CKPT_FIXED.size
         disk_id = bytes(body[pos : pos + did_len]).decode()
         pos += did_len
+        (nfence,) = _U32.unpack_from(body, pos)
+        pos += 4
+        fences = [_U64.unpack_from(body, pos + 8 * i)[0] for i in range(nfence)]
+        pos += 8 * nfence
         (nseg,) = _U32.unpack_from(body, pos)
         pos += 4
         seg_keys: list[str] = []
@@ -378,4 +389,4 @@ def decode_checkpoint(blob: bytes, key: str) -> Checkpoint:
             vals.append((rec, delta))
     except (struct.error, UnicodeDecodeError, IndexError) as exc:
         raise IntegrityError(f"checkpoint {key}: malformed ({exc})") from exc
-    return Checkpoint(disk_id, seq, epoch, size, starts, ends, vals, segments)
+    return Checkpoint(disk_id, seq, epoch, size, starts, ends, vals, segments, fences)

@@ -25,9 +25,12 @@ Guarantees:
   contiguous run of valid segments after it (docs/format.md walks through every crash point).
 - Every byte fetched from the store is checked against its xxh3 chunk checksum; a mismatch
   raises `IntegrityError` and counts `checksum_failures`, it never returns wrong data.
-- Exclusive writer: a writable open claims a new epoch (create-if-absent only). A writer checks
-  after its PUTs and before acknowledging that no newer epoch exists, and raises `Fenced`
-  otherwise; segments an older epoch writes after the newer one began are never applied.
+- Exclusive writer: a writable open claims a new epoch (create-if-absent only), replays the log
+  and then creates *fences* (empty segments) at the next `FENCE_WINDOW` log positions. There is
+  one segment key per seq, created with If-None-Match, so an older writer's PUT at a position
+  the new writer holds gets 412 and it raises `Fenced`; a write is acknowledged once its PUT
+  (and every earlier one) succeeded, with no further request. Segments of an older epoch that
+  land after a newer epoch's fence are never applied (docs/format.md has the argument).
 - A failed segment PUT is not retried in a loop here (`RetryingStore` below does bounded
   retries): the waiting flush/durable write gets the error, the batch stays queued and is
   re-sent on the next flush. Nothing is acknowledged that the store did not acknowledge.
@@ -42,7 +45,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from blockstore import keys
@@ -65,6 +68,7 @@ from blockstore.segment import (
     WRITE,
     Checkpoint,
     Record,
+    SegmentHeader,
     decode_checkpoint,
     decode_segment_header,
     encode_checkpoint,
@@ -78,6 +82,12 @@ SECTOR = 512
 MAX_SIZE = 64 << 40  # 64 TiB, the largest disk we create or grow to
 _FAR = 1 << 62  # "to the end of any disk" for clearing tails
 _ZEROS = memoryview(bytes(1 << 20))
+# Part of the format: no writer ever has a segment PUT outstanding more than FENCE_WINDOW seqs past
+# the last seq it acknowledged, and a new writer fences that many positions, so an older writer's
+# late PUTs can only land on positions the new writer holds or has seen (docs/format.md).
+FENCE_WINDOW = 8
+_READ_PARALLEL = 8  # ranged GETs of one read that may run at once
+_COALESCE_GAP = 64 << 10  # pieces of one segment closer than this share a ranged GET
 
 
 @dataclass(frozen=True)
@@ -99,8 +109,10 @@ class VolumeConfig:
             raise InvalidArgument(
                 f"checksum_chunk {self.checksum_chunk} must be a positive multiple of 512"
             )
-        if self.max_inflight_segments < 1:
-            raise InvalidArgument(f"max_inflight_segments {self.max_inflight_segments} < 1")
+        if not 1 <= self.max_inflight_segments <= FENCE_WINDOW:
+            raise InvalidArgument(
+                f"max_inflight_segments {self.max_inflight_segments} must be 1..{FENCE_WINDOW}"
+            )
         if self.checkpoint_every_segments < 1:
             raise InvalidArgument(f"checkpoint_every_segments {self.checkpoint_every_segments} < 1")
 
@@ -117,6 +129,8 @@ class VolumeStats:
     flushes: int = 0
     segments_written: int = 0
     segments_replayed: int = 0
+    segments_void: int = 0  # stale segments of superseded writers, skipped (never applied)
+    fences_written: int = 0
     bytes_uploaded: int = 0  # every byte this volume PUT (segments, checkpoints, records)
     puts: int = 0
     gets: int = 0
@@ -253,59 +267,62 @@ def _read_checkpoint(io: _Io, key: str) -> Checkpoint:
     return decode_checkpoint(io.get(key), key)
 
 
-def _ownership(starts: dict[int, int]) -> list[tuple[int, int, int]]:
-    """Which epoch owns which seqs: [(lo, hi, epoch)] sorted by lo.
-
-    Epoch e owns the seqs from its recorded start up to the smallest start of any newer epoch:
-    a newer writer's start record says "nothing older is valid from here on".
-    """
-    out: list[tuple[int, int, int]] = []
-    limit = 1 << 64
-    for e in sorted(starts, reverse=True):
-        lo = starts[e]
-        if lo < limit:
-            out.append((lo, limit, e))
-            limit = lo
-    out.reverse()
-    return out
-
-
-def _owner(table: list[tuple[int, int, int]], seq: int) -> int | None:
-    for lo, hi, e in table:
-        if lo <= seq < hi:
-            return e
-    return None
-
-
-def _list_epochs(io: _Io, disk_id: str) -> tuple[int, dict[int, int]]:
-    """(highest claimed epoch or 0, {epoch: start seq})."""
+def _top_epoch(io: _Io, disk_id: str) -> int:
+    """The highest claimed epoch, or 0."""
     top = 0
-    starts: dict[int, int] = {}
     for key, _size in io.list(keys.epoch_prefix(disk_id)):
-        parsed = keys.parse_epoch_key(key)
-        if parsed is None:
-            continue
-        e, start = parsed
-        top = max(top, e)
-        if start is not None:
-            starts[e] = start
-    return top, starts
+        e = keys.parse_epoch_key(key)
+        if e is not None:
+            top = max(top, e)
+    return top
+
+
+def _read_header_bytes(io: _Io, key: str, header_read: int) -> bytes:
+    """The first bytes of segment `key`, at least its whole header (one ranged GET, two when
+    the header is longer than `header_read`)."""
+    head = io.get(key, 0, header_read)
+    need = segment_header_length(head, key)
+    if need > len(head):
+        head += io.get(key, len(head), need - len(head))
+    return head
+
+
+def _read_header(io: _Io, key: str, header_read: int, size: int | None = None) -> SegmentHeader:
+    """The verified header of segment `key`."""
+    return decode_segment_header(_read_header_bytes(io, key, header_read), key, size)
 
 
 @dataclass
 class _State:
     durable: ExtentMap[Record]
     size: int
-    seq: int  # last applied segment seq (0: none of this disk's own)
+    seq: int  # last log position replayed, applied or void (0: none of this disk's own)
     ckpt_seq: int  # newest checkpoint seq, -1 when there is none
     ckpt_refs: set[str]
     segments: dict[str, int]  # segment key -> data bytes, for every segment the map may name
+    log_epoch: int = 0  # highest epoch of any segment applied so far
+    fences: list[int] = field(default_factory=list)  # seq of the first segment of each epoch
+
+    def replay(self, hdr: SegmentHeader, key: str, stats: VolumeStats) -> None:
+        """Take the segment at position seq + 1 into the state: apply it, or skip it when an
+        older epoch wrote it after a newer epoch's first segment (a fenced writer's late PUT)."""
+        self.seq += 1
+        if hdr.epoch < self.log_epoch:
+            stats.segments_void += 1
+            return
+        if hdr.epoch > self.log_epoch:
+            self.log_epoch = hdr.epoch
+            self.fences.append(self.seq)
+        for rec in hdr.records:
+            self.size = _apply(self.durable, rec, self.size)
+        if hdr.data_len:
+            self.segments[key] = hdr.data_len
+        stats.segments_replayed += 1
 
 
 def _load_state(io: _Io, disk_id: str, meta: dict[str, Any], header_read: int) -> _State:
-    """Newest checkpoint (or the clone source's, or empty) plus replay of the valid segments
-    after it, stopping at the first gap."""
-    _top, starts = _list_epochs(io, disk_id)
+    """Newest checkpoint (or the clone source's, or empty) plus replay of the segments after
+    it, stopping at the first missing seq (nothing after a gap was ever acknowledged)."""
     ckpts = [
         p[1]
         for k, _s in io.list(keys.checkpoint_prefix(disk_id))
@@ -318,45 +335,39 @@ def _load_state(io: _Io, disk_id: str, meta: dict[str, Any], header_read: int) -
             raise IntegrityError(
                 f"checkpoint {base_seq:016x} of {disk_id} names {ck.disk_id}/{ck.seq}"
             )
-        durable = ExtentMap.from_sorted(ck.starts, ck.ends, ck.vals)
-        size, segments, ckpt_seq, ckpt_refs = ck.size, dict(ck.segments), base_seq, set(ck.segments)
+        state = _State(
+            ExtentMap.from_sorted(ck.starts, ck.ends, ck.vals),
+            ck.size,
+            base_seq,
+            base_seq,
+            set(ck.segments),
+            dict(ck.segments),
+            ck.epoch,
+            list(ck.fences),
+        )
     else:
-        base_seq, ckpt_seq, ckpt_refs = 0, -1, set()
-        size = int(meta["size"])
+        base_seq = 0
+        durable: ExtentMap[Record] = ExtentMap()
+        segments: dict[str, int] = {}
         source = meta.get("source")
         if source:
+            # The source's map; its fences and epochs belong to the source's log, not ours.
             ck = _read_checkpoint(io, str(source["checkpoint_key"]))
             durable = ExtentMap.from_sorted(ck.starts, ck.ends, ck.vals)
             segments = dict(ck.segments)
-        else:
-            durable = ExtentMap()
-            segments = {}
-    table = _ownership(starts)
-    prefix = keys.segment_prefix(disk_id)
-    present = dict(io.list(prefix, start_after=f"{prefix}{base_seq:016x}-ffffffff"))
-    seq = base_seq
+        state = _State(durable, int(meta["size"]), 0, -1, set(), segments)
+    present = dict(io.list(keys.segment_prefix(disk_id), keys.segment_key(disk_id, base_seq)))
     while True:
-        owner = _owner(table, seq + 1)
-        if owner is None:
-            break
-        key = keys.segment_key(disk_id, seq + 1, owner)
+        key = keys.segment_key(disk_id, state.seq + 1)
         obj_size = present.get(key)
         if obj_size is None:
             break  # a gap: nothing after it was ever acknowledged
-        head = io.get(key, 0, header_read)
-        need = segment_header_length(head, key)
-        if need > len(head):
-            head += io.get(key, len(head), need - len(head))
-        hdr = decode_segment_header(head, key, obj_size)
-        if hdr.seq != seq + 1 or hdr.epoch != owner or hdr.disk_id != disk_id:
-            raise IntegrityError(f"segment {key}: header names {hdr.disk_id}/{hdr.seq}/{hdr.epoch}")
-        for rec in hdr.records:
-            size = _apply(durable, rec, size)
-        segments[key] = hdr.data_len
-        seq += 1
+        hdr = _read_header(io, key, header_read, obj_size)
+        if hdr.seq != state.seq + 1 or hdr.disk_id != disk_id:
+            raise IntegrityError(f"segment {key}: header names {hdr.disk_id}/{hdr.seq}")
         with io.lock:
-            io.stats.segments_replayed += 1
-    return _State(durable, size, seq, ckpt_seq, ckpt_refs, segments)
+            state.replay(hdr, key, io.stats)
+    return state
 
 
 def _apply(durable: ExtentMap[Record], rec: Record, size: int) -> int:
@@ -415,6 +426,8 @@ class _Batch:
     """Records that become one segment."""
 
     __slots__ = ("blob", "data_len", "first", "future", "nbytes", "records", "seq")
+
+    # `future` is the PUT in flight (None: not sent, or to be re-sent after an error).
 
     def __init__(self, seq: int, first: float) -> None:
         self.seq = seq
@@ -511,16 +524,77 @@ class Volume:
             epoch = cls._claim_epoch(io, disk_id)
         state = _load_state(io, disk_id, meta, config.header_read_bytes)
         if writable:
-            # From here on, segments of older epochs at seq >= state.seq + 1 are void. Every
-            # segment an older writer acknowledged was PUT before our claim existed (it checks
-            # for a newer claim after its PUT), so the listing above already saw it.
-            io.put(keys.epoch_start_key(disk_id, epoch, state.seq + 1), b"", if_none_match=True)
+            if state.log_epoch > epoch:
+                # A newer writer claimed after us and has already fenced: anything we wrote
+                # from here on would come after its fence and be void.
+                raise Fenced(
+                    f"disk {disk_id!r}: a newer writer (epoch {state.log_epoch}) took the log "
+                    f"while epoch {epoch} was opening"
+                )
+            cls._fence(io, disk_id, epoch, state, config)
         return cls(io, disk_id, meta, state, config, clock or SYSTEM_CLOCK, writable, epoch)
 
     @staticmethod
+    def _fence(io: _Io, disk_id: str, epoch: int, state: _State, config: VolumeConfig) -> None:
+        """Take the log over: create a fence at the first free position (replaying whatever
+        an older writer put there meanwhile), then at the next FENCE_WINDOW - 1 positions.
+
+        After this, every position an older writer can still PUT to is held (docs/format.md):
+        its PUT there gets 412 and it stops with `Fenced`; and whatever it did store in the
+        window is void because it comes after our first fence. Raises `Fenced` when a newer
+        writer's fence is met instead."""
+
+        def put_fence(seq: int) -> SegmentHeader | None:
+            """None when our fence is at `seq`; else the header of what holds it."""
+            key = keys.segment_key(disk_id, seq)
+            blob = encode_segment(key, disk_id, seq, epoch, config.checksum_chunk, [])
+            try:
+                io.put(key, blob, if_none_match=True)
+                stored = True
+            except PreconditionFailed:
+                stored = False
+            if not stored:
+                hdr = _read_header(io, key, config.header_read_bytes)
+                if hdr.seq != seq or hdr.disk_id != disk_id:
+                    raise IntegrityError(f"segment {key}: header names {hdr.disk_id}/{hdr.seq}")
+                if hdr.epoch > epoch:
+                    raise Fenced(
+                        f"disk {disk_id!r}: a newer writer (epoch {hdr.epoch}) took the log "
+                        f"while epoch {epoch} was opening"
+                    )
+                if hdr.epoch < epoch:
+                    return hdr
+                # Our own fence: an earlier attempt whose reply was lost stored it.
+            with io.lock:
+                io.stats.fences_written += 1
+            return None
+
+        # The first fence, one position at a time: a position filled since our listing is an
+        # older writer's segment, maybe acknowledged, so it is replayed before we go on.
+        while True:
+            hdr = put_fence(state.seq + 1)
+            if hdr is None:
+                break
+            with io.lock:
+                state.replay(hdr, keys.segment_key(disk_id, state.seq + 1), io.stats)
+        state.seq += 1
+        state.log_epoch = epoch
+        state.fences.append(state.seq)
+        # The rest of the window, in parallel: whatever is already there is void (it is an
+        # older epoch's and comes after our first fence).
+        rest = range(state.seq + 1, state.seq + FENCE_WINDOW)
+        with ThreadPoolExecutor(len(rest), thread_name_prefix=f"fence-{disk_id}") as pool:
+            found = list(pool.map(put_fence, rest))
+        for hdr in found:
+            with io.lock:
+                if hdr is not None:
+                    state.replay(hdr, keys.segment_key(disk_id, state.seq + 1), io.stats)
+                else:
+                    state.seq += 1
+
+    @staticmethod
     def _claim_epoch(io: _Io, disk_id: str) -> int:
-        top, _ = _list_epochs(io, disk_id)
-        epoch = top + 1
+        epoch = _top_epoch(io, disk_id) + 1
         for _ in range(1000):
             if epoch > keys.MAX_EPOCH:
                 break
@@ -528,7 +602,7 @@ class Volume:
                 io.put(keys.epoch_key(disk_id, epoch), b"", if_none_match=True)
                 return epoch
             except PreconditionFailed:
-                epoch += 1  # another opener won this number; claims stay contiguous
+                epoch += 1  # another opener won this number
         raise Conflict(f"disk {disk_id!r}: could not claim a writer epoch")
 
     @classmethod
@@ -554,6 +628,8 @@ class Volume:
             ck.seq,
             set(ck.segments),
             dict(ck.segments),
+            ck.epoch,
+            list(ck.fences),
         )
         return cls(io, disk_id, meta, state, config, clock or SYSTEM_CLOCK, False, 0)
 
@@ -618,6 +694,8 @@ class Volume:
         self._acked_seq = state.seq
         self._next_seq = state.seq + 1
         self._segments = state.segments
+        self._log_epoch = state.log_epoch
+        self._fences = state.fences  # never deleted by GC: they keep fenced writers fenced
         self._last_ckpt_seq = state.ckpt_seq
         self._last_ckpt_refs = state.ckpt_refs
         self._last_ckpt_size = state.size
@@ -942,6 +1020,10 @@ class Volume:
                         if f is None or not f.done():
                             break
                         exc = f.exception()
+                        if isinstance(exc, Fenced):
+                            self._fatal = exc  # never acknowledge anything again
+                            self._cv.notify_all()
+                            break
                         if exc is not None:
                             b.future = None
                             self._set_error_locked(exc)
@@ -985,35 +1067,36 @@ class Volume:
         self._cv.notify_all()
 
     def _put_batch(self, b: _Batch) -> None:
-        key = keys.segment_key(self.disk_id, b.seq, self._epoch)
+        key = keys.segment_key(self.disk_id, b.seq)
         if b.blob is None:
             b.blob = encode_segment(
                 key, self.disk_id, b.seq, self._epoch, self._config.checksum_chunk, b.records
             )
-        # Only this writer (its epoch is in the key) ever creates this key: PreconditionFailed
-        # means an earlier attempt whose reply was lost already stored these very bytes.
-        with contextlib.suppress(PreconditionFailed):
+        try:
             self._io.put(key, b.blob, if_none_match=True)
+            return
+        except PreconditionFailed:
+            pass
+        # Someone holds this position. A newer writer's fence: we are superseded. Our own
+        # bytes: an earlier attempt whose reply was lost stored them. Nothing else can be there:
+        # older writers' PUTs all fall inside our own fence window (FENCE_WINDOW).
+        raw = _read_header_bytes(self._io, key, self._config.header_read_bytes)
+        hdr = decode_segment_header(raw, key)
+        if hdr.epoch > self._epoch:
+            raise Fenced(
+                f"disk {self.disk_id!r}: writer epoch {self._epoch} was superseded by epoch "
+                f"{hdr.epoch}; this handle may not commit any more"
+            )
+        if raw[: hdr.data_start] != b.blob[: hdr.data_start]:
+            raise IntegrityError(
+                f"segment {key} holds epoch {hdr.epoch}'s segment, not ours (epoch "
+                f"{self._epoch}); refusing to acknowledge"
+            )
 
     def _acknowledge(self, done: list[_Batch]) -> None:
-        """Fence check for the PUTs in `done` (all complete), then apply them in seq order."""
-        try:
-            fenced = self._io.exists(keys.epoch_key(self.disk_id, self._epoch + 1))
-        except BaseException as exc:
-            with self._lock:
-                for b in done:
-                    b.future = None  # re-PUT later: PreconditionFailed then means "stored"
-                self._set_error_locked(exc)
-            return
+        """Apply the PUTs in `done` (all stored, in seq order, right after the last acked)."""
         with self._lock:
-            if self._abandoned:
-                return
-            if fenced:
-                self._fatal = Fenced(
-                    f"disk {self.disk_id!r}: writer epoch {self._epoch} was superseded by a "
-                    "newer writer; this handle may not commit any more"
-                )
-                self._cv.notify_all()
+            if self._abandoned or self._fatal is not None:
                 return
             for b in done:
                 self._inflight.popleft()
@@ -1024,7 +1107,7 @@ class Volume:
                 for rec in b.records:
                     rec.mem = None  # reads now go to the store
                 if b.data_len:
-                    self._segments[keys.segment_key(self.disk_id, b.seq, self._epoch)] = b.data_len
+                    self._segments[keys.segment_key(self.disk_id, b.seq)] = b.data_len
                 b.blob = None
                 self._acked_seq = b.seq
                 self.stats.segments_written += 1
@@ -1059,9 +1142,10 @@ class Volume:
                 starts, ends, vals = self._durable.copy().lists()
                 size = self._durable_size
                 sizes = dict(self._segments)
+                fences = list(self._fences)
             refs = {rec.seg_key for rec, _d in vals}
             blob = encode_checkpoint(
-                self.disk_id, seq, self._epoch, size, starts, ends, vals, sizes
+                self.disk_id, seq, self._log_epoch, size, starts, ends, vals, sizes, fences
             )
             # A checkpoint already at this seq describes the same log prefix: same content.
             with contextlib.suppress(PreconditionFailed):
@@ -1071,7 +1155,7 @@ class Volume:
                 self._last_ckpt_refs = refs
                 self._last_ckpt_size = size
                 # Forget sizes of segments nothing will name again (bounded memory).
-                newer = keys.segment_key(self.disk_id, seq, keys.MAX_EPOCH)
+                newer = keys.segment_key(self.disk_id, seq)
                 self._segments = {k: v for k, v in self._segments.items() if k in refs or k > newer}
                 self.stats.checkpoints_written += 1
             return seq, refs
@@ -1248,6 +1332,7 @@ class Volume:
         min_age = self._config.gc_min_age_seconds
         with self._lock:
             live = {rec.seg_key for _s, _e, rec, _d in self._durable}
+            fences = set(self._fences)
         keep = live | ckpt_refs | pinned_segs
         doomed: list[tuple[str, int]] = []
         seen: set[str] = set()
@@ -1256,7 +1341,9 @@ class Volume:
             p = keys.parse_segment_key(key)
             # Only at or below the newest checkpoint: replay never reads those, so deleting
             # them cannot open a gap in anyone's log.
-            if p is None or p[1] > ckpt_seq or key in keep:
+            # Fences are never deleted: a fenced writer that is still running may retry a PUT
+            # at that very position any time, and must keep getting 412 there.
+            if p is None or p[1] > ckpt_seq or key in keep or p[1] in fences:
                 continue
             candidates.append((key, size))
         for key, size in self._io.list(keys.checkpoint_prefix(self.disk_id)):

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
+from blockstore import keys
 from blockstore.clock import FakeClock
 from blockstore.errors import (
     Conflict,
@@ -22,7 +23,8 @@ from blockstore.errors import (
 )
 from blockstore.faults import FaultRule, FaultyStore
 from blockstore.objectstore import Buffer, MemoryStore, ObjectStore
-from blockstore.volume import Volume, VolumeConfig
+from blockstore.segment import decode_segment_header
+from blockstore.volume import FENCE_WINDOW, Volume, VolumeConfig
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -343,25 +345,86 @@ def test_second_writer_fences_the_first() -> None:
     assert reader(store).read(4096, 4096) == bytes(4096)
 
 
-class HookStore(MemoryStore):
-    """Runs a callback just before the first PUT of a key containing `trigger`."""
+def seg_epoch(key: str, data: Buffer) -> int:
+    return decode_segment_header(bytes(data), key).epoch
 
-    def __init__(self, trigger: str, hook: Callable[[], None]) -> None:
+
+def data_segments(raw: dict[str, bytes]) -> list[str]:
+    """Segment keys that hold records (not fences), in log order."""
+    return sorted(k for k in raw if "/seg/" in k and decode_segment_header(raw[k], k).records)
+
+
+class RaceStore(MemoryStore):
+    """A MemoryStore whose PUTs can be intercepted: `on_put(pred, fn)` runs `fn` just before the
+    first PUT for which `pred(key, data)` holds (once); `hold(pred)` makes matching PUTs wait
+    until the returned event is set, and records in `landed` every key stored."""
+
+    def __init__(self) -> None:
         super().__init__()
-        self.trigger = trigger
-        self.hook: Callable[[], None] | None = hook
+        self._hooks: list[tuple[Callable[[str, Buffer], bool], Callable[[], None]]] = []
+        self._after: list[tuple[Callable[[str, Buffer], bool], Callable[[], None]]] = []
+        self._holds: list[tuple[Callable[[str, Buffer], bool], threading.Event]] = []
+        self.landed: list[str] = []
+        self.landed_cv = threading.Condition()
+
+    def on_put(
+        self, pred: Callable[[str, Buffer], bool], fn: Callable[[], None], *, after: bool = False
+    ) -> None:
+        (self._after if after else self._hooks).append((pred, fn))
+
+    def hold(self, pred: Callable[[str, Buffer], bool]) -> threading.Event:
+        ev = threading.Event()
+        self._holds.append((pred, ev))
+        return ev
+
+    def wait_landed(self, key: str) -> None:
+        with self.landed_cv:
+            assert self.landed_cv.wait_for(lambda: key in self.landed, timeout=10)
 
     def put(self, key: str, data: Buffer, **kw: object) -> str:
-        if self.trigger in key and self.hook is not None:
-            hook, self.hook = self.hook, None
-            hook()
-        return super().put(key, data, **kw)  # type: ignore[arg-type]
+        for i, (pred, fn) in enumerate(self._hooks):
+            if pred(key, data):
+                del self._hooks[i]
+                fn()
+                break
+        for pred, ev in list(self._holds):
+            if pred(key, data):
+                assert ev.wait(10)
+        try:
+            return super().put(key, data, **kw)  # type: ignore[arg-type]
+        finally:
+            with self.landed_cv:
+                self.landed.append(key)
+                self.landed_cv.notify_all()
+            for i, (pred, fn) in enumerate(self._after):
+                if pred(key, data):
+                    del self._after[i]
+                    fn()
+                    break
 
 
-def test_old_writer_racing_a_new_open_never_shows_late_writes() -> None:
-    """The old writer PUTs a segment after the new writer claimed its epoch but before it
-    recorded where its log starts: the old writer must not acknowledge it, and no reader may
-    see it afterwards."""
+def is_seg(seq: int, epoch: int | None = None) -> Callable[[str, Buffer], bool]:
+    """Matches the PUT of segment `seq` (by the writer of `epoch`, when given)."""
+    suffix = f"/seg/{seq:016x}"
+
+    def pred(key: str, data: Buffer) -> bool:
+        return key.endswith(suffix) and (epoch is None or seg_epoch(key, data) == epoch)
+
+    return pred
+
+
+@pytest.mark.parametrize(
+    ("moment", "expect"),
+    [
+        ("before-claim", "acked"),  # the old writer's segment is in the new writer's listing
+        ("before-first-fence", "acked"),  # it takes the position the new writer wanted first
+        ("before-window-fence", "fenced"),  # the new writer's first fence is already there
+    ],
+)
+def test_old_writer_racing_a_new_open(moment: str, expect: str) -> None:
+    """The old writer commits at a chosen moment inside the new writer's open. Whatever it
+    acknowledges, the new writer and every later reader see; once the new writer's first fence
+    exists, it acknowledges nothing more and its late write is never visible."""
     box: dict[str, Volume] = {}
     outcome: list[str] = []
 
@@ -373,19 +436,174 @@ def test_old_writer_racing_a_new_open_never_shows_late_writes() -> None:
         except Fenced:
             outcome.append("fenced")
 
-    store = HookStore(".start-", lambda: None)
+    store = RaceStore()
     Volume.create(store, "d1", MiB)
-    box["v1"] = Volume.open(store, "d1", config=cfg())
-    box["v1"].write(0, b"1" * 4096, durable=True)
-    store.hook = old_writer_commits  # fire during v2's open, between claim and start record
+    v1 = box["v1"] = Volume.open(store, "d1", config=cfg())
+    v1.write(0, b"1" * 4096, durable=True)
+    nxt = v1.stats.segments_written + FENCE_WINDOW + 1  # the old writer's next position
+    new_epoch = v1.epoch + 1
+    if moment == "before-claim":
+        store.on_put(lambda k, _d: "/epoch/" in k, old_writer_commits)
+    elif moment == "before-first-fence":
+        store.on_put(is_seg(nxt, new_epoch), old_writer_commits)
+    else:
+        store.on_put(is_seg(nxt + 1, new_epoch), old_writer_commits)
     v2 = Volume.open(store, "d1", config=cfg())
-    assert outcome == ["fenced"]
-    assert any(f"-{box['v1'].epoch:08x}" in k and "/seg/" in k for k in store.raw())
+    assert outcome == [expect]
+    late = b"L" * 4096 if expect == "acked" else bytes(4096)
+    assert v2.read(0, 8192) == b"1" * 4096 + late
     v2.write(8192, b"2" * 4096, durable=True)
     v2.close()
     r = reader(store)
-    assert r.read(0, 12 * KiB) == b"1" * 4096 + bytes(4096) + b"2" * 4096
-    box["v1"].abandon()
+    assert r.read(0, 12 * KiB) == b"1" * 4096 + late + b"2" * 4096
+    v1.abandon()
+
+
+def test_old_writer_pipelining_k_and_k1_while_new_writer_fences_k() -> None:
+    """The old writer has seq k and k+1 in flight; k+1 lands, k is delayed. The new writer sees
+    the gap at k and fences it; k+1 (already there) is void. The old writer's k then gets 412
+    and it stops with Fenced; nobody ever sees k or k+1, and the new writer goes on past them."""
+    store = RaceStore()
+    Volume.create(store, "d1", MiB)
+    v1 = Volume.open(store, "d1", config=cfg(max_inflight_segments=2, segment_max_bytes=4096))
+    v1.write(0, b"1" * 4096, durable=True)
+    k = FENCE_WINDOW + 2
+    release_k = store.hold(is_seg(k, v1.epoch))
+    v1.write(4096, b"K" * 4096)  # fills a batch: seq k, sealed at once
+    v1.write(8192, b"J" * 4096)  # seq k + 1
+    store.wait_landed(keys.segment_key("d1", k + 1))
+    flush_result: list[str] = []
+
+    def flush_v1() -> None:
+        try:
+            v1.flush()
+            flush_result.append("acked")
+        except Fenced:
+            flush_result.append("fenced")
+
+    t = threading.Thread(target=flush_v1)
+    t.start()
+    v2 = Volume.open(store, "d1", config=cfg())
+    assert v2.stats.segments_void == 1  # k + 1, met by the window fence
+    release_k.set()
+    t.join(10)
+    assert flush_result == ["fenced"]
+    assert seg_epoch(keys.segment_key("d1", k), store.raw()[keys.segment_key("d1", k)]) == v2.epoch
+    assert v2.read(0, 12 * KiB) == b"1" * 4096 + bytes(8192)
+    v2.write(4096, b"2" * 4096, durable=True)
+    v2.close()
+    for view in (reader(store), Volume.open(store, "d1", config=cfg())):
+        assert view.read(0, 12 * KiB) == b"1" * 4096 + b"2" * 4096 + bytes(4096)
+        view.close()
+    v1.abandon()
+
+
+@pytest.mark.parametrize("lands", ["before-window-fence", "after-window-fence"])
+def test_new_writers_next_seq_taken_by_stale_old_segment(lands: str) -> None:
+    """The old writer's PUT at k+1 (the position after the new writer's first fence at k) lands
+    just before the new writer's fence there, or right after it. Before: the new writer's fence
+    gets 412, finds an older epoch's segment after its own fence, counts it void and carries on.
+    After: the old writer's PUT gets 412 and it is Fenced. Either way k+1 is never applied."""
+    store = RaceStore()
+    Volume.create(store, "d1", MiB)
+    v1 = Volume.open(store, "d1", config=cfg(max_inflight_segments=2, segment_max_bytes=4096))
+    v1.write(0, b"1" * 4096, durable=True)
+    k = FENCE_WINDOW + 2
+    release_k = store.hold(is_seg(k, v1.epoch))
+    release_k1 = store.hold(is_seg(k + 1, v1.epoch))
+    key_k1 = keys.segment_key("d1", k + 1)
+    v1.write(4096, b"K" * 4096)
+    v1.write(8192, b"J" * 4096)
+    if lands == "before-window-fence":
+
+        def let_k1_land() -> None:
+            release_k1.set()
+            store.wait_landed(key_k1)
+
+        store.on_put(is_seg(k + 1, v1.epoch + 1), let_k1_land)
+    v2 = Volume.open(store, "d1", config=cfg())
+    if lands == "after-window-fence":
+        release_k1.set()  # its PUT meets the new writer's fence at k + 1
+    release_k.set()
+    with pytest.raises(Fenced):
+        v1.flush()
+    stored_k1 = store.raw()[key_k1]
+    if lands == "before-window-fence":
+        assert seg_epoch(key_k1, stored_k1) == v1.epoch
+        assert v2.stats.segments_void == 1
+    else:
+        assert seg_epoch(key_k1, stored_k1) == v2.epoch
+    v2.write(8192, b"2" * 4096, durable=True)
+    assert v2.read(0, 12 * KiB) == b"1" * 4096 + bytes(4096) + b"2" * 4096
+    v2.close()
+    assert reader(store).read(0, 12 * KiB) == b"1" * 4096 + bytes(4096) + b"2" * 4096
+    v1.abandon()
+
+
+def test_a_newer_writers_fence_stops_an_opening_writer() -> None:
+    """Two writers open at once: the one that meets the other's newer fence fails with Fenced
+    instead of writing after it."""
+    store = RaceStore()
+    Volume.create(store, "d1", MiB)
+    Volume.open(store, "d1", config=cfg()).close()
+    box: dict[str, Volume] = {}
+
+    def newer_opens() -> None:
+        box["v3"] = Volume.open(store, "d1", config=cfg())
+
+    # v2 claims epoch 2 and lists; before its first fence, v3 claims 3 and fences everything.
+    store.on_put(lambda k, d: "/seg/" in k and seg_epoch(k, d) == 2, newer_opens)
+    with pytest.raises(Fenced):
+        Volume.open(store, "d1", config=cfg())
+    v3 = box["v3"]
+    v3.write(0, b"3" * 4096, durable=True)
+    v3.close()
+    assert reader(store).read(0, 4096) == b"3" * 4096
+
+
+def test_writer_that_claimed_first_but_lists_after_a_newer_writer_fenced_stops() -> None:
+    """v2 claims epoch 2; before it lists the log, v3 claims 3 and fences. v2 must not fence
+    and write after v3's fence with its older epoch (all of it would be void, and acknowledged
+    writes would be lost): it fails with Fenced."""
+    store = RaceStore()
+    Volume.create(store, "d1", MiB)
+    Volume.open(store, "d1", config=cfg()).close()
+    box: dict[str, Volume] = {}
+
+    def newer_opens() -> None:
+        box["v3"] = Volume.open(store, "d1", config=cfg())
+
+    store.on_put(lambda k, _d: k.endswith("/epoch/00000002"), newer_opens, after=True)
+    with pytest.raises(Fenced):
+        Volume.open(store, "d1", config=cfg())
+    assert box["v3"].epoch == 3
+    box["v3"].write(0, b"3" * 4096, durable=True)
+    box["v3"].close()
+    assert reader(store).read(0, 4096) == b"3" * 4096
+
+
+def test_gc_never_deletes_fences() -> None:
+    """Fences stay when GC deletes everything else below the checkpoint: a fenced writer that
+    retries a PUT at that position must keep getting 412."""
+    clock = FakeClock()
+    store = MemoryStore()
+    Volume.create(store, "d1", 64 * KiB)
+    Volume.open(store, "d1", config=cfg(), clock=clock).close()
+    v = Volume.open(store, "d1", config=cfg(segment_max_bytes=4096), clock=clock)
+    for i in range(8):
+        v.write(0, bytes([i]) * 4096)
+    v.flush()
+    for _ in range(2):
+        v.gc()
+        clock.advance(v.config.gc_min_age_seconds + 1)
+    v.gc()
+    raw = store.raw()
+    firsts = [keys.segment_key("d1", 1), keys.segment_key("d1", FENCE_WINDOW + 1)]
+    assert all(f in raw for f in firsts)
+    segs = [k for k in raw if "/seg/" in k]
+    assert len(segs) <= 3  # the two first fences and the live segment
+    assert v.read(0, 4096) == bytes([7]) * 4096
+    v.close()
 
 
 def test_acknowledged_write_of_old_writer_survives_new_open() -> None:
@@ -409,7 +627,7 @@ def test_flipped_data_byte_is_detected() -> None:
     data = os.urandom(64 * KiB)
     v.write(0, data, durable=True)
     raw = store.raw()  # type: ignore[attr-defined]
-    (seg,) = [k for k in raw if "/seg/" in k]
+    (seg,) = data_segments(raw)
     blob = bytearray(raw[seg])
     blob[-1000] ^= 0x01  # inside the last 4 KiB chunk of the data
     raw[seg] = bytes(blob)
@@ -429,7 +647,7 @@ def test_flipped_header_byte_fails_open() -> None:
     v.write(0, b"x" * 4096, durable=True)
     v.abandon()  # no checkpoint: opening must replay the segment
     raw = store.raw()  # type: ignore[attr-defined]
-    (seg,) = [k for k in raw if "/seg/" in k]
+    (seg,) = data_segments(raw)
     blob = bytearray(raw[seg])
     blob[30] ^= 0x10
     raw[seg] = bytes(blob)
