@@ -181,7 +181,9 @@ def fmt_num(x: float | None, digits: int = 0) -> str:
 
 
 def fmt_ratio(x: float | None) -> str:
-    return "-" if x is None else (f"{x:.2f}x" if x < 10 else f"{x:.0f}x")
+    if x is None:
+        return "-"
+    return f"{x:.3f}x" if x < 0.1 else f"{x:.2f}x" if x < 10 else f"{x:.0f}x"
 
 
 def durability(raw: dict[str, Any]) -> dict[str, str]:

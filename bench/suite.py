@@ -802,7 +802,30 @@ def _run_target(run: Run, t: Target, raw: dict[str, Any], step: Progress) -> Non
 def _job(run: Run, exp: Export, t: Target, w: Workload) -> Callable[[], dict[str, Any]]:
     if w.tool == "ioping":
         return lambda: ioping(run, exp, t.kind)
-    return lambda: fio(exp.uri, w, run.config)
+    if w.reads:
+        return lambda: fio(exp.uri, w, run.config)
+
+    def write_job() -> dict[str, Any]:
+        # Write back what the previous workload left dirty first, so that a write+flush job
+        # does not pay for it (its time is recorded: it is what a flush after a burst costs).
+        flushed = nbd_flush(exp.uri)
+        return {**fio(exp.uri, w, run.config), "flush_before_seconds": flushed}
+
+    return write_job
+
+
+def nbd_flush(uri: str) -> float:
+    """One NBD flush on a new connection (libnbd); returns its duration in seconds."""
+    import nbd
+
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    try:
+        t0 = time.perf_counter()
+        h.flush()
+        return time.perf_counter() - t0
+    finally:
+        h.shutdown()
 
 
 @contextlib.contextmanager
