@@ -320,7 +320,9 @@ class HostCache:
             raise InvalidArgument(f"cache mode {cfg.mode} needs a cache directory")
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # pending records / dirty room changed
-        self._sync_lock = threading.Lock()  # one upload round at a time keeps journal order
+        # One applier at a time keeps journal order; the volume flush after it runs outside, so
+        # a flush that arrives while a round waits for the store joins it (see `_sync`).
+        self._apply_lock = threading.Lock()
         self._fd = -1
         self._journal: Journal | None = None
         self._uploader: threading.Thread | None = None
@@ -435,7 +437,7 @@ class HostCache:
         if self.mode == "readwrite":
             # Holes are the volume's to tell, and it knows only the writes applied to it.
             try:
-                with self._sync_lock:
+                with self._apply_lock:
                     self._upload(self._seq)
             except BlockstoreError:
                 return [(offset, length, False)]  # "data" is always a safe answer
@@ -744,7 +746,7 @@ class HostCache:
     # --- upload (readwrite) --------------------------------------------------------------------
 
     def _upload(self, target: int) -> None:
-        """Apply pending records up to `target` to the volume, in order. Caller holds _sync_lock."""
+        """Apply pending records up to `target` to the volume, in order (holding _apply_lock)."""
         assert self._journal is not None
         shift = self._shift
         while True:
@@ -768,26 +770,36 @@ class HostCache:
                 self.stats.uploads += 1
 
     def _sync(self) -> None:
-        """Make every record appended so far durable: upload in order, then volume.flush()."""
+        """Make every record appended so far durable: apply the ones not yet in the volume (in
+        order), then volume.flush().
+
+        Rounds overlap: the apply step is serialised, the volume flush is not. A flush that
+        arrives while a round waits for its PUT applies only what that round did not cover
+        (often nothing) and then waits in volume.flush(), which returns once every segment
+        written before it is acknowledged: it joins the round in flight, and whatever it added
+        goes out in the next segment at once (the volume pipelines PUTs), not after the round.
+        Correct for any interleaving: volume.flush() covers every record applied before it was
+        called, and the bookkeeping below only ever moves forward."""
         if self._error is not None:
             raise self._error
-        with self._sync_lock:
-            with self._lock:
-                target = self._seq
-                if self._durable_seq >= target:
-                    return
+        with self._lock:
+            target = self._seq
+            if self._durable_seq >= target:
+                return
+        with self._apply_lock:
             self._upload(target)
-            self.volume.flush()
-            assert self._journal is not None
-            with self._cond:
+        self.volume.flush()
+        assert self._journal is not None
+        with self._cond:
+            if target > self._durable_seq:
                 freed = 0
                 while self._unflushed and self._unflushed[0].seq <= target:
                     freed += self._unflushed.popleft().cost
                 self._durable_seq = target
                 self.stats.dirty_bytes -= freed
-                self.stats.syncs += 1
                 self._journal.release(target)
-                self._cond.notify_all()
+            self.stats.syncs += 1
+            self._cond.notify_all()
 
     def _upload_loop(self) -> None:
         delay = 0.05

@@ -717,6 +717,7 @@ class Volume:
         self._stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
         self._executor: ThreadPoolExecutor | None = None
+        self._read_pool: ThreadPoolExecutor | None = None  # made at the first multi-GET read
         if writable:
             self._executor = ThreadPoolExecutor(
                 config.max_inflight_segments, thread_name_prefix=f"seg-put-{disk_id}"
@@ -789,6 +790,7 @@ class Volume:
         self._check_range(offset, n)
         with self._lock:
             pieces = self._resolve_locked(offset, offset + n)
+        stored: list[tuple[Record, int, memoryview]] = []
         for s, e, rec, delta in pieces:
             dst = buf[s - offset : e - offset]
             if rec is None or rec.kind != WRITE:
@@ -798,7 +800,9 @@ class Volume:
             if mem is not None:
                 dst[:] = memoryview(mem)[delta : delta + (e - s)]
             else:
-                self._fetch_into(rec, delta, dst)
+                stored.append((rec, delta, dst))
+        if stored:
+            self._fetch_all(stored)
         with self._io.lock:
             self.stats.reads += 1
             self.stats.bytes_read += n
@@ -809,24 +813,64 @@ class Volume:
         self.readinto(offset, memoryview(out))
         return bytes(out)
 
-    def _fetch_into(self, rec: Record, delta: int, dst: memoryview) -> None:
-        """One ranged GET of the whole chunks holding the bytes, verify each, copy once."""
-        chunk = rec.chunk
-        n = len(dst)
-        c0 = delta // chunk
-        lo = c0 * chunk
-        hi = min(n_chunks(delta + n, chunk) * chunk, rec.length)
+    def _fetch_all(self, pieces: list[tuple[Record, int, memoryview]]) -> None:
+        """Fetch stored pieces: one ranged GET per run of pieces that lie close together in one
+        segment (whole checksum chunks, so each piece verifies on its own), the GETs of one read
+        in parallel; every piece verified before it is copied into the caller's buffer."""
+        # (segment key, object start, object end, first chunk index, piece)
+        spans = []
+        for rec, delta, dst in pieces:
+            chunk = rec.chunk
+            c0 = delta // chunk
+            lo = rec.data_off + c0 * chunk
+            hi = rec.data_off + min(n_chunks(delta + len(dst), chunk) * chunk, rec.length)
+            spans.append((rec.seg_key, lo, hi, c0, rec, delta, dst))
+        spans.sort(key=lambda x: (x[0], x[1]))
+        groups: list[list[tuple[str, int, int, int, Record, int, memoryview]]] = []
+        for sp in spans:
+            g = groups[-1] if groups else None
+            if g is not None and g[0][0] == sp[0] and sp[1] <= max(x[2] for x in g) + _COALESCE_GAP:
+                g.append(sp)
+            else:
+                groups.append([sp])
+        if len(groups) == 1:
+            self._fetch_group(groups[0])
+            return
+        pool = self._read_pool
+        if pool is None:
+            with self._lock:
+                if self._read_pool is None:
+                    self._read_pool = ThreadPoolExecutor(  # the caller fetches one group too
+                        _READ_PARALLEL - 1, thread_name_prefix=f"seg-get-{self.disk_id}"
+                    )
+                pool = self._read_pool
+        futures = [pool.submit(self._fetch_group, g) for g in groups[1:]]
         try:
-            data = self._io.get(rec.seg_key, rec.data_off + lo, hi - lo)
+            self._fetch_group(groups[0])
+        finally:
+            for f in futures:
+                f.exception()  # wait for all: none may write into the buffer after we return
+        for f in futures:
+            f.result()
+
+    def _fetch_group(self, group: list[tuple[str, int, int, int, Record, int, memoryview]]) -> None:
+        key = group[0][0]
+        glo = group[0][1]
+        ghi = max(x[2] for x in group)
+        try:
+            data = memoryview(self._io.get(key, glo, ghi - glo))
         except NotFound:
             raise IntegrityError(
-                f"segment {rec.seg_key} named by the extent map is missing (removed by GC while "
+                f"segment {key} named by the extent map is missing (removed by GC while "
                 "this read-only view was open past gc_min_age_seconds, or lost)"
             ) from None
-        self._verify(rec, c0, data, hi - lo)
-        dst[:] = memoryview(data)[delta - lo : delta - lo + n]
+        for _key, lo, hi, c0, rec, delta, dst in group:
+            part = data[lo - glo : hi - glo]
+            self._verify(rec, c0, part, hi - lo)
+            skip = delta - c0 * rec.chunk
+            dst[:] = part[skip : skip + len(dst)]
 
-    def _verify(self, rec: Record, first_chunk: int, data: bytes, expect: int) -> None:
+    def _verify(self, rec: Record, first_chunk: int, data: bytes | memoryview, expect: int) -> None:
         bad = verify_chunks(rec, first_chunk, data) if len(data) == expect else -1
         if bad is not None:
             with self._io.lock:
@@ -1412,6 +1456,8 @@ class Volume:
                 t.join()
         if self._executor is not None:
             self._executor.shutdown(wait=wait_puts, cancel_futures=True)
+        if self._read_pool is not None:
+            self._read_pool.shutdown(wait=True)
         with self._lock:
             self._cv.notify_all()
 

@@ -19,6 +19,7 @@ import pytest
 
 from blockstore.errors import Fenced, InvalidArgument, Unavailable
 from blockstore.hostcache import HostCache, HostCacheConfig, journal_files
+from blockstore.objectstore import Buffer, MemoryStore
 
 MiB = 1 << 20
 SIZE = 8 * MiB
@@ -84,6 +85,12 @@ class ByteVolume:
 
     def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
         return [(offset, length, False)]
+
+    def resize(self, new_size: int, *, allow_shrink: bool = False) -> None:
+        with self.lock:
+            self.image[new_size:] = b""
+            self.image.extend(bytes(max(0, new_size - len(self.image))))
+            self.size = new_size
 
 
 def make_cache(
@@ -366,3 +373,66 @@ def test_on_a_real_volume_data_survives_close_and_journal_replay(tmp_path: Path,
     assert buf == model
     cache.close()
     vol.close()
+
+
+class GatedStore(MemoryStore):
+    """A MemoryStore whose segment PUTs wait for `gate` (once set up) and are counted as they
+    start, so a test can hold an upload round in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: threading.Event | None = None
+        self.started: list[str] = []
+        self.cv = threading.Condition()
+
+    def put(self, key: str, data: Buffer, **kw: Any) -> str:
+        if "/seg/" in key and self.gate is not None:
+            with self.cv:
+                self.started.append(key)
+                self.cv.notify_all()
+            assert self.gate.wait(10)
+        return super().put(key, data, **kw)
+
+    def wait_started(self, n: int) -> bool:
+        with self.cv:
+            return self.cv.wait_for(lambda: len(self.started) >= n, timeout=10)
+
+
+def test_readwrite_flush_joins_the_round_in_flight_or_sends_its_own_at_once(
+    tmp_path: Path,
+) -> None:
+    """While the background uploader's round waits for its segment PUT: a flush with nothing new
+    to send waits for that PUT only (no second PUT); a flush after a new write sends its segment
+    at once, beside the held one, instead of queueing behind the whole round."""
+    from blockstore.volume import Volume, VolumeConfig
+
+    store = GatedStore()
+    Volume.create(store, "d1", SIZE)
+    vol = Volume.open(store, "d1", config=VolumeConfig(gc_interval_seconds=0, commit_delay=3600))
+    cache = make_cache(vol, tmp_path, "readwrite")  # type: ignore[arg-type]
+    store.gate = threading.Event()
+    cache.pwrite(b"a" * 4096, 0)  # the uploader picks it up and its round's PUT is held
+    assert store.wait_started(1)
+    done: list[str] = []
+
+    def flush(name: str) -> None:
+        cache.flush()
+        done.append(name)
+
+    joiner = threading.Thread(target=flush, args=("joined",))
+    joiner.start()
+    cache.pwrite(b"b" * 4096, 4096)
+    flusher = threading.Thread(target=flush, args=("flushed",))
+    flusher.start()
+    assert store.wait_started(2)  # the second segment left while the first is still held
+    assert not done
+    store.gate.set()
+    joiner.join(10)
+    flusher.join(10)
+    assert sorted(done) == ["flushed", "joined"]
+    assert len(store.started) == 2  # one PUT per round, none extra
+    assert cache.dirty_bytes == 0
+    cache.close()
+    vol.close()
+    r = Volume.open(store, "d1", writable=False)
+    assert r.read(0, 8192) == b"a" * 4096 + b"b" * 4096
