@@ -1047,10 +1047,18 @@ class Volume:
                         return
                     ob = self._open
                     now = time.monotonic()
-                    if ob is not None and (
-                        self._stopping
-                        or self._flush_target >= ob.seq
-                        or now - ob.first >= cfg.commit_delay
+                    # While every PUT slot is busy the open batch stays open: writes arriving
+                    # meanwhile join it, so under load segments grow instead of queueing as
+                    # many small PUTs (it could not be sent any sooner anyway).
+                    room = len(self._inflight) + len(self._sealed) < cfg.max_inflight_segments
+                    if (
+                        ob is not None
+                        and (room or self._stopping)
+                        and (
+                            self._stopping
+                            or self._flush_target >= ob.seq
+                            or now - ob.first >= cfg.commit_delay
+                        )
                     ):
                         self._seal_locked()
                         ob = None
@@ -1082,7 +1090,7 @@ class Volume:
                             self._cv.notify_all()
                             return
                     timeout = None
-                    if ob is not None:
+                    if ob is not None and room:
                         timeout = max(1e-4, cfg.commit_delay - (now - ob.first))
                     self._cv.wait(timeout)
             self._acknowledge(done)

@@ -281,6 +281,32 @@ def test_concurrent_durable_writers_share_puts() -> None:
     v.close()
 
 
+def test_writes_arriving_while_every_put_slot_is_busy_share_the_next_segment() -> None:
+    store = RaceStore()
+    Volume.create(store, "d1", MiB)
+    v = Volume.open(store, "d1", config=cfg(max_inflight_segments=1))
+    release = store.hold(is_seg(FENCE_WINDOW + 1))
+    threads = [
+        threading.Thread(
+            target=v.write, args=(i * 4096, bytes([i]) * 4096), kwargs={"durable": True}
+        )
+        for i in range(6)
+    ]
+    threads[0].start()
+    while v.stats.writes < 1:
+        time.sleep(0.001)
+    for t in threads[1:]:
+        t.start()
+    while v.stats.writes < 6:
+        time.sleep(0.001)
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert v.stats.segments_written == 2  # the held one, then one for the five that waited
+    assert reader(store).read(0, 6 * 4096) == b"".join(bytes([i]) * 4096 for i in range(6))
+    v.close()
+
+
 def test_store_outage_fails_flush_then_recovers() -> None:
     inner = MemoryStore()
     store = FaultyStore(inner)
