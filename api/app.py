@@ -21,7 +21,7 @@ from api.models import NAME_PATTERN, AttachRequest, DiskCreate, DiskUpdate, Snap
 from blockstore.config import Settings
 from blockstore.control import ControlService, DiskSpec
 from blockstore.errors import BlockstoreError, Unauthorized, Unavailable
-from blockstore.metrics import DiskCollector, StoreCollector
+from blockstore.metrics import DiskCollector, ReplicationCollector, StoreCollector
 from blockstore.objectstore import ObjectStore
 
 DiskName = Annotated[str, Path(pattern=NAME_PATTERN, description="disk name")]
@@ -57,6 +57,7 @@ def create_app(context: AppContext) -> FastAPI:
     registry.register(StoreCollector(context.store))
     if context.control is not None:
         registry.register(DiskCollector(context.control.disk_stats))
+        registry.register(ReplicationCollector(context.control.replication_statuses))
 
     def require_token(
         authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -139,13 +140,36 @@ def create_app(context: AppContext) -> FastAPI:
         return svc.describe(svc.get_disk(name))
 
     @v1.patch("/disks/{name}", tags=["disks"])
-    def update_disk(name: DiskName, body: DiskUpdate) -> dict[str, Any]:
-        """Grow (online, too), shrink with allow_shrink, or change caching (at next attach)."""
+    def update_disk(name: DiskName, body: DiskUpdate, response: Response) -> dict[str, Any]:
+        """Grow (online, too), shrink with allow_shrink, or change caching (at next attach).
+        A change of redundancy (lrs <-> grs) seeds or removes the secondary copy: the answer is
+        then 202 with the operation."""
         svc = context.service()
         disk = svc.update_disk(
             name, size_bytes=body.size(), caching=body.caching, allow_shrink=body.allow_shrink
         )
+        if body.redundancy is not None:
+            op = svc.set_redundancy(name, body.redundancy)
+            if op is not None:
+                response.status_code = 202
+                return op
         return svc.describe(disk)
+
+    @v1.post("/disks/{name}/failover", tags=["geo"])
+    def failover(name: DiskName) -> dict[str, Any]:
+        """Serve a grs disk from the secondary region (fencing the primary's writer)."""
+        svc = context.service()
+        return svc.describe(svc.failover(name))
+
+    @v1.post("/disks/{name}/failback", tags=["geo"], status_code=202)
+    def failback(name: DiskName) -> dict[str, Any]:
+        """Re-seed the primary region from the secondary and serve from it again."""
+        return context.service().failback(name)
+
+    @v1.post("/disks/{name}/snapshots/{snapshot}/copy", tags=["geo"], status_code=202)
+    def copy_snapshot(name: DiskName, snapshot: SnapName) -> dict[str, Any]:
+        """Copy one snapshot to the other region (incremental against earlier copies)."""
+        return context.service().copy_snapshot(name, snapshot)
 
     @v1.delete("/disks/{name}", tags=["disks"], status_code=202)
     def delete_disk(name: DiskName) -> dict[str, Any]:

@@ -50,6 +50,7 @@ class DiskCreate(Sized):
 class DiskUpdate(Sized):
     caching: Caching | None = None
     allow_shrink: bool = False
+    redundancy: Redundancy | None = None  # a change runs as an operation (202)
 
 
 class AttachRequest(Strict):

@@ -41,6 +41,7 @@ class SupervisorConfig:
     retry_seconds: float = 30.0
     cache_size: str = "1G"
     check_interval: float = 1.0
+    secondary: S3Config | None = None  # a grs disk that failed over is served from here
 
 
 class EphemeralExport(Export):
@@ -108,6 +109,17 @@ class ExportSupervisor:
     def _cache_dir_of(self, disk: dict[str, Any]) -> Path:
         return self.config.home / "cache" / disk["volume_id"]
 
+    def s3_of(self, disk: dict[str, Any]) -> S3Config:
+        """The store a disk is served from: its record says which region is primary now."""
+        if disk.get("primary", "primary") == "secondary":
+            if self.config.secondary is None:
+                raise Unavailable(
+                    f"disk {disk['name']!r} failed over to the secondary region, and this host "
+                    "has no secondary store configured (BLOCKSTORE_SECONDARY_*)"
+                )
+            return self.config.secondary
+        return self.config.s3
+
     def _make(self, disk: dict[str, Any]) -> Export:
         sock = self.socket_of(disk)
         if disk["kind"] == "ephemeral":
@@ -122,7 +134,7 @@ class ExportSupervisor:
         config = ExportConfig(
             disk_id=disk["volume_id"],
             socket=sock,
-            s3=self.config.s3,
+            s3=self.s3_of(disk),
             cache_mode=caching,
             cache_dir=self._cache_dir_of(disk) if caching != "none" else None,
             cache_size=self.config.cache_size,

@@ -31,6 +31,7 @@ class Settings:
     secondary: S3Config | None = None  # for geo-redundant (grs) disks
     retry: RetryConfig = field(default_factory=RetryConfig)
     embedded: bool = False  # True once `s3` points at the SeaweedFS this host started
+    rpo_seconds: float = 300.0  # a grs disk whose replication lag exceeds this is flagged
 
 
 def default_home() -> Path:
@@ -78,6 +79,7 @@ def load_settings(home: Path | None = None, port: int | None = None) -> Settings
         s3=_s3_from("BLOCKSTORE_S3", env, file.get("s3", {})),
         secondary=_s3_from("BLOCKSTORE_SECONDARY", env, file.get("secondary", {})),
         retry=RetryConfig(deadline_seconds=retry_seconds),
+        rpo_seconds=float(env.get("BLOCKSTORE_RPO_SECONDS", file.get("rpo_seconds", 300))),
     )
 
 

@@ -19,6 +19,7 @@ Unavailable. A crash part-way leaves records that say what was under way: a disk
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import threading
 import time
@@ -35,6 +36,15 @@ from blockstore.clock import SYSTEM_CLOCK, Clock
 from blockstore.errors import BlockstoreError, Conflict, InvalidArgument, NotFound
 from blockstore.objectstore import ObjectStore
 from blockstore.records import Record, RecordStore
+from blockstore.replication import (
+    DiskReplicator,
+    ReplicationConfig,
+    ReplicationService,
+    delete_copy,
+    progress_key,
+    trim_after_frontier,
+    truncate_after,
+)
 from blockstore.volume import Volume
 
 MIB = 1 << 20
@@ -195,14 +205,49 @@ class ControlService:
         exports: Exports,
         *,
         clock: Clock = SYSTEM_CLOCK,
+        secondary: ObjectStore | None = None,
+        replication_config: ReplicationConfig | None = None,
     ) -> None:
-        self.store = store
+        self.store = store  # records, and the data of every disk whose primary is "primary"
+        self.secondary = secondary  # the second region, for grs disks
         self.host_id = host_id
         self.exports = exports
         self.clock = clock
+        self.replication_config = replication_config or ReplicationConfig()
+        self.replication: ReplicationService | None = None
+        if secondary is not None:
+            self.replication = ReplicationService(
+                store,
+                secondary,
+                self.replicated_disks,
+                config=self.replication_config,
+                clock=clock,
+            )
         self.disks = RecordStore(store, DISKS_PREFIX)
         self.operations = OperationService(store, host_id, clock)
         self._attach_lock = threading.Lock()
+
+    # -- where a disk's data lives --------------------------------------------------------
+
+    def data_store(self, disk: Record) -> ObjectStore:
+        """The store a disk's volume is read and written in: the primary region, or the
+        secondary once the disk failed over."""
+        if disk.get("primary", "primary") == "secondary":
+            return self._require_secondary()
+        return self.store
+
+    def _other_store(self, disk: Record) -> ObjectStore:
+        if disk.get("primary", "primary") == "secondary":
+            return self.store
+        return self._require_secondary()
+
+    def _require_secondary(self) -> ObjectStore:
+        if self.secondary is None:
+            raise InvalidArgument(
+                "no secondary region is configured: set BLOCKSTORE_SECONDARY_ENDPOINT, "
+                "_ACCESS_KEY and _SECRET_KEY (or a [secondary] table) for geo-redundant disks"
+            )
+        return self.secondary
 
     # -- disks ---------------------------------------------------------------------------
 
@@ -220,6 +265,8 @@ class ControlService:
                 raise InvalidArgument("ephemeral disks cannot be created from a snapshot")
             caching = Caching.none
         caching = caching or DEFAULT_CACHING.get(spec.kind, Caching.none)
+        if spec.redundancy == Redundancy.grs:
+            self._require_secondary()
         source = self._source(spec.source_snapshot) if spec.source_snapshot else None
         size = spec.size_bytes
         if size is None:
@@ -270,7 +317,7 @@ class ControlService:
             with contextlib.suppress(Conflict):  # made before a crash: keep it
                 Volume.create(self.store, disk["volume_id"], disk["size_bytes"], source=src)
             if source is not None and disk["size_bytes"] > int(source[2]["size"]):
-                vol = Volume.open(self.store, disk["volume_id"], writable=True)
+                vol = Volume.open(self.data_store(disk), disk["volume_id"], writable=True)
                 try:
                     if vol.size < disk["size_bytes"]:
                         vol.resize(disk["size_bytes"])
@@ -331,7 +378,10 @@ class ControlService:
             out["host"] = disk.get("home_host")
         else:
             vid = disk["volume_id"]
-            out["bytes_stored"] = sum(o.size for o in self.store.list(keys.disk_prefix(vid)))
+            store = self.data_store(disk)
+            out["bytes_stored"] = sum(o.size for o in store.list(keys.disk_prefix(vid)))
+            out["primary"] = disk.get("primary", "primary")
+            out["replication"] = self.replication_status(disk)
         return out
 
     def list_disks(self) -> list[Record]:
@@ -379,7 +429,7 @@ class ControlService:
                 )
             self.exports.resize(disk, size_bytes)
             return
-        vol = Volume.open(self.store, disk["volume_id"], writable=True)
+        vol = Volume.open(self.data_store(disk), disk["volume_id"], writable=True)
         try:
             vol.resize(size_bytes, allow_shrink=size_bytes < disk["size_bytes"])
         finally:
@@ -418,7 +468,13 @@ class ControlService:
         if disk["kind"] == DiskKind.ephemeral:
             self.exports.discard_local(disk)
         else:
-            Volume.destroy(self.store, disk["volume_id"])
+            if self.replication is not None:
+                self.replication.pause(disk["volume_id"])
+                self.replication.forget(disk["volume_id"])
+            if self.secondary is not None and disk.get("redundancy") == Redundancy.grs:
+                delete_copy(self._other_store(disk), disk["volume_id"])
+            with contextlib.suppress(NotFound):  # gone already in an earlier attempt
+                Volume.destroy(self.data_store(disk), disk["volume_id"])
         progress(0.9)
 
         def change(current: Record | None) -> Record | None:
@@ -522,7 +578,7 @@ class ControlService:
     def _snapshots(self, disk: Record) -> list[dict[str, Any]]:
         if disk["kind"] == DiskKind.ephemeral:
             return []
-        vol = Volume.open(self.store, disk["volume_id"], writable=False)
+        vol = Volume.open(self.data_store(disk), disk["volume_id"], writable=False)
         try:
             return [self._snapshot_view(disk, s) for s in vol.list_snapshots()]
         finally:
@@ -531,7 +587,7 @@ class ControlService:
     def _snapshot_view(self, disk: Record, info: Any) -> dict[str, Any]:
         clones = [
             c.key.rsplit("/", 1)[1]
-            for c in self.store.list(keys.clone_ref_prefix(disk["volume_id"], info.name))
+            for c in self.data_store(disk).list(keys.clone_ref_prefix(disk["volume_id"], info.name))
         ]
         names = {d["volume_id"]: n for n, d in self.disks.items()} if clones else {}
         return {
@@ -553,7 +609,7 @@ class ControlService:
         attachment = disk.get("attachment")
         if attachment and attachment["host"] == self.host_id and self.exports.serving(disk):
             self.exports.flush(disk)
-        vol = Volume.open(self.store, disk["volume_id"], writable=False)
+        vol = Volume.open(self.data_store(disk), disk["volume_id"], writable=False)
         try:
             info = vol.create_snapshot(snapshot)
         finally:
@@ -569,7 +625,7 @@ class ControlService:
         keys.validate_snapshot_name(snapshot)
         disk = self.get_disk(name)
         self._require_volume(disk)
-        vol = Volume.open(self.store, disk["volume_id"], writable=False)
+        vol = Volume.open(self.data_store(disk), disk["volume_id"], writable=False)
         try:
             if snapshot not in {s.name for s in vol.list_snapshots()}:
                 raise NotFound(f"disk {name!r} has no snapshot {snapshot!r}")
@@ -584,7 +640,7 @@ class ControlService:
             keys.validate_snapshot_name(since)
         disk = self.get_disk(name)
         self._require_volume(disk)
-        vol = Volume.open(self.store, disk["volume_id"], writable=False)
+        vol = Volume.open(self.data_store(disk), disk["volume_id"], writable=False)
         try:
             present = {s.name for s in vol.list_snapshots()}
             for snap in (snapshot, since):
@@ -600,6 +656,235 @@ class ControlService:
             "ranges": [{"offset": start, "length": end - start} for start, end in ranges],
             "changed_bytes": sum(end - start for start, end in ranges),
         }
+
+    # -- geo-redundancy ------------------------------------------------------------------
+
+    def replicated_disks(self) -> list[tuple[str, bool]]:
+        """What this host's replicator copies: (volume id, reversed) of every grs disk served
+        from the primary region whose attachment is on this host, and of every detached one
+        (any host may copy those; copies are create-if-absent, so duplicates are harmless)."""
+        out = []
+        for _name, disk in self.disks.items():
+            if disk.get("state") != "ready" or disk.get("redundancy") != Redundancy.grs:
+                continue
+            if disk.get("primary", "primary") != "primary" or disk.get("kind") == "ephemeral":
+                continue
+            attachment = disk.get("attachment")
+            if attachment and attachment["host"] != self.host_id:
+                continue
+            out.append((disk["volume_id"], False))
+        return out
+
+    def replication_status(self, disk: Record) -> dict[str, Any] | None:
+        """Lag of a grs disk: from this host's replicator, else from the progress marker the
+        replicating host keeps in the secondary (None for lrs disks)."""
+        if disk.get("redundancy") != Redundancy.grs or self.secondary is None:
+            return None
+        if disk.get("primary", "primary") == "secondary":
+            return {
+                "state": "failed-over",
+                "failover": disk.get("failover"),
+                "rpo_target_seconds": self.replication_config.rpo_target_seconds,
+            }
+        status = None
+        if self.replication is not None:
+            status = self.replication.status(disk["volume_id"])
+        if status is None:
+            status = self._status_from_marker(disk)
+        if status.get("last_sync_time") is not None:
+            status["last_sync_time"] = datetime.fromtimestamp(
+                float(status["last_sync_time"]), UTC
+            ).isoformat(timespec="milliseconds")
+        return status
+
+    def replication_statuses(self) -> list[tuple[str, dict[str, Any]]]:
+        """(disk name, status) of every grs disk this host replicates, for /metrics."""
+        if self.replication is None:
+            return []
+        by_volume = dict(self.replication.statuses())
+        return [
+            (name, by_volume[d["volume_id"]])
+            for name, d in self.disks.items()
+            if d.get("volume_id") in by_volume and d.get("state") == "ready"
+        ]
+
+    def _status_from_marker(self, disk: Record) -> dict[str, Any]:
+        assert self.secondary is not None
+        target = self.replication_config.rpo_target_seconds
+        try:
+            marker = json.loads(self.secondary.get(progress_key(disk["volume_id"])))
+        except (NotFound, ValueError):
+            marker = {}
+        last = marker.get("last_sync_time")
+        lag = self.clock.time() - float(last) if last is not None else None
+        return {
+            "state": "synced" if last is not None else "seeding",
+            "last_sync_time": last,
+            "lag_seconds": round(lag, 3) if lag is not None else None,
+            "lag_bytes": None,
+            "rpo_target_seconds": target,
+            "rpo_exceeded": lag is None or lag > target,
+            "reported_by": "progress marker",
+        }
+
+    def _require_grs(self, disk: Record) -> None:
+        self._require_volume(disk)
+        if disk.get("redundancy") != Redundancy.grs:
+            raise Conflict(
+                f"disk {disk['name']!r} is locally redundant (lrs): only grs disks have a "
+                "secondary copy to fail over to; PATCH it to redundancy grs first"
+            )
+        self._require_secondary()
+
+    def _require_local(self, disk: Record, doing: str) -> None:
+        attachment = disk.get("attachment")
+        if attachment and attachment["host"] != self.host_id:
+            raise Conflict(
+                f"disk {disk['name']!r} is attached on host {attachment['host']}: {doing} it "
+                "through that host's API, or detach it first"
+            )
+
+    def failover(self, name: str) -> Record:
+        """Serve the disk from the secondary region from now on.
+
+        Steps: stop replicating it; stop its export here; fence the primary's writer by
+        opening the volume writable there and, when that works, drain what the secondary
+        still lacks; cut the secondary's log at its replay frontier (the *fork*: what it has
+        is a prefix of the primary, and the primary's log after it is never applied again);
+        open it writable there (a new epoch, fences); record the switch; serve again. With the
+        primary unreachable the fence and the drain are skipped, and writes the primary took
+        after the fork are lost: that is the RPO the disk's lag showed."""
+        with self._attach_lock:
+            disk = self.get_disk(name)
+            self._require_grs(disk)
+            if disk.get("primary", "primary") == "secondary":
+                raise Conflict(f"disk {name!r} is already served from the secondary region")
+            self._require_local(disk, "fail over")
+            started = self.clock.monotonic()
+            vid = disk["volume_id"]
+            secondary = self._require_secondary()
+            if self.replication is not None:
+                self.replication.pause(vid)
+            if disk.get("attachment"):
+                with contextlib.suppress(BlockstoreError):
+                    self.exports.stop(disk)
+            primary_reachable = True
+            try:
+                Volume.open(self.store, vid, writable=True).abandon()
+                DiskReplicator(self.store, secondary, vid, config=self.replication_config).catch_up(
+                    max_passes=20
+                )
+            except BlockstoreError:
+                primary_reachable = False
+            fork = trim_after_frontier(secondary, vid)
+            Volume.open(secondary, vid, writable=True).close()
+            with contextlib.suppress(BlockstoreError):
+                secondary.delete(progress_key(vid))
+            failover = {
+                "at": now_iso(self.clock),
+                "fork_seq": fork,
+                "primary_reachable": primary_reachable,
+                "seconds": round(self.clock.monotonic() - started, 3),
+            }
+            disk = self._set_fields(name, primary="secondary", failover=failover)
+            if self.replication is not None:
+                self.replication.forget(vid)
+            if disk.get("attachment"):
+                disk = self._serve(disk)
+            return disk
+
+    def failback(self, name: str) -> Record:
+        """Re-seed the old primary from the secondary and serve from the primary again (an
+        operation): fence the old primary, cut its log at the fork, copy what it lacks (only
+        objects written since the fork, and checkpoints and snapshots it is missing), stop the
+        export, fence the secondary, copy the rest, switch, serve."""
+        disk = self.get_disk(name)
+        self._require_grs(disk)
+        if disk.get("primary", "primary") != "secondary":
+            raise Conflict(f"disk {name!r} is served from its primary region: nothing to fail back")
+        self._require_local(disk, "fail back")
+        return self.operations.start("failback", name, lambda p: self._failback(name, p))
+
+    def _failback(self, name: str, progress: Callable[[float], None]) -> None:
+        disk = self.get_disk(name)
+        vid = disk["volume_id"]
+        secondary = self._require_secondary()
+        fork = int((disk.get("failover") or {}).get("fork_seq", 0))
+        Volume.open(self.store, vid, writable=True).abandon()  # fence any old-primary writer
+        truncate_after(self.store, vid, fork)
+        back = DiskReplicator(secondary, self.store, vid, config=self.replication_config)
+        try:
+            if not back.catch_up(max_passes=200, progress=lambda f: progress(0.9 * f)):
+                raise Conflict(f"disk {name!r}: the old primary did not catch up; try again")
+            with self._attach_lock:
+                disk = self.get_disk(name)
+                attached = bool(disk.get("attachment"))
+                if attached:
+                    self.exports.stop(disk)
+                Volume.open(secondary, vid, writable=True).close()  # fence the secondary's writer
+                if not back.catch_up(max_passes=50):
+                    raise Conflict(f"disk {name!r}: the last copy to the old primary failed")
+                Volume.open(self.store, vid, writable=True).close()  # the primary takes the log
+                with contextlib.suppress(BlockstoreError):
+                    self.store.delete(progress_key(vid))
+                disk = self._set_fields(name, primary="primary", failover=None)
+                if attached:
+                    self._serve(disk)
+        finally:
+            back.close()
+        if self.replication is not None:
+            self.replication.forget(vid)
+
+    def set_redundancy(self, name: str, redundancy: Redundancy) -> Record | None:
+        """lrs -> grs seeds the secondary; grs -> lrs removes the secondary copy. Both run as
+        an operation, returned here (None when the disk already has that redundancy)."""
+        disk = self.get_disk(name)
+        self._require_volume(disk)
+        if disk.get("redundancy") == redundancy:
+            return None
+        secondary = self._require_secondary()
+        if disk.get("primary", "primary") == "secondary":
+            raise Conflict(f"disk {name!r} runs on the secondary region: fail it back first")
+        vid = disk["volume_id"]
+        self._set_fields(name, redundancy=redundancy.value)
+        if redundancy == Redundancy.grs:
+
+            def seed(progress: Callable[[float], None]) -> None:
+                rep = DiskReplicator(self.store, secondary, vid, config=self.replication_config)
+                try:
+                    if not rep.catch_up(max_passes=1000, progress=progress):
+                        raise Conflict(f"seeding the secondary copy of {name!r} did not finish")
+                finally:
+                    rep.close()
+
+            return self.operations.start("seed-secondary", name, seed)
+        if self.replication is not None:
+            self.replication.pause(vid)
+            self.replication.forget(vid)
+
+        def remove(progress: Callable[[float], None]) -> None:
+            delete_copy(secondary, vid)
+
+        return self.operations.start("remove-secondary", name, remove)
+
+    def copy_snapshot(self, name: str, snapshot: str) -> Record:
+        """Copy one snapshot to the other region (an operation), incrementally: segments a
+        previous copy already put there are not sent again."""
+        keys.validate_snapshot_name(snapshot)
+        disk = self.get_disk(name)
+        self._require_volume(disk)
+        source, target = self.data_store(disk), self._other_store(disk)
+        if snapshot not in {s["name"] for s in self._snapshots(disk)}:
+            raise NotFound(f"disk {name!r} has no snapshot {snapshot!r}")
+
+        def copy(progress: Callable[[float], None]) -> None:
+            rep = DiskReplicator(source, target, disk["volume_id"], config=self.replication_config)
+            try:
+                rep.copy_snapshot(snapshot)
+            finally:
+                rep.close()
+
+        return self.operations.start("copy-snapshot", f"{name}/{snapshot}", copy)
 
 
 def host_id_of(home: Path) -> str:

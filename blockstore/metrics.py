@@ -105,3 +105,47 @@ class DiskCollector:
             for kind, n in store.get("errors", {}).items():
                 serr.add_metric([name, kind], float(n))
         yield from (ops, errs, nbytes, lat, hits, misses, dirty, sreq, serr)
+
+
+class ReplicationCollector:
+    """Per grs disk: replication lag (seconds, bytes), the RPO target and whether it is
+    exceeded, and what the replicator copied."""
+
+    def __init__(self, statuses: Callable[[], list[tuple[str, dict[str, Any]]]]) -> None:
+        self.statuses = statuses  # () -> [(disk name, DiskReplicator.status())]
+
+    def collect(self) -> Iterator[Metric]:
+        label = ["disk"]
+        lag = GaugeMetricFamily(
+            "blockstore_replication_lag_seconds",
+            "Time since the newest primary state fully on the secondary (the RPO now)",
+            labels=label,
+        )
+        lag_bytes = GaugeMetricFamily(
+            "blockstore_replication_lag_bytes",
+            "Bytes of segments on the primary not yet on the secondary",
+            labels=label,
+        )
+        target = GaugeMetricFamily(
+            "blockstore_replication_rpo_target_seconds", "Configured RPO target", labels=label
+        )
+        exceeded = GaugeMetricFamily(
+            "blockstore_replication_rpo_exceeded",
+            "1 when the lag exceeds the RPO target",
+            labels=label,
+        )
+        copied = CounterMetricFamily(
+            "blockstore_replication_bytes_copied", "Bytes copied to the secondary", labels=label
+        )
+        errors = CounterMetricFamily(
+            "blockstore_replication_errors", "Replication passes that failed", labels=label
+        )
+        for name, st in self.statuses():
+            if st.get("lag_seconds") is not None:
+                lag.add_metric([name], float(st["lag_seconds"]))
+            lag_bytes.add_metric([name], float(st.get("lag_bytes") or 0))
+            target.add_metric([name], float(st.get("rpo_target_seconds") or 0))
+            exceeded.add_metric([name], 1.0 if st.get("rpo_exceeded") else 0.0)
+            copied.add_metric([name], float(st.get("bytes_copied") or 0))
+            errors.add_metric([name], float(st.get("errors") or 0))
+        yield from (lag, lag_bytes, target, exceeded, copied, errors)

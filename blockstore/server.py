@@ -19,6 +19,7 @@ from blockstore.attachments import ExportSupervisor, SupervisorConfig
 from blockstore.config import DEFAULT_BUCKET, Settings, api_token
 from blockstore.control import ControlService, host_id_of
 from blockstore.embedded import Credentials, EmbeddedSeaweed
+from blockstore.replication import ReplicationConfig
 from blockstore.s3store import S3Config, S3Store
 from blockstore.stack import build_store
 
@@ -60,13 +61,29 @@ def serve(settings: Settings) -> None:
         assert settings.s3 is not None
         store = build_store(settings.s3, settings.retry)
         stack.callback(store.close)
+        secondary = None
+        if settings.secondary is not None:
+            secondary = build_store(settings.secondary, settings.retry)
+            stack.callback(secondary.close)
         supervisor = ExportSupervisor(
             SupervisorConfig(
-                home=settings.home, s3=settings.s3, retry_seconds=settings.retry.deadline_seconds
+                home=settings.home,
+                s3=settings.s3,
+                retry_seconds=settings.retry.deadline_seconds,
+                secondary=settings.secondary,
             )
         )
         stack.callback(supervisor.close)
-        control = ControlService(store, host_id_of(settings.home), supervisor)
+        control = ControlService(
+            store,
+            host_id_of(settings.home),
+            supervisor,
+            secondary=secondary,
+            replication_config=ReplicationConfig(rpo_target_seconds=settings.rpo_seconds),
+        )
+        if control.replication is not None:
+            control.replication.start()
+            stack.callback(control.replication.close)
         served = control.resume()
         if served:
             log.info("serving again the disks attached here: %s", ", ".join(served))

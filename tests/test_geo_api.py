@@ -1,0 +1,201 @@
+"""Geo-redundant disks through the API, on two real SeaweedFS servers and real nbdkit exports:
+replication status and metrics, failover with an attached disk (the export moves to the
+secondary region), failback, redundancy changes as operations, snapshot copies, and the
+validation errors of each route.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import AppContext, create_app
+from blockstore import keys
+from blockstore.attachments import ExportSupervisor, SupervisorConfig
+from blockstore.config import Settings
+from blockstore.control import ControlService
+from blockstore.replication import ReplicationConfig
+from blockstore.stack import build_store
+from blockstore.volume import Volume
+from tests.conftest import SeaweedServer
+from tests.test_control_api import AUTH, TOKEN, nbd_read, nbd_write, wait_op
+
+MiB = 1 << 20
+_n = itertools.count()
+
+
+class GeoHost:
+    """One host whose service has a primary and a secondary region."""
+
+    def __init__(
+        self, seaweed: SeaweedServer, seaweed2: SeaweedServer | None, prefix: str, home: Path
+    ) -> None:
+        s3 = seaweed.s3_config(prefix)
+        s3b = seaweed2.s3_config(prefix) if seaweed2 else None
+        self.store = build_store(s3)
+        self.secondary = build_store(s3b) if s3b else None
+        self.supervisor = ExportSupervisor(
+            SupervisorConfig(home=home, s3=s3, retry_seconds=10, secondary=s3b)
+        )
+        self.control = ControlService(
+            self.store,
+            f"host-{home.name}",
+            self.supervisor,
+            secondary=self.secondary,
+            replication_config=ReplicationConfig(rpo_target_seconds=60, marker_every_seconds=0),
+        )
+        ctx = AppContext(Settings(home=home, s3=s3, secondary=s3b), self.store, TOKEN, self.control)
+        self.client = TestClient(create_app(ctx))
+
+    def __call__(self, method: str, path: str, **kw: Any) -> Any:
+        return self.client.request(method, path, headers=AUTH, **kw)
+
+    def replicate(self) -> None:
+        assert self.control.replication is not None
+        self.control.replication.run_pass()
+
+    def close(self) -> None:
+        self.control.operations.wait_all()
+        if self.control.replication is not None:
+            self.control.replication.close()
+        self.supervisor.close()
+        self.store.close()
+        if self.secondary is not None:
+            self.secondary.close()
+
+
+@pytest.fixture
+def geo(seaweed: SeaweedServer, seaweed2: SeaweedServer, tmp_path: Path) -> Iterator[GeoHost]:
+    host = GeoHost(seaweed, seaweed2, f"geoapi-{next(_n)}-{os.getpid()}/", tmp_path / "g")
+    yield host
+    host.close()
+
+
+def test_grs_needs_a_secondary_region(seaweed: SeaweedServer, tmp_path: Path) -> None:
+    host = GeoHost(seaweed, None, f"geoapi-{next(_n)}-{os.getpid()}/", tmp_path / "n")
+    try:
+        r = host(
+            "POST",
+            "/v1/disks",
+            json={"name": "g", "size_bytes": MiB, "kind": "data", "redundancy": "grs"},
+        )
+        assert r.status_code == 422 and "secondary" in r.json()["detail"]
+        host("POST", "/v1/disks", json={"name": "l", "size_bytes": MiB, "kind": "data"})
+        r = host("PATCH", "/v1/disks/l", json={"redundancy": "grs"})
+        assert r.status_code == 422 and "secondary" in r.json()["detail"]
+    finally:
+        host.close()
+
+
+def test_attached_grs_disk_fails_over_and_back(geo: GeoHost) -> None:
+    r = geo(
+        "POST",
+        "/v1/disks",
+        json={"name": "g1", "size_bytes": 4 * MiB, "kind": "data", "redundancy": "grs"},
+    )
+    assert r.status_code == 201, r.text
+    att = geo("POST", "/v1/disks/g1/attach", json={"vm": "vm1"}).json()
+    nbd_write(att["socket"], 0, b"A" * 65536)
+    geo("POST", "/v1/disks/g1/snapshots", json={"name": "s1"})
+    nbd_write(att["socket"], 65536, b"B" * 65536)
+    geo.replicate()
+    shown = geo("GET", "/v1/disks/g1").json()
+    rep = shown["replication"]
+    assert shown["primary"] == "primary"
+    assert rep["state"] == "synced" and rep["lag_bytes"] == 0 and rep["rpo_exceeded"] is False
+    assert rep["lag_seconds"] < 60 and rep["last_sync_time"]
+    metrics = geo.client.get("/metrics").text
+    assert 'blockstore_replication_lag_seconds{disk="g1"}' in metrics
+    assert 'blockstore_replication_rpo_exceeded{disk="g1"} 0.0' in metrics
+    # The snapshot is in the secondary region too.
+    vid = shown["volume_id"]
+    assert geo.secondary is not None
+    snap = Volume.open_snapshot(geo.secondary, vid, "s1")
+    assert snap.read(0, 65536) == b"A" * 65536
+    snap.close()
+    # Failover while attached: the export now runs on the secondary region.
+    r = geo("POST", "/v1/disks/g1/failover")
+    assert r.status_code == 200, r.text
+    disk = r.json()
+    assert disk["primary"] == "secondary" and disk["failover"]["primary_reachable"] is True
+    assert disk["replication"]["state"] == "failed-over"
+    sock = disk["attachment"]["socket"]
+    assert nbd_read(sock, 0, 131072) == b"A" * 65536 + b"B" * 65536
+    nbd_write(sock, 131072, b"C" * 65536)
+    assert geo("POST", "/v1/disks/g1/failover").status_code == 409
+    # The old primary's log is fenced: a writer there would now be superseded.
+    assert any(True for _ in geo.store.list(keys.epoch_prefix(vid)))
+    # Failback: an operation; afterwards the primary region serves everything.
+    op = geo("POST", "/v1/disks/g1/failback")
+    assert op.status_code == 202, op.text
+    done = wait_op(geo, op.json())
+    assert done["status"] == "succeeded", done
+    disk = geo("GET", "/v1/disks/g1").json()
+    assert disk["primary"] == "primary" and disk["failover"] is None
+    sock = disk["attachment"]["socket"]
+    assert nbd_read(sock, 0, 196608) == b"A" * 65536 + b"B" * 65536 + b"C" * 65536
+    assert geo("POST", "/v1/disks/g1/failback").status_code == 409
+    # Replication goes on from the primary again.
+    nbd_write(sock, 0, b"D" * 4096)
+    geo.replicate()
+    assert geo("GET", "/v1/disks/g1").json()["replication"]["lag_bytes"] == 0
+    view = Volume.open(geo.secondary, vid, writable=False)
+    assert view.read(0, 4096) == b"D" * 4096
+    view.close()
+    geo("POST", "/v1/disks/g1/detach")
+    op = geo("DELETE", "/v1/disks/g1").json()
+    assert wait_op(geo, op)["status"] == "succeeded"
+    assert not list(geo.secondary.list(keys.disk_prefix(vid)))
+
+
+def test_redundancy_changes_and_snapshot_copy(geo: GeoHost) -> None:
+    geo("POST", "/v1/disks", json={"name": "l1", "size_bytes": 4 * MiB, "kind": "data"})
+    att = geo("POST", "/v1/disks/l1/attach", json={"vm": "vm2"}).json()
+    nbd_write(att["socket"], 0, b"x" * 65536)
+    geo("POST", "/v1/disks/l1/snapshots", json={"name": "a"})
+    nbd_write(att["socket"], 0, b"y" * 65536)
+    geo("POST", "/v1/disks/l1/snapshots", json={"name": "b"})
+    vid = geo("GET", "/v1/disks/l1").json()["volume_id"]
+    assert geo.secondary is not None
+    # Copy one snapshot to the other region, then the next one: only what changed moves.
+    op = geo("POST", "/v1/disks/l1/snapshots/a/copy")
+    assert op.status_code == 202 and wait_op(geo, op.json())["status"] == "succeeded"
+    first = {i.key for i in geo.secondary.list(keys.disk_prefix(vid))}
+    op = geo("POST", "/v1/disks/l1/snapshots/b/copy")
+    assert wait_op(geo, op.json())["status"] == "succeeded"
+    second = {i.key for i in geo.secondary.list(keys.disk_prefix(vid))}
+    assert first < second
+    for name, byte in (("a", b"x"), ("b", b"y")):
+        snap = Volume.open_snapshot(geo.secondary, vid, name)
+        assert snap.read(0, 65536) == byte * 65536
+        snap.close()
+    assert geo("POST", "/v1/disks/l1/snapshots/nosuch/copy").status_code == 404
+    assert geo("POST", "/v1/disks/l1/snapshots/BAD/copy").status_code == 422
+    assert geo("POST", "/v1/disks/nosuch/snapshots/a/copy").status_code == 404
+    # An lrs disk cannot fail over.
+    assert geo("POST", "/v1/disks/l1/failover").status_code == 409
+    assert geo("POST", "/v1/disks/nosuch/failover").status_code == 404
+    assert geo("POST", "/v1/disks/NO_/failover").status_code == 422
+    assert geo("PATCH", "/v1/disks/l1", json={"redundancy": "zrs"}).status_code == 422
+    # lrs -> grs seeds the secondary as an operation.
+    r = geo("PATCH", "/v1/disks/l1", json={"redundancy": "grs"})
+    assert r.status_code == 202, r.text
+    assert r.json()["kind"] == "seed-secondary"
+    assert wait_op(geo, r.json())["status"] == "succeeded"
+    view = Volume.open(geo.secondary, vid, writable=False)
+    assert view.read(0, 65536) == b"y" * 65536
+    view.close()
+    assert geo("PATCH", "/v1/disks/l1", json={"redundancy": "grs"}).status_code == 200
+    # grs -> lrs removes the secondary copy.
+    r = geo("PATCH", "/v1/disks/l1", json={"redundancy": "lrs"})
+    assert r.status_code == 202 and r.json()["kind"] == "remove-secondary"
+    assert wait_op(geo, r.json())["status"] == "succeeded"
+    assert not list(geo.secondary.list(keys.disk_prefix(vid)))
+    assert geo("GET", "/v1/disks/l1").json()["replication"] is None
+    geo("POST", "/v1/disks/l1/detach")
