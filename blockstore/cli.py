@@ -57,10 +57,10 @@ def serve(
 def bench(
     quick: Annotated[bool, typer.Option("--quick", help="Short runs, under 4 min")] = False,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Results directory [default: bench/results/<time>]")
+        Path | None, typer.Option("--out", help="Results dir (default: bench/results/<time>)")
     ] = None,
     endpoint: Annotated[
-        str | None, typer.Option("--endpoint", help="S3 endpoint [default: embedded SeaweedFS]")
+        str | None, typer.Option("--endpoint", help="S3 endpoint (default: an embedded SeaweedFS)")
     ] = None,
     bucket: Annotated[str, typer.Option("--bucket", help="Bucket with --endpoint")] = "bsbench",
     region: Annotated[str, typer.Option("--region", help="Region with --endpoint")] = "us-east-1",
@@ -270,6 +270,71 @@ def disk_detach(
     """Flush and detach a disk; it keeps its data."""
     c = _client(url, token, home)
     _run(lambda: c.post(f"/v1/disks/{name}/detach"), as_json, _kv(f"disk {name}"))
+
+
+@disk_app.command("failover")
+def disk_failover(
+    name: str,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Serve a geo-redundant (grs) disk from the secondary region from now on."""
+    c = _client(url, token, home)
+    _run(lambda: c.post(f"/v1/disks/{name}/failover"), as_json, _kv(f"disk {name}"))
+
+
+@disk_app.command("failback")
+def disk_failback(
+    name: str,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+    wait: Annotated[bool, typer.Option(help="Wait for the operation to finish")] = True,
+) -> None:
+    """Re-seed the primary region from the secondary and serve the disk from it again."""
+    c = _client(url, token, home)
+    op = _run(lambda: c.post(f"/v1/disks/{name}/failback"), as_json and not wait)
+    if wait:
+        _wait(c, op["id"], as_json)
+
+
+@disk_app.command("redundancy")
+def disk_redundancy(
+    name: str,
+    redundancy: Annotated[str, typer.Argument(help="lrs or grs")],
+    url: UrlOption = None,
+    token: TokenOption = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+    wait: Annotated[bool, typer.Option(help="Wait for the operation to finish")] = True,
+) -> None:
+    """Change a disk to grs (seeds the secondary copy) or lrs (removes it)."""
+    c = _client(url, token, home)
+    res = _run(lambda: c.patch(f"/v1/disks/{name}", {"redundancy": redundancy}), False)
+    if "status" in res and wait:
+        _wait(c, res["id"], as_json)
+    else:
+        _run(lambda: res, as_json, _kv(f"disk {name}"))
+
+
+@snapshot_app.command("copy")
+def snapshot_copy(
+    disk: str,
+    name: str,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+    wait: Annotated[bool, typer.Option(help="Wait for the operation to finish")] = True,
+) -> None:
+    """Copy a snapshot to the other region (incremental against earlier copies)."""
+    c = _client(url, token, home)
+    op = _run(lambda: c.post(f"/v1/disks/{disk}/snapshots/{name}/copy"), as_json and not wait)
+    if wait:
+        _wait(c, op["id"], as_json)
 
 
 @snapshot_app.command("create")
