@@ -50,8 +50,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,6 +188,15 @@ class DiskReplicator:
         for i in range(0, len(todo), self._window):
             list(self._pool.map(self._copy, todo[i : i + self._window]))
 
+    def _land(self, item: tuple[int, Future[None]], segs: dict[int, tuple[str, int]]) -> None:
+        seq, fut = item
+        fut.result()
+        t = self._t
+        assert t is not None
+        t.frontier = seq
+        self.stats.frontier_seq = seq
+        self.stats.lag_bytes = max(0, self.stats.lag_bytes - segs[seq][1])
+
     def _copy_checkpoint(self, key: str) -> None:
         """The segments a checkpoint names first, then the checkpoint."""
         t = self._t
@@ -259,14 +269,22 @@ class DiskReplicator:
         while end + 1 in segs:
             end += 1
         self.stats.source_seq = end
-        seq = t.frontier + 1
-        while seq <= end and not self._stop.is_set():
-            batch = [segs[s][0] for s in range(seq, min(end, seq + self._window - 1) + 1)]
-            self._copy_many(batch)
-            seq += len(batch)
-            t.frontier = seq - 1
-            self.stats.frontier_seq = t.frontier
-            self.stats.lag_bytes = sum(size for s, (_k, size) in segs.items() if s > t.frontier)
+        self.stats.lag_bytes = sum(size for s, (_k, size) in segs.items() if s > t.frontier)
+        # A sliding window: seq s is sent only once s - window has landed, so no copy is ever
+        # more than `window` positions past the target's frontier.
+        inflight: deque[tuple[int, Future[None]]] = deque()
+        try:
+            for s in range(t.frontier + 1, end + 1):
+                if self._stop.is_set():
+                    break
+                while len(inflight) >= self._window:
+                    self._land(inflight.popleft(), segs)
+                inflight.append((s, self._pool.submit(self._copy, segs[s][0])))
+            while inflight:
+                self._land(inflight.popleft(), segs)
+        finally:
+            for _s, fut in inflight:
+                fut.exception()  # wait: no copy of this pass may land after it ended
         # 4. the newest checkpoint the target can take (its segments are there by now)
         usable = [c for c in ckpts if t.ckpt_seq < c <= t.frontier]
         if usable:
