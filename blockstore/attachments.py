@@ -142,9 +142,26 @@ class ExportSupervisor:
             extra_env={
                 "BLOCKSTORE_SIZE_REQUEST": str(_size_request_path(sock)),
                 "BLOCKSTORE_STATS_FILE": str(_stats_path(sock)),
+                **self._repair_env(disk),
             },
         )
         return Export(config)
+
+    def _repair_env(self, disk: dict[str, Any]) -> dict[str, str]:
+        """For a grs disk: the other region, where the plugin's read repair fetches segments
+        missing or damaged in the region it serves from (environment: secrets stay off `ps`)."""
+        if disk.get("redundancy") != "grs" or self.config.secondary is None:
+            return {}
+        serving = self.s3_of(disk)
+        other = self.config.s3 if serving is self.config.secondary else self.config.secondary
+        return {
+            "BLOCKSTORE_REPAIR_ENDPOINT": other.endpoint,
+            "BLOCKSTORE_REPAIR_BUCKET": other.bucket,
+            "BLOCKSTORE_REPAIR_REGION": other.region,
+            "BLOCKSTORE_REPAIR_PREFIX": other.prefix,
+            "BLOCKSTORE_REPAIR_ACCESS_KEY": other.access_key,
+            "BLOCKSTORE_REPAIR_SECRET_KEY": other.secret_key,
+        }
 
     def serve(self, disk: dict[str, Any]) -> dict[str, Any]:
         name = disk["name"]

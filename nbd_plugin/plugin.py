@@ -167,7 +167,9 @@ def after_fork():
         # accepts TCP connections and then never answers).
         t = float(s["request-timeout"])
         s3 = replace(s3, connect_timeout=t, read_timeout=t)
-    _store = build_store(s3, RetryConfig(deadline_seconds=float(s["retry-seconds"])))
+    _store = build_store(
+        s3, RetryConfig(deadline_seconds=float(s["retry-seconds"])), secondary=_repair_source(s3)
+    )
     writable = s["readonly"].lower() not in ("true", "1", "yes", "on")
     _volume = Volume.open(_store, s["disk"], writable=writable)
     cache_dir = Path(s["cache-dir"]) / s["disk"] if "cache-dir" in s else None
@@ -202,6 +204,25 @@ def _write_stats(path: Path, interval: float = 2.0) -> None:
             nbdkit.debug(f"blockstore: writing stats failed: {exc}")
         if _stats_stop.wait(interval):
             return
+
+
+def _repair_source(primary):
+    """The other region of a geo-redundant disk, for read repair ($BLOCKSTORE_REPAIR_*)."""
+    from blockstore.s3store import S3Config
+
+    env = os.environ
+    if not env.get("BLOCKSTORE_REPAIR_ENDPOINT"):
+        return None
+    return S3Config(
+        endpoint=env["BLOCKSTORE_REPAIR_ENDPOINT"],
+        bucket=env.get("BLOCKSTORE_REPAIR_BUCKET", primary.bucket),
+        access_key=env["BLOCKSTORE_REPAIR_ACCESS_KEY"],
+        secret_key=env["BLOCKSTORE_REPAIR_SECRET_KEY"],
+        region=env.get("BLOCKSTORE_REPAIR_REGION", primary.region),
+        prefix=env.get("BLOCKSTORE_REPAIR_PREFIX", ""),
+        connect_timeout=primary.connect_timeout,
+        read_timeout=primary.read_timeout,
+    )
 
 
 def cleanup():

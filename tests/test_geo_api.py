@@ -199,3 +199,30 @@ def test_redundancy_changes_and_snapshot_copy(geo: GeoHost) -> None:
     assert not list(geo.secondary.list(keys.disk_prefix(vid)))
     assert geo("GET", "/v1/disks/l1").json()["replication"] is None
     geo("POST", "/v1/disks/l1/detach")
+
+
+def test_export_of_a_grs_disk_repairs_reads_from_the_secondary(geo: GeoHost) -> None:
+    """A segment lost in the primary region is read by the export from the secondary, served,
+    and written back to the primary."""
+    r = geo(
+        "POST",
+        "/v1/disks",
+        json={"name": "rr", "size_bytes": 4 * MiB, "kind": "data", "redundancy": "grs"},
+    )
+    assert r.status_code == 201, r.text
+    vid = r.json()["volume_id"]
+    att = geo("POST", "/v1/disks/rr/attach", json={"vm": "vm1"}).json()
+    payload = os.urandom(65536)
+    nbd_write(att["socket"], 65536, payload)
+    geo.replicate()
+    assert geo("GET", "/v1/disks/rr").json()["replication"]["lag_bytes"] == 0
+    geo("POST", "/v1/disks/rr/detach")
+    segments = [o.key for o in geo.store.list(keys.segment_prefix(vid)) if o.size > 1024]
+    assert segments
+    for key in segments:
+        geo.store.delete(key)
+    att = geo("POST", "/v1/disks/rr/attach", json={"vm": "vm1"}).json()
+    assert nbd_read(att["socket"], 65536, len(payload)) == payload
+    restored = {o.key for o in geo.store.list(keys.segment_prefix(vid))}
+    assert set(segments) <= restored
+    geo("POST", "/v1/disks/rr/detach")
