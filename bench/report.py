@@ -442,7 +442,7 @@ def charts(raw: dict[str, Any], out: Path) -> list[Path]:
     fig.suptitle(_title(raw, "latency by target and caching mode"), fontsize=11)
     fig.tight_layout()
     path = out / "latency.png"
-    fig.savefig(path)
+    _save_small(fig, path)
     plt.close(fig)
     made.append(path)
 
@@ -475,10 +475,23 @@ def charts(raw: dict[str, Any], out: Path) -> list[Path]:
     fig.suptitle(_title(raw, "throughput by target and caching mode (log scale)"), fontsize=11)
     fig.tight_layout()
     path = out / "throughput.png"
-    fig.savefig(path)
+    _save_small(fig, path)
     plt.close(fig)
     made.append(path)
     return made
+
+
+def _save_small(fig: Any, path: Path) -> None:
+    """Save as a palette PNG (a few tens of KB, so a chart can live in the repository)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    buf.seek(0)
+    with Image.open(buf) as img:
+        img.convert("RGB").quantize(colors=64).save(path, optimize=True)
 
 
 def _title(raw: dict[str, Any], what: str) -> str:
