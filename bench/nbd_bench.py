@@ -152,6 +152,15 @@ def store_throughput(s3: S3Config, seconds: float, threads: int = 4) -> dict[str
         "boto3": (lambda k: b3.put_object(Bucket=s3.bucket, Key=k, Body=body), b3_get),
     }
     out: dict[str, float] = {}
+    small = os.urandom(MiB)
+    t0 = time.perf_counter()
+
+    def small_op(i: int, n: int) -> None:
+        st.put(f"tp/small/{i}/{n}", small)
+
+    n = _parallel(threads, seconds, small_op)
+    # Context for the 1 MiB QD4 write job: the same request size and concurrency.
+    out["s3store put1m MBps"] = n * MiB / (time.perf_counter() - t0) / 1e6
     for name, (put, get) in clients.items():
         written: list[list[str]] = [[] for _ in range(threads)]
 
