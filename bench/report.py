@@ -242,6 +242,18 @@ def article_table(all_rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+# What a write's acknowledgement means, in a few words (the durability table has the long form).
+ACK = {
+    "file": "page cache",
+    "python": "page cache",
+    "ephemeral": "host-local only",
+    "none": "in the store",
+    "readonly": "in the store",
+    "readwrite": "host cache; store at flush",
+    "s3": "in the store",
+    "s3-cache": "cache file; store at flush",
+}
+
 HEADLINE_COLUMNS = [
     ("ioping 4k read QD1", "latency", "ioping 4k read"),
     ("fio 4k randread QD1", "latency", "4k randread QD1"),
@@ -255,8 +267,9 @@ HEADLINE_COLUMNS = [
 
 def headline_table(raw: dict[str, Any], all_rows: list[Row]) -> str:
     """One row per target and cache state; medians for latency columns."""
-    head = "| target | " + " | ".join(c[2] for c in HEADLINE_COLUMNS) + " |"
-    lines = [head, "| --- |" + " ---: |" * len(HEADLINE_COLUMNS)]
+    head = "| target | write acked when | " + " | ".join(c[2] for c in HEADLINE_COLUMNS) + " |"
+    lines = [head, "| --- | --- |" + " ---: |" * len(HEADLINE_COLUMNS)]
+    ack = {t["name"]: ACK.get(t["kind"], t["durability"]) for t in raw.get("targets", [])}
     labels: list[tuple[str, str]] = []
     for r in all_rows:
         if (r.target, r.cache) not in labels and r.workload != "start":
@@ -274,13 +287,42 @@ def headline_table(raw: dict[str, Any], all_rows: list[Row]) -> str:
             else:
                 cells.append(fmt_num(got.metric(kind)))
         name = target if cache == "-" else f"{target} ({cache})"
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {ack.get(target, '?')} | " + " | ".join(cells) + " |")
     cells = []
     for w, kind, _ in HEADLINE_COLUMNS:
         sfr = store_floor_row(raw, w)
         m = sfr.metric(kind) if sfr else None
         cells.append(fmt_us(m) if kind == "latency" else fmt_num(m))
-    lines.append(f"| {STORE_FLOOR} | " + " | ".join(cells) + " |")
+    lines.append(f"| {STORE_FLOOR} | in the store | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+PEER_PAIRS = [
+    ("blockstore none", "-", "peer: nbdkit S3", "-", "both durable in the store at ack"),
+    ("blockstore readonly", "warm", "peer: nbdkit S3", "-", "both durable in the store at ack"),
+    ("blockstore readwrite", "warm", "peer: nbdkit S3 + cache", "warm", "both cache writes"),
+    ("blockstore readwrite", "cold", "peer: nbdkit S3 + cache", "cold", "both cache writes"),
+]
+
+
+def peer_table(all_rows: list[Row]) -> str:
+    """Each blockstore mode against the peer row with the nearest durability: latency as
+    peer / ours (above 1: blockstore is faster), throughput as ours / peer (above 1: better)."""
+    head = "| blockstore | against | " + " | ".join(c[2] for c in HEADLINE_COLUMNS) + " |"
+    lines = [head, "| --- | --- |" + " ---: |" * len(HEADLINE_COLUMNS)]
+    for ours_t, ours_c, peer_t, peer_c, why in PEER_PAIRS:
+        cells = []
+        for w, kind, _ in HEADLINE_COLUMNS:
+            a, b = _get(all_rows, ours_t, w, ours_c), _get(all_rows, peer_t, w, peer_c)
+            x, y = (a.metric(kind) if a else None), (b.metric(kind) if b else None)
+            if not x or not y:
+                cells.append("")
+                continue
+            r = y / x if kind == "latency" else x / y
+            cells.append(f"**{fmt_ratio(r)}**" if r >= 1 else fmt_ratio(r))
+        ours = ours_t if ours_c == "-" else f"{ours_t} ({ours_c})"
+        peer = peer_t if peer_c == "-" else f"{peer_t} ({peer_c})"
+        lines.append(f"| {ours} | {peer}: {why} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -333,6 +375,9 @@ def markdown(raw: dict[str, Any]) -> str:
         "## Summary (medians; IOPS and MB/s for throughput)",
         headline_table(raw, all_rows),
         "![latency](latency.png)\n\n![throughput](throughput.png)",
+        "## blockstore against the peer (bold: blockstore is better)\n\n"
+        "Latency columns: peer median / ours (2.00x: we take half the time); throughput "
+        "columns: ours / peer.\n\n" + peer_table(all_rows),
         "## The article's figure: ioping, 4 KiB reads at queue depth 1 (nbdfuse, O_DIRECT)",
         article_table(all_rows),
         "## What each row's write acknowledgement means",

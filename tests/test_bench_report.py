@@ -131,3 +131,26 @@ def test_charts_render(raw: dict[str, Any], tmp_path: Path) -> None:
     paths = report.charts(raw, tmp_path)
     assert [p.name for p in paths] == ["latency.png", "throughput.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_peer_table_ratios(raw: dict[str, Any]) -> None:
+    rows = report.rows(raw)
+    md = report.markdown(raw)
+    line = next(x for x in md.splitlines() if x.startswith("| blockstore readwrite (warm) | peer"))
+    cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+
+    def get(target: str, w: str) -> report.Row:
+        return next(r for r in rows if (r.target, r.workload, r.cache) == (target, w, "warm"))
+
+    ours, peer = (
+        get("blockstore readwrite", "fio 4k randread QD1"),
+        get("peer: nbdkit S3 + cache", "fio 4k randread QD1"),
+    )
+    assert ours.median_us and peer.median_us
+    assert cells[3] == report.fmt_ratio(peer.median_us / ours.median_us)  # latency: peer / ours
+    ours, peer = (
+        get("blockstore readwrite", "fio 1M seqread QD4"),
+        get("peer: nbdkit S3 + cache", "fio 1M seqread QD4"),
+    )
+    assert ours.mbps and peer.mbps
+    assert cells[7] == report.fmt_ratio(ours.mbps / peer.mbps)  # throughput: ours / peer
