@@ -11,9 +11,11 @@ State (all in memory, rebuilt from the store at open):
 - the *pending overlay*: writes, trims and shrinks not yet acknowledged, pointing at their bytes
   in memory. Reads look here first, so every write is visible at once (read-your-writes);
 - the *open batch* (records that will form the next segment), then *sealed* and *in-flight*
-  batches. A committer thread seals the open batch when it reaches `segment_max_bytes`, when a
-  durable write or flush waits, or `commit_delay` after its first write; PUTs run up to
-  `max_inflight_segments` at a time, but are acknowledged strictly in seq order.
+  batches. A committer thread seals the open batch when it reaches `segment_max_bytes`, or,
+  once a PUT slot is free, when a durable write or flush waits or `commit_delay` after its
+  first write (while every slot is busy, later writes keep joining it); PUTs run up to
+  `max_inflight_segments` at a time, but are acknowledged strictly in seq order. Reads fetch
+  each run of nearby pieces of one segment with one ranged GET, the GETs of a read in parallel.
 
 Guarantees:
 
