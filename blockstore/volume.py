@@ -205,6 +205,15 @@ class _Io:
             return False
         return True
 
+    def size_of(self, key: str) -> int | None:
+        """The object's size, None when it does not exist."""
+        with self.lock:
+            self.stats.heads += 1
+        try:
+            return self.store.head(key).size
+        except NotFound:
+            return None
+
     def list(self, prefix: str, start_after: str | None = None) -> list[tuple[str, int]]:
         with self.lock:
             self.stats.lists += 1
@@ -359,16 +368,42 @@ def _load_state(io: _Io, disk_id: str, meta: dict[str, Any], header_read: int) -
             segments = dict(ck.segments)
         state = _State(durable, int(meta["size"]), 0, -1, set(), segments)
     present = dict(io.list(keys.segment_prefix(disk_id), keys.segment_key(disk_id, base_seq)))
-    while True:
-        key = keys.segment_key(disk_id, state.seq + 1)
-        obj_size = present.get(key)
-        if obj_size is None:
-            break  # a gap: nothing after it was ever acknowledged
-        hdr = _read_header(io, key, header_read, obj_size)
-        if hdr.seq != state.seq + 1 or hdr.disk_id != disk_id:
+
+    def header_at(seq: int) -> SegmentHeader | None:
+        """The header at `seq`; None for a torn (empty) object."""
+        key = keys.segment_key(disk_id, seq)
+        if present[key] == 0:
+            return None
+        hdr = _read_header(io, key, header_read, present[key])
+        if hdr.seq != seq or hdr.disk_id != disk_id:
             raise IntegrityError(f"segment {key}: header names {hdr.disk_id}/{hdr.seq}")
+        return hdr
+
+    while keys.segment_key(disk_id, state.seq + 1) in present:
+        hdr = header_at(state.seq + 1)
+        if hdr is not None:
+            with io.lock:
+                state.replay(hdr, keys.segment_key(disk_id, state.seq + 1), io.stats)
+            continue
+        # A torn position: its PUT never completed, so nothing from it on was acknowledged
+        # in this log epoch. The log goes on only at a newer writer's first fence, if one
+        # was made after the torn run; everything before that fence is void.
+        run: list[SegmentHeader | None] = []
+        seq = state.seq + 1
+        fence = None
+        while keys.segment_key(disk_id, seq) in present:
+            h = header_at(seq)
+            if h is not None and h.epoch > state.log_epoch:
+                fence = h
+                break
+            run.append(h)
+            seq += 1
+        if fence is None:
+            break  # like a gap: the log ends before the torn position
         with io.lock:
-            state.replay(hdr, key, io.stats)
+            state.seq += len(run)
+            io.stats.segments_void += len(run)
+            state.replay(fence, keys.segment_key(disk_id, state.seq + 1), io.stats)
     return state
 
 
@@ -546,8 +581,9 @@ class Volume:
         window is void because it comes after our first fence. Raises `Fenced` when a newer
         writer's fence is met instead."""
 
-        def put_fence(seq: int) -> SegmentHeader | None:
-            """None when our fence is at `seq`; else the header of what holds it."""
+        def put_fence(seq: int) -> SegmentHeader | bool | None:
+            """None when our fence is at `seq`; else the header of what holds it, or False
+            for a torn (empty) object there."""
             key = keys.segment_key(disk_id, seq)
             blob = encode_segment(key, disk_id, seq, epoch, config.checksum_chunk, [])
             try:
@@ -556,6 +592,8 @@ class Volume:
             except PreconditionFailed:
                 stored = False
             if not stored:
+                if io.size_of(key) == 0:
+                    return False
                 hdr = _read_header(io, key, config.header_read_bytes)
                 if hdr.seq != seq or hdr.disk_id != disk_id:
                     raise IntegrityError(f"segment {key}: header names {hdr.disk_id}/{hdr.seq}")
@@ -573,11 +611,20 @@ class Volume:
 
         # The first fence, one position at a time: a position filled since our listing is an
         # older writer's segment, maybe acknowledged, so it is replayed before we go on.
+        # A torn (empty) object ends the older writer's log: it and every older-epoch segment
+        # after it are void (that writer acknowledged nothing from the torn position on).
+        torn = False
         while True:
             hdr = put_fence(state.seq + 1)
             if hdr is None:
                 break
             with io.lock:
+                if hdr is False or torn:
+                    torn = True
+                    state.seq += 1
+                    io.stats.segments_void += 1
+                    continue
+                assert isinstance(hdr, SegmentHeader)
                 state.replay(hdr, keys.segment_key(disk_id, state.seq + 1), io.stats)
         state.seq += 1
         state.log_epoch = epoch
@@ -589,10 +636,10 @@ class Volume:
             found = list(pool.map(put_fence, rest))
         for hdr in found:
             with io.lock:
-                if hdr is not None:
+                if isinstance(hdr, SegmentHeader):
                     state.replay(hdr, keys.segment_key(disk_id, state.seq + 1), io.stats)
                 else:
-                    state.seq += 1
+                    state.seq += 1  # our fence, or a torn object: void either way
 
     @staticmethod
     def _claim_epoch(io: _Io, disk_id: str) -> int:
