@@ -1132,7 +1132,9 @@ class Volume:
                         done.append(b)
                     if done:
                         break
-                    running = any(b.future is not None for b in self._inflight)
+                    running = any(
+                        b.future is not None and not b.future.done() for b in self._inflight
+                    )
                     if self._stopping and not running:
                         idle = not self._inflight and not self._sealed and self._open is None
                         if idle or self._error is not None or self._fatal is not None:

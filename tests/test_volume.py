@@ -1003,3 +1003,18 @@ def test_many_threads_read_their_writes_while_committing() -> None:
     r = reader(store)
     for t, region in finals.items():
         assert r.read(t * 512 * KiB, 512 * KiB) == region
+
+
+def test_a_fenced_writer_closes_at_once() -> None:
+    """close() after Fenced must not wait for the refused segment (it never will be stored);
+    an export of a fenced disk is stopped with SIGTERM and must exit promptly."""
+    store, old = new_volume()
+    old.write(0, b"x" * 4096, durable=True)
+    new = Volume.open(store, "d1", config=cfg())
+    with pytest.raises(Fenced):
+        old.write(0, b"y" * 4096, durable=True)
+    done = threading.Event()
+    threading.Thread(target=lambda: (old.close(), done.set()), daemon=True).start()
+    assert done.wait(10), "close() of a fenced writer hangs"
+    assert new.read(0, 4096) == b"x" * 4096
+    new.close()
