@@ -76,6 +76,7 @@ class SuiteConfig:
     area_mib: int = 256  # the measured area of each disk
     disk_mib: int = 1024
     ioping_count: int = 1000
+    cold_ios: int = 2000  # requests of a cold random-read fio job
     store_samples: int = 400  # single 4 KiB PUTs and GETs
     store_seconds: float = 8.0  # each multi-threaded store floor
     s3: S3Config | None = None  # None: start an embedded SeaweedFS
@@ -92,6 +93,7 @@ class SuiteConfig:
                 area_mib=32,
                 disk_mib=256,
                 ioping_count=150,
+                cold_ios=300,
                 store_samples=100,
                 store_seconds=2.0,
                 s3=s3,
@@ -354,7 +356,10 @@ def delete_prefix(s3: S3Config, remove_bucket: bool) -> list[str]:
 # -- clients --------------------------------------------------------------------------------------
 
 
-def fio(uri: str, w: Workload, cfg: SuiteConfig) -> dict[str, Any]:
+def fio(uri: str, w: Workload, cfg: SuiteConfig, cold: bool = False) -> dict[str, Any]:
+    """One fio job. Warm jobs are time-based. Cold jobs are not (a time-based job would warm
+    the cache in its first seconds and then measure hits): a cold random-read job is its first
+    `cold_ios` requests, a cold sequential read is one pass over the area."""
     cmd = [
         "fio",
         f"--name={w.name.replace(' ', '_')}",
@@ -368,11 +373,15 @@ def fio(uri: str, w: Workload, cfg: SuiteConfig) -> dict[str, Any]:
         "--randrepeat=0",
         "--norandommap",
         "--lat_percentiles=1",
-        "--time_based",
-        f"--runtime={round(cfg.runtime * 1000)}ms",
     ]
-    if cfg.ramp:
-        cmd.append(f"--ramp_time={round(cfg.ramp * 1000)}ms")
+    if cold and w.rw == "read":
+        pass  # the whole area once
+    elif cold:
+        cmd.append(f"--number_ios={cfg.cold_ios}")
+    else:
+        cmd += ["--time_based", f"--runtime={round(cfg.runtime * 1000)}ms"]
+        if cfg.ramp:
+            cmd.append(f"--ramp_time={round(cfg.ramp * 1000)}ms")
     if w.flush_each:
         cmd.append("--fsync=1")  # the nbd engine sends NBD_CMD_FLUSH after every write
     return {"command": cmd, "fio": _fio_json(cmd, cfg.runtime + cfg.ramp + 120)}
@@ -792,18 +801,20 @@ def _run_target(run: Run, t: Target, raw: dict[str, Any], step: Progress) -> Non
         def cold(w: Workload = w) -> dict[str, Any]:
             exp = run.start(t)  # a new process on an empty cache directory
             try:
-                return _job(run, exp, t, w)()
+                return _job(run, exp, t, w, cold=True)()
             finally:
                 run.stop(exp)
 
         _record(raw, t, w, "cold", cold)
 
 
-def _job(run: Run, exp: Export, t: Target, w: Workload) -> Callable[[], dict[str, Any]]:
+def _job(
+    run: Run, exp: Export, t: Target, w: Workload, cold: bool = False
+) -> Callable[[], dict[str, Any]]:
     if w.tool == "ioping":
         return lambda: ioping(run, exp, t.kind)
     if w.reads:
-        return lambda: fio(exp.uri, w, run.config)
+        return lambda: fio(exp.uri, w, run.config, cold)
 
     def write_job() -> dict[str, Any]:
         # Write back what the previous workload left dirty first, so that a write+flush job
