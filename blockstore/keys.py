@@ -4,6 +4,7 @@ Every other module builds and parses keys through these functions, so the layout
 readable in one place and can change in one place. The layout (see docs/format.md):
 
     disks/<id>/volume.json                     volume metadata (size at creation, clone source)
+    disks/<id>/replication.json                geo-replication marker (on the target region only)
     disks/<id>/epoch/<epoch:08x>               writer epoch claim, created with If-None-Match: *
     disks/<id>/seg/<seq:016x>                  immutable log segment or fence (one per seq)
     disks/<id>/ckpt/<seq:016x>                 immutable checkpoint of the extent map at <seq>
@@ -64,6 +65,11 @@ def disk_prefix(disk_id: str) -> str:
 
 def volume_key(disk_id: str) -> str:
     return disk_prefix(disk_id) + "volume.json"
+
+
+def replication_progress_key(disk_id: str) -> str:
+    """The replicator's marker (last sync time, frontier); it lives only on the target side."""
+    return disk_prefix(disk_id) + "replication.json"
 
 
 def epoch_prefix(disk_id: str) -> str:

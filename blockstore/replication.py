@@ -68,9 +68,7 @@ log = logging.getLogger("blockstore.replication")
 MAX_WINDOW = 8  # the engine's FENCE_WINDOW: late copies must land on fenced positions
 
 
-def progress_key(disk_id: str) -> str:
-    # TODO(keys.py owner): move to keys.py with the other names; it lives only on targets.
-    return keys.disk_prefix(disk_id) + "replication.json"
+progress_key = keys.replication_progress_key
 
 
 @dataclass(frozen=True)
