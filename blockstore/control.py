@@ -51,8 +51,6 @@ MIB = 1 << 20
 GIB = 1 << 30
 MIN_DISK_BYTES = MIB
 MAX_DISK_BYTES = 64 << 40
-DISKS_PREFIX = "control/disks/"
-OPERATIONS_PREFIX = "control/operations/"
 
 
 class DiskKind(StrEnum):
@@ -125,7 +123,7 @@ class OperationService:
     """Long-running work (delete, seeding) run in threads and recorded in the bucket."""
 
     def __init__(self, store: ObjectStore, host_id: str, clock: Clock = SYSTEM_CLOCK) -> None:
-        self.records = RecordStore(store, OPERATIONS_PREFIX)
+        self.records = RecordStore(store, keys.CONTROL_OPERATIONS_PREFIX)
         self.host_id = host_id
         self.clock = clock
         self._threads: list[threading.Thread] = []
@@ -223,7 +221,7 @@ class ControlService:
                 config=self.replication_config,
                 clock=clock,
             )
-        self.disks = RecordStore(store, DISKS_PREFIX)
+        self.disks = RecordStore(store, keys.CONTROL_DISKS_PREFIX)
         self.operations = OperationService(store, host_id, clock)
         self._attach_lock = threading.Lock()
 

@@ -11,6 +11,8 @@ readable in one place and can change in one place. The layout (see docs/format.m
     disks/<id>/snap/<name>.json                snapshot record (pins a checkpoint)
     disks/<id>/snap/<name>.deleting            tombstone while a snapshot is being deleted
     disks/<id>/snap/<name>.clones/<clone-id>   a clone depends on this snapshot
+    control/disks/<name>/<version:020d>        disk record versions (blockstore/records.py)
+    control/operations/<id>/<version:020d>     long-running operation record versions
 
 Fixed-width hexadecimal numbers make the store's ascending key order the numeric order, so a
 listing is already sorted by seq or epoch. Names are validated here and nowhere else; a bad name
@@ -33,6 +35,9 @@ _SNAP_RE = re.compile(r"^disks/[a-z0-9][a-z0-9-]{0,62}/snap/([a-z0-9][a-z0-9-]{0
 _CLONE_RE = re.compile(
     r"^disks/[a-z0-9][a-z0-9-]{0,62}/snap/([a-z0-9][a-z0-9-]{0,62})\.clones/([a-z0-9][a-z0-9-]{0,62})$"
 )
+
+CONTROL_DISKS_PREFIX = "control/disks/"
+CONTROL_OPERATIONS_PREFIX = "control/operations/"
 
 MAX_SEQ = (1 << 64) - 1
 MAX_EPOCH = (1 << 32) - 1
