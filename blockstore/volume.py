@@ -385,9 +385,18 @@ def _load_state(io: _Io, disk_id: str, meta: dict[str, Any], header_read: int) -
             with io.lock:
                 state.replay(hdr, keys.segment_key(disk_id, state.seq + 1), io.stats)
             continue
-        # A torn position: its PUT never completed, so nothing from it on was acknowledged
-        # in this log epoch. The log goes on only at a newer writer's first fence, if one
-        # was made after the torn run; everything before that fence is void.
+        pos = state.seq + 1
+        if state.fences and state.fences[-1] < pos < state.fences[-1] + FENCE_WINDOW:
+            # Inside the current epoch's fence window: an older writer's PUT (or a retried
+            # fence of this one) died there. The writer met it while fencing, counted it void
+            # and went on to write after its window, so the log goes on too.
+            with io.lock:
+                state.seq += 1
+                io.stats.segments_void += 1
+            continue
+        # A torn position in the data area: its PUT never completed, so nothing from it on
+        # was acknowledged in this log epoch. The log goes on only at a newer writer's first
+        # fence, if one was made after the torn run; everything before that fence is void.
         run: list[SegmentHeader | None] = []
         seq = state.seq + 1
         fence = None

@@ -87,3 +87,20 @@ def test_a_torn_fence_of_a_dying_opener_is_skipped() -> None:
     w3 = Volume.open(store, "d", config=cfg())
     assert w3.read(0, 12288) == b"a" * 4096 + b"b" * 4096 + b"f" * 4096
     w3.close()
+
+
+def test_a_torn_object_inside_a_writers_fence_window_does_not_end_its_log() -> None:
+    """An older writer's PUT died mid-body at a position of the next writer's fence window
+    (F+1..F+7). The new writer's fence there meets the empty object, counts it void and goes on
+    to write and acknowledge data after its window: readers must go on past the torn object
+    too, or the acknowledged writes would be lost."""
+    store, last, _ = written_volume()
+    first = last + 1  # the next writer's first fence
+    store.raw()[keys.segment_key("d", first + 2)] = b""  # a stale torn PUT in its window
+    w = Volume.open(store, "d", config=cfg())
+    w.write(8192, b"c" * 4096, durable=True)
+    w.abandon()  # no checkpoint: readers replay the window
+    assert read(store, 0, 12288) == b"a" * 4096 + b"b" * 4096 + b"c" * 4096
+    w = Volume.open(store, "d", config=cfg())
+    assert w.read(0, 12288) == b"a" * 4096 + b"b" * 4096 + b"c" * 4096
+    w.close()
