@@ -355,10 +355,12 @@ def header(raw: dict[str, Any]) -> str:
         wall = load.get("wall_seconds")
         if other is not None and wall:
             lines.append(
-                f"- **other load**: processes outside this run used {other:.0f} CPU-seconds "
-                f"during its {wall:.0f} s ({other / wall / (m['cores'] or 1) * 100:.0f}% of "
-                f"the machine); load average {load['loadavg_start'][0]:.2f} at start, "
-                f"{load['loadavg_end'][0]:.2f} at end"
+                f"- **other load**: processes outside this run used about {other:.0f} "
+                f"CPU-seconds during its {wall:.0f} s "
+                f"({other / wall / (m['cores'] or 1) * 100:.0f}% "
+                f"of the machine; /proc/stat counted {load['machine_cpu_seconds']:.0f} busy "
+                f"CPU-seconds, this run's processes {load['own_cpu_seconds']:.0f}); load average "
+                f"{load['loadavg_start'][0]:.2f} at start, {load['loadavg_end'][0]:.2f} at end"
             )
         for when in ("busy_at_start", "busy_at_end"):
             if load.get(when):
