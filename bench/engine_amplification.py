@@ -9,7 +9,7 @@ real S3 endpoint with --endpoint (requests and bytes then come from the same cou
 
 Figures:
 - requests / GiB and bytes uploaded / GiB written: every store call the engine made (segment
-  PUTs, fence-check HEADs, checkpoint PUTs, listings) divided by the GiB the caller wrote;
+  PUTs, fence PUTs at open, checkpoint PUTs, listings) divided by the GiB the caller wrote;
   uploaded/written is the write amplification in bytes (headers, checksums, checkpoints).
 - stored / live after GC: bytes of every object of the disk over the bytes the map references,
   after random overwrite of 4x the disk and GC passes with the min age elapsed (fake clock).
