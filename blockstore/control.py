@@ -22,7 +22,6 @@ import contextlib
 import json
 import secrets
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -894,12 +893,3 @@ def host_id_of(home: Path) -> str:
     host = "h" + secrets.token_hex(6)
     path.write_text(host + "\n")
     return host
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
