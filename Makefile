@@ -1,5 +1,5 @@
 # Shortcuts; the scripts are the source of truth (they also run on a machine without make).
-.PHONY: setup run test lint bench soak
+.PHONY: setup run test lint bench bench-quick
 setup:
 	./scripts/setup.sh
 run:
@@ -10,5 +10,5 @@ lint: setup
 	.venv/bin/ruff check blockstore api nbd_plugin bench tests && .venv/bin/mypy
 bench: setup
 	.venv/bin/blockstore bench
-soak: setup
-	.venv/bin/pytest -q -m slow
+bench-quick: setup
+	.venv/bin/blockstore bench --quick
