@@ -204,3 +204,35 @@ def test_os_disk_survives_kill_9_after_flush_and_grows_online(service: Service) 
         sh("qemu-img", "info", "--output=json", f"nbd+unix:///os1?socket={att['socket']}")
     )
     assert info["virtual-size"] == 2 * GiB
+
+
+def test_a_restarted_service_serves_its_attached_disks_again(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    port = free_ports(1)[0]
+    proc = _start(home, port)
+    service = Service(home, port)
+    try:
+        rc, _, err = service.cli("disk", "create", "keep", "--size", "64M", "--kind", "os")
+        assert rc == 0, err
+        rc, att, err = service.cli("disk", "attach", "keep", "--vm", "vm1")
+        assert rc == 0, err
+        h = nbd.NBD()
+        h.connect_unix(att["socket"])
+        h.pwrite(b"k" * 65536, 1 << 20)
+        h.flush()
+        h.shutdown()
+    finally:
+        assert _stop(proc) == []
+    assert not Path(att["socket"]).exists()  # the export stopped with the service
+
+    proc = _start(home, port)  # serves every disk attached on this host before it answers
+    try:
+        rc, shown, err = service.cli("disk", "show", "keep")
+        assert rc == 0, err
+        assert shown["attachment"]["vm"] == "vm1"
+        h = nbd.NBD()
+        h.connect_unix(shown["attachment"]["socket"])
+        assert h.pread(65536, 1 << 20) == b"k" * 65536
+        h.shutdown()
+    finally:
+        assert _stop(proc) == []
