@@ -19,6 +19,12 @@ BLOCKSTORE_S3_ACCESS_KEY / BLOCKSTORE_S3_SECRET_KEY or from a file named by `cre
 
 Multi-conn is advertised: every connection of this process shares one HostCache, and its
 flush makes every write acknowledged before it durable, whichever connection carried it.
+
+Three more inputs come from the environment the control plane sets (blockstore/attachments.py):
+BLOCKSTORE_SIZE_REQUEST names a file holding a size to grow to, applied when a connection opens
+(NBD tells a connection its size once); BLOCKSTORE_STATS_FILE is where a thread writes this
+export's counters every 2 s for the API's /metrics; BLOCKSTORE_REPAIR_* name the other region of
+a geo-redundant disk, from which segments missing or damaged here are read back (read repair).
 """
 
 import errno
