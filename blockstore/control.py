@@ -30,7 +30,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from blockstore import keys
+from blockstore import keys, volume
 from blockstore.clock import SYSTEM_CLOCK, Clock
 from blockstore.errors import BlockstoreError, Conflict, InvalidArgument, NotFound
 from blockstore.objectstore import ObjectStore
@@ -575,11 +575,9 @@ class ControlService:
     def _snapshots(self, disk: Record) -> list[dict[str, Any]]:
         if disk["kind"] == DiskKind.ephemeral:
             return []
-        vol = Volume.open(self.data_store(disk), disk["volume_id"], writable=False)
-        try:
-            return [self._snapshot_view(disk, s) for s in vol.list_snapshots()]
-        finally:
-            vol.close()
+        # Snapshot records alone: no need to open (and replay) the volume to list them.
+        infos = volume.list_snapshots(self.data_store(disk), disk["volume_id"])
+        return [self._snapshot_view(disk, s) for s in infos]
 
     def _snapshot_view(self, disk: Record, info: Any) -> dict[str, Any]:
         clones = [
@@ -622,13 +620,10 @@ class ControlService:
         keys.validate_snapshot_name(snapshot)
         disk = self.get_disk(name)
         self._require_volume(disk)
-        vol = Volume.open(self.data_store(disk), disk["volume_id"], writable=False)
         try:
-            if snapshot not in {s.name for s in vol.list_snapshots()}:
-                raise NotFound(f"disk {name!r} has no snapshot {snapshot!r}")
-            vol.delete_snapshot(snapshot)
-        finally:
-            vol.close()
+            volume.delete_snapshot(self.data_store(disk), disk["volume_id"], snapshot)
+        except NotFound:
+            raise NotFound(f"disk {name!r} has no snapshot {snapshot!r}") from None
 
     def changed_ranges(self, name: str, snapshot: str, since: str | None) -> dict[str, Any]:
         """Ranges that differ between snapshot `since` (or an empty disk) and `snapshot`."""

@@ -449,11 +449,7 @@ class HostCache:
         if self._closed:
             return
         self._closed = True
-        if self._uploader is not None:
-            self._stop.set()
-            with self._cond:
-                self._cond.notify_all()
-            self._uploader.join()
+        if self._stop_uploader():
             with contextlib.suppress(BlockstoreError):
                 self._sync()
         self._close_files()
@@ -463,12 +459,19 @@ class HostCache:
         if self._closed:
             return
         self._closed = True
-        if self._uploader is not None:
-            self._stop.set()
-            with self._cond:
-                self._cond.notify_all()
-            self._uploader.join()
+        self._stop_uploader()
         self._close_files()
+
+    def _stop_uploader(self) -> bool:
+        """Stop the background uploader; False when there is none (modes other than
+        readwrite)."""
+        if self._uploader is None:
+            return False
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._uploader.join()
+        return True
 
     @property
     def dirty_bytes(self) -> int:
