@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import secrets
 import threading
 import traceback
@@ -34,7 +35,7 @@ from blockstore import keys, volume
 from blockstore.clock import SYSTEM_CLOCK, Clock
 from blockstore.errors import BlockstoreError, Conflict, InvalidArgument, NotFound
 from blockstore.objectstore import ObjectStore
-from blockstore.records import Record, RecordStore
+from blockstore.records import MirroredRecords, Record, Records, RecordStore
 from blockstore.replication import (
     DiskReplicator,
     ReplicationConfig,
@@ -45,6 +46,8 @@ from blockstore.replication import (
     truncate_after,
 )
 from blockstore.volume import Volume
+
+log = logging.getLogger(__name__)
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -204,6 +207,7 @@ class ControlService:
         clock: Clock = SYSTEM_CLOCK,
         secondary: ObjectStore | None = None,
         replication_config: ReplicationConfig | None = None,
+        primary_hold_seconds: float = 30.0,
     ) -> None:
         self.store = store  # records, and the data of every disk whose primary is "primary"
         self.secondary = secondary  # the second region, for grs disks
@@ -212,6 +216,8 @@ class ControlService:
         self.clock = clock
         self.replication_config = replication_config or ReplicationConfig()
         self.replication: ReplicationService | None = None
+        self.disks: Records = RecordStore(store, keys.CONTROL_DISKS_PREFIX, clock)
+        self._unfenced: list[str] = []  # disks that failed over while the primary was down
         if secondary is not None:
             self.replication = ReplicationService(
                 store,
@@ -219,8 +225,17 @@ class ControlService:
                 self.replicated_disks,
                 config=self.replication_config,
                 clock=clock,
+                after_pass=self.fence_old_primaries,
             )
-        self.disks = RecordStore(store, keys.CONTROL_DISKS_PREFIX)
+            # A grs disk's record is mirrored to the secondary, so that it can fail over while
+            # the primary region is completely down (blockstore/records.py, MirroredRecords).
+            self.disks = MirroredRecords(
+                self.disks,
+                RecordStore(secondary, keys.CONTROL_DISKS_PREFIX, clock),
+                mirrored=lambda d: d.get("redundancy") == Redundancy.grs,
+                in_secondary=lambda d: d.get("primary", "primary") == "secondary",
+                hold_seconds=primary_hold_seconds,
+            )
         self.operations = OperationService(store, host_id, clock)
         self._attach_lock = threading.Lock()
 
@@ -655,17 +670,43 @@ class ControlService:
         """What this host's replicator copies: (volume id, reversed) of every grs disk served
         from the primary region whose attachment is on this host, and of every detached one
         (any host may copy those; copies are create-if-absent, so duplicates are harmless)."""
-        out = []
-        for _name, disk in self.disks.items():
+        out, unfenced = [], []
+        for name, disk in self.disks.items():
             if disk.get("state") != "ready" or disk.get("redundancy") != Redundancy.grs:
                 continue
+            if (disk.get("failover") or {}).get("fence_pending"):
+                unfenced.append(name)
             if disk.get("primary", "primary") != "primary" or disk.get("kind") == "ephemeral":
                 continue
             attachment = disk.get("attachment")
             if attachment and attachment["host"] != self.host_id:
                 continue
             out.append((disk["volume_id"], False))
+        self._unfenced = unfenced
         return out
+
+    def fence_old_primaries(self) -> None:
+        """Fence, once the primary region answers again, the writer of every disk that failed
+        over while it was down (after each replication pass): a writer that was still running
+        there can then never commit to the old copy again."""
+        if isinstance(self.disks, MirroredRecords) and self.disks.primary_down():
+            return
+        for name in self._unfenced:
+            disk = self.disks.find(name)
+            failover = (disk or {}).get("failover") or {}
+            if disk is None or not failover.get("fence_pending"):
+                continue
+            try:
+                Volume.open(self.store, disk["volume_id"], writable=True).abandon()
+            except NotFound:
+                pass  # no log there at all: nothing can be written to it
+            except BlockstoreError as exc:
+                log.info("old primary of %s not fenced yet: %s", name, exc)
+                return
+            fenced = {**failover, "fence_pending": False, "fenced_at": now_iso(self.clock)}
+            self._set_fields(name, failover=fenced)
+            log.info("disk %s: the old primary's writer is fenced", name)
+        self._unfenced = []
 
     def replication_status(self, disk: Record) -> dict[str, Any] | None:
         """Lag of a grs disk: from this host's replicator, else from the progress marker the
@@ -745,7 +786,10 @@ class ControlService:
         is a prefix of the primary, and the primary's log after it is never applied again);
         open it writable there (a new epoch, fences); record the switch; serve again. With the
         primary unreachable the fence and the drain are skipped, and writes the primary took
-        after the fork are lost: that is the RPO the disk's lag showed."""
+        after the fork are lost: that is the RPO the disk's lag showed. The switch is then
+        recorded in the secondary alone (the record's mirror there is read and updated), and
+        the old primary's writer is fenced as soon as the primary answers again
+        (`fence_old_primaries`)."""
         with self._attach_lock:
             disk = self.get_disk(name)
             self._require_grs(disk)
@@ -760,14 +804,17 @@ class ControlService:
             if disk.get("attachment"):
                 with contextlib.suppress(BlockstoreError):
                     self.exports.stop(disk)
-            primary_reachable = True
-            try:
-                Volume.open(self.store, vid, writable=True).abandon()
-                DiskReplicator(self.store, secondary, vid, config=self.replication_config).catch_up(
-                    max_passes=20
-                )
-            except BlockstoreError:
-                primary_reachable = False
+            primary_reachable = not (
+                isinstance(self.disks, MirroredRecords) and self.disks.primary_down()
+            )
+            if primary_reachable:
+                try:
+                    Volume.open(self.store, vid, writable=True).abandon()
+                    DiskReplicator(
+                        self.store, secondary, vid, config=self.replication_config
+                    ).catch_up(max_passes=20)
+                except BlockstoreError:
+                    primary_reachable = False
             fork = trim_after_frontier(secondary, vid)
             Volume.open(secondary, vid, writable=True).close()
             with contextlib.suppress(BlockstoreError):
@@ -776,6 +823,7 @@ class ControlService:
                 "at": now_iso(self.clock),
                 "fork_seq": fork,
                 "primary_reachable": primary_reachable,
+                "fence_pending": not primary_reachable,
                 "seconds": round(self.clock.monotonic() - started, 3),
             }
             disk = self._set_fields(name, primary="secondary", failover=failover)

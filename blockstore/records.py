@@ -20,14 +20,18 @@ that lists a version which is pruned before it reads it simply lists again. Two 
 from __future__ import annotations
 
 import json
+import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from blockstore.clock import SYSTEM_CLOCK, Clock
-from blockstore.errors import Conflict, NotFound, PreconditionFailed
+from blockstore.errors import Conflict, NotFound, PreconditionFailed, Unavailable
 from blockstore.objectstore import ObjectStore
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 Record = dict[str, Any]
 KEEP_VERSIONS = 3
 PRUNE_EVERY = 8  # versions between two pruning passes
@@ -45,13 +49,71 @@ def _decode(raw: bytes) -> dict[str, Any] | None:
     return body if isinstance(body, dict) and "value" in body else None
 
 
+PRIMARY, SECONDARY = "primary", "secondary"
+
+
 @dataclass(frozen=True)
 class Versioned:
     version: int
     value: Record | None  # None: a tombstone (the record was deleted)
+    home: str = PRIMARY  # the region whose bucket holds the authoritative copy (MirroredRecords)
+    generation: int = 0  # how many times the home moved; a newer generation wins
 
 
-class RecordStore:
+def _body(value: Record | None, written_at: float, home: str, generation: int) -> bytes:
+    body: dict[str, Any] = {"value": value, "written_at": written_at}
+    if home != PRIMARY or generation:
+        body.update(home=home, generation=generation)
+    return json.dumps(body, sort_keys=True).encode()
+
+
+def _versioned(version: int, body: dict[str, Any]) -> Versioned:
+    return Versioned(
+        version, body.get("value"), body.get("home", PRIMARY), int(body.get("generation", 0))
+    )
+
+
+class Records(ABC):
+    """What the control plane needs of a kind of records, wherever they are kept."""
+
+    @abstractmethod
+    def newest(self, name: str) -> Versioned: ...
+
+    @abstractmethod
+    def update(
+        self, name: str, change: Callable[[Record | None], Record | None]
+    ) -> Record | None: ...
+
+    @abstractmethod
+    def items(self) -> Iterator[tuple[str, Record]]: ...
+
+    def get(self, name: str) -> Record:
+        """The current value; `NotFound` if it never existed or was deleted."""
+        current = self.newest(name).value
+        if current is None:
+            raise NotFound(f"{name!r} does not exist")
+        return current
+
+    def find(self, name: str) -> Record | None:
+        return self.newest(name).value
+
+    def create(self, name: str, value: Record) -> Record:
+        """Create the record; `Conflict` if it exists."""
+
+        def change(current: Record | None) -> Record:
+            if current is not None:
+                raise Conflict(f"{name!r} already exists")
+            return value
+
+        result = self.update(name, change)
+        assert result is not None
+        return result
+
+    def delete(self, name: str) -> None:
+        self.update(name, lambda current: None)
+
+
+class RecordStore(Records):
     """Records of one kind (e.g. `control/disks/`), each a series of immutable versions."""
 
     def __init__(self, store: ObjectStore, prefix: str, clock: Clock = SYSTEM_CLOCK) -> None:
@@ -81,20 +143,10 @@ class RecordStore:
                 except NotFound:
                     break  # pruned between the listing and the read: list again
                 if body is not None:
-                    return Versioned(versions[-1], body.get("value"))
+                    return _versioned(versions[-1], body)
             else:
                 return Versioned(versions[-1], None)
         raise Conflict(f"record {self.prefix}{name} is changing too fast to read")
-
-    def get(self, name: str) -> Record:
-        """The current value; `NotFound` if it never existed or was deleted."""
-        current = self._newest(name).value
-        if current is None:
-            raise NotFound(f"{name!r} does not exist")
-        return current
-
-    def find(self, name: str) -> Record | None:
-        return self._newest(name).value
 
     def update(self, name: str, change: Callable[[Record | None], Record | None]) -> Record | None:
         """Apply `change` to the current value (None when absent) and store the result as the
@@ -106,34 +158,41 @@ class RecordStore:
             new = change(current.value)
             if new is None and current.value is None:
                 return None
-            body = json.dumps(
-                {"value": new, "written_at": self.clock.time()}, sort_keys=True
-            ).encode()
-            version = current.version + 1
             if self.clock.monotonic() - read_at > MAX_READ_AGE_SECONDS:
                 continue  # too old a read to write on: its version number may be pruned
-            try:
-                self.store.put(self._key(name, version), body, if_none_match=True)
-            except PreconditionFailed:
-                continue
-            self._prune(name, version)
-            return new
+            body = _body(new, self.clock.time(), current.home, current.generation)
+            if self.create_version(name, current.version + 1, body):
+                return new
         raise Conflict(f"record {self.prefix}{name} lost {MAX_RACES} update races in a row")
 
-    def create(self, name: str, value: Record) -> Record:
-        """Create the record; `Conflict` if it exists."""
+    def create_version(self, name: str, version: int, body: bytes) -> bool:
+        """Create one version (create-if-absent); False if that number is taken already."""
+        try:
+            self.store.put(self._key(name, version), body, if_none_match=True)
+        except PreconditionFailed:
+            return False
+        self._prune(name, version)
+        return True
 
-        def change(current: Record | None) -> Record:
-            if current is not None:
-                raise Conflict(f"{name!r} already exists")
-            return value
+    def newest(self, name: str) -> Versioned:
+        """The newest readable version with its number, home and generation."""
+        return self._newest(name)
 
-        result = self.update(name, change)
-        assert result is not None
-        return result
+    def newest_numbers(self) -> dict[str, int]:
+        """The newest version number of every record, from one listing."""
+        newest: dict[str, int] = {}
+        for obj in self.store.list(self.prefix):
+            name, _, number = obj.key[len(self.prefix) :].partition("/")
+            newest[name] = max(newest.get(name, 0), int(number))
+        return newest
 
-    def delete(self, name: str) -> None:
-        self.update(name, lambda current: None)
+    def at(self, name: str, version: int) -> Versioned:
+        """That version of a record, or the newest one if it cannot be read (pruned, torn)."""
+        try:
+            body = _decode(self.store.get(self._key(name, version)))
+        except NotFound:
+            body = None
+        return _versioned(version, body) if body is not None else self._newest(name)
 
     def names(self) -> list[str]:
         """Names of every record that has any version (tombstoned ones included)."""
@@ -146,16 +205,8 @@ class RecordStore:
 
     def items(self) -> Iterator[tuple[str, Record]]:
         """(name, value) of every live record, in name order."""
-        newest: dict[str, int] = {}
-        for obj in self.store.list(self.prefix):
-            name, _, number = obj.key[len(self.prefix) :].partition("/")
-            newest[name] = max(newest.get(name, 0), int(number))
-        for name, version in sorted(newest.items()):
-            try:
-                body = _decode(self.store.get(self._key(name, version)))
-            except NotFound:
-                body = None
-            value = body.get("value") if body is not None else self.find(name)
+        for name, version in sorted(self.newest_numbers().items()):
+            value = self.at(name, version).value
             if value is not None:
                 yield name, value
 
@@ -179,3 +230,166 @@ class RecordStore:
             written = body.get("written_at") if body is not None else 0.0
             if written is not None and written < horizon:
                 self.store.delete(self._key(name, version))
+
+
+class MirroredRecords(Records):
+    """Records kept in two regions, for a service with a secondary region (geo-redundant disks).
+
+    A record that `mirrored(value)` says needs it is written to its *home* region's bucket and
+    then copied to the other one. Its home is the primary region unless `in_secondary(value)`
+    says it lives in the secondary (a disk that failed over). Within one region version numbers
+    order the versions as usual; across the two, every version says its home and its
+    *generation*, which moving the home increments. The newer generation wins; within one
+    generation the home's own copy does (a copy may lag). So a failover can be recorded in the
+    secondary alone, from its last mirrored copy, while the primary region is completely down,
+    and it wins over whatever the primary holds once the primary comes back. Two home moves
+    racing from the same generation (a failover and a failback at once) resolve to the secondary.
+
+    A primary call that failed with `Unavailable` marks the primary down for `hold_seconds`:
+    meanwhile records are read from the secondary (only mirrored ones exist there; anything
+    else stays `Unavailable`) and only records whose home is the secondary can change. Without
+    that, every control call would wait out the store's retry deadline again."""
+
+    def __init__(
+        self,
+        primary: RecordStore,
+        secondary: RecordStore,
+        *,
+        mirrored: Callable[[Record], bool],
+        in_secondary: Callable[[Record], bool],
+        hold_seconds: float = 30.0,
+    ) -> None:
+        self.primary = primary
+        self.secondary = secondary
+        self.mirrored = mirrored
+        self.in_secondary = in_secondary
+        self.hold_seconds = hold_seconds
+        self.clock = primary.clock
+        self._primary_down_until = 0.0
+
+    # -- the primary's health ------------------------------------------------------------
+
+    def primary_down(self) -> bool:
+        """Whether a primary call failed with `Unavailable` in the last `hold_seconds`."""
+        return self.clock.monotonic() < self._primary_down_until
+
+    def _on_primary(self, call: Callable[[], T]) -> T:
+        if self.primary_down():
+            raise Unavailable("the primary region's store did not answer a moment ago")
+        try:
+            return call()
+        except Unavailable:
+            self._primary_down_until = self.clock.monotonic() + self.hold_seconds
+            raise
+
+    def _newest_in(self, region: RecordStore, name: str) -> Versioned:
+        if region is self.primary:
+            return self._on_primary(lambda: region.newest(name))
+        return region.newest(name)
+
+    def _create_in(self, region: RecordStore, name: str, version: int, body: bytes) -> bool:
+        if region is self.primary:
+            return self._on_primary(lambda: region.create_version(name, version, body))
+        return region.create_version(name, version, body)
+
+    # -- reading ------------------------------------------------------------------------
+
+    @staticmethod
+    def _winner(p: Versioned, s: Versioned | None) -> Versioned:
+        if s is None or s.version == 0:
+            return p
+        if p.version == 0 or s.generation > p.generation:
+            return s
+        if p.generation > s.generation:
+            return p
+        if p.home == s.home == PRIMARY:
+            return p
+        return s
+
+    def _read(self, name: str) -> tuple[Versioned, Versioned | None, Versioned | None]:
+        """(the winning version, the primary's newest, the secondary's newest); None for a
+        region not asked (a record that is not mirrored) or not answering."""
+        try:
+            p = self._newest_in(self.primary, name)
+        except Unavailable:
+            s = self.secondary.newest(name)  # raises Unavailable too if both are down
+            if s.value is None:
+                raise  # not mirrored, or deleted: only the primary can say
+            return s, None, s
+        if p.value is not None and not self.mirrored(p.value):
+            return p, p, None
+        try:
+            s = self.secondary.newest(name)
+        except Unavailable:
+            log.warning("secondary region unreachable: record %s read from the primary", name)
+            return p, p, None
+        return self._winner(p, s), p, s
+
+    def newest(self, name: str) -> Versioned:
+        return self._read(name)[0]
+
+    def items(self) -> Iterator[tuple[str, Record]]:
+        """(name, value) of every live record, in name order; needs the primary."""
+        in_primary = self._on_primary(self.primary.newest_numbers)
+        try:
+            in_secondary = self.secondary.newest_numbers()
+        except Unavailable:
+            in_secondary = {}
+        for name in sorted(in_primary.keys() | in_secondary.keys()):
+            p = (
+                self.primary.at(name, in_primary[name])
+                if name in in_primary
+                else Versioned(0, None)
+            )
+            s = None
+            if name in in_secondary and (p.value is None or self.mirrored(p.value)):
+                s = self.secondary.at(name, in_secondary[name])
+            value = self._winner(p, s).value
+            if value is not None:
+                yield name, value
+
+    # -- writing ------------------------------------------------------------------------
+
+    def update(self, name: str, change: Callable[[Record | None], Record | None]) -> Record | None:
+        """As `RecordStore.update`, over both regions: the new version is created in the
+        record's home (where `in_secondary` of the new value says), then mirrored."""
+        for _ in range(MAX_RACES):
+            read_at = self.clock.monotonic()
+            current, p, s = self._read(name)
+            new = change(current.value)
+            if new is None and current.value is None:
+                return None
+            subject = new if new is not None else current.value
+            assert subject is not None
+            home = SECONDARY if self.in_secondary(subject) else PRIMARY
+            generation = current.generation + (home != current.home)
+            there, other, base = self.primary, self.secondary, p
+            if home == SECONDARY:
+                there, other, base = self.secondary, self.primary, s
+            if base is None:
+                base = self._newest_in(there, name)
+            if self.clock.monotonic() - read_at > MAX_READ_AGE_SECONDS:
+                continue  # too old a read to write on: its version number may be pruned
+            body = _body(new, self.clock.time(), home, generation)
+            if not self._create_in(there, name, base.version + 1, body):
+                continue
+            if self.mirrored(subject) and not self._mirror(other, name, body, generation):
+                continue  # the other region moved the home meanwhile: apply on top of that
+            return new
+        raise Conflict(f"record {name} lost {MAX_RACES} update races in a row")
+
+    def _mirror(self, to: RecordStore, name: str, body: bytes, generation: int) -> bool:
+        """Copy a version to the other region, after its newest one there. False if that one
+        is of a newer generation: the home moved while this change was made, and the change
+        has to be applied again on top of it. An unreachable region is skipped: its copy is
+        brought up to date by the next change, and a stale copy never wins."""
+        try:
+            for _ in range(MAX_RACES):
+                there = self._newest_in(to, name)
+                if there.generation > generation:
+                    return False
+                if self._create_in(to, name, there.version + 1, body):
+                    return True
+        except Unavailable:
+            log.warning("record %s not mirrored: the other region is unreachable", name)
+        return True

@@ -553,10 +553,12 @@ class ReplicationService:
         *,
         config: ReplicationConfig | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        after_pass: Callable[[], None] | None = None,
     ) -> None:
         self.primary = primary
         self.secondary = secondary
         self.disks = disks
+        self.after_pass = after_pass  # the control plane's follow-up work (fencing)
         self.config = config or ReplicationConfig()
         self.clock = clock
         self._replicators: dict[tuple[str, bool], DiskReplicator] = {}
@@ -614,7 +616,12 @@ class ReplicationService:
             wanted = self.disks()
         except BlockstoreError as exc:
             log.warning("replication: cannot list disks: %s", exc)
-            return
+            wanted = []
+        if self.after_pass is not None:
+            try:
+                self.after_pass()
+            except BlockstoreError as exc:
+                log.warning("replication: %s", exc)
         for volume_id, reverse in wanted:
             if self._stop.is_set():
                 return

@@ -10,6 +10,7 @@ Host header included, so SigV4 signatures still match) until a fault is armed:
 - ``"truncate"``: forward, then send the full Content-Length header but only half the body and
   close the connection cleanly;
 - ``"stall"``: hold the request until the fault is cleared (or `stall_seconds`), then forward.
+- ``"down"``: reset the connection without forwarding or answering: the store is gone.
 
 `methods` limits a fault to some HTTP methods (e.g. ``{"GET"}``), `count` to the next N matching
 requests (None: until cleared). `stats` counts what happened. Only the test that started it
@@ -27,7 +28,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-FAULTS = ("503", "500", "reset", "truncate", "stall")
+FAULTS = ("503", "500", "reset", "truncate", "stall", "down")
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"}
 
 
@@ -103,6 +104,10 @@ class FaultProxy:
         body = h.rfile.read(length) if length else b""
         fault = self._take(h.command)
         self.stats["requests"] += 1
+        if fault == "down":
+            h.close_connection = True
+            self._reset(h)
+            return
         if fault in ("503", "500"):
             code, name = (503, "SlowDown") if fault == "503" else (500, "InternalError")
             xml = (

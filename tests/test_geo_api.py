@@ -6,6 +6,7 @@ validation errors of each route.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from blockstore.attachments import ExportSupervisor, SupervisorConfig
 from blockstore.config import Settings
 from blockstore.control import ControlService
 from blockstore.replication import ReplicationConfig
+from blockstore.retry import RetryConfig
 from blockstore.stack import build_store
 from blockstore.volume import Volume
 from tests.conftest import SeaweedServer
@@ -34,14 +36,25 @@ class GeoHost:
     """One host whose service has a primary and a secondary region."""
 
     def __init__(
-        self, seaweed: SeaweedServer, seaweed2: SeaweedServer | None, prefix: str, home: Path
+        self,
+        seaweed: SeaweedServer,
+        seaweed2: SeaweedServer | None,
+        prefix: str,
+        home: Path,
+        *,
+        primary_endpoint: str | None = None,
+        retry_seconds: float = 10.0,
+        primary_hold_seconds: float = 30.0,
     ) -> None:
         s3 = seaweed.s3_config(prefix)
+        if primary_endpoint is not None:
+            s3 = dataclasses.replace(s3, endpoint=primary_endpoint)
         s3b = seaweed2.s3_config(prefix) if seaweed2 else None
-        self.store = build_store(s3)
-        self.secondary = build_store(s3b) if s3b else None
+        retry = RetryConfig(deadline_seconds=retry_seconds)
+        self.store = build_store(s3, retry)
+        self.secondary = build_store(s3b, retry) if s3b else None
         self.supervisor = ExportSupervisor(
-            SupervisorConfig(home=home, s3=s3, retry_seconds=10, secondary=s3b)
+            SupervisorConfig(home=home, s3=s3, retry_seconds=retry_seconds, secondary=s3b)
         )
         self.control = ControlService(
             self.store,
@@ -49,6 +62,7 @@ class GeoHost:
             self.supervisor,
             secondary=self.secondary,
             replication_config=ReplicationConfig(rpo_target_seconds=60, marker_every_seconds=0),
+            primary_hold_seconds=primary_hold_seconds,
         )
         ctx = AppContext(Settings(home=home, s3=s3, secondary=s3b), self.store, TOKEN, self.control)
         self.client = TestClient(create_app(ctx))

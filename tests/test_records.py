@@ -8,13 +8,15 @@ from collections.abc import Callable
 import pytest
 
 from blockstore.clock import FakeClock
-from blockstore.errors import Conflict, NotFound
+from blockstore.errors import Conflict, NotFound, Unavailable
+from blockstore.faults import FaultRule, FaultyStore
 from blockstore.objectstore import MemoryStore, ObjectStore
 from blockstore.records import (
     KEEP_VERSIONS,
     MAX_READ_AGE_SECONDS,
     PRUNE_AGE_SECONDS,
     PRUNE_EVERY,
+    MirroredRecords,
     Record,
     RecordStore,
 )
@@ -125,3 +127,93 @@ def test_a_torn_version_is_skipped(store: ObjectStore) -> None:
     assert recs.get("r") == {"n": 2}
     assert [o.key[-1] for o in store.list("control/torn/r/")] == ["1", "2", "3"]
     assert dict(recs.items()) == {"r": {"n": 2}}
+
+
+# -- records mirrored to a second region (MirroredRecords) ----------------------------------
+
+
+class Regions:
+    """Two in-memory regions; the primary can be taken down completely."""
+
+    def __init__(self) -> None:
+        self.clock = FakeClock()
+        self.primary_store = FaultyStore(MemoryStore())
+        self.secondary_store = FaultyStore(MemoryStore())
+        self.primary = RecordStore(self.primary_store, "control/disks/", self.clock)
+        self.secondary = RecordStore(self.secondary_store, "control/disks/", self.clock)
+        self.recs = self.mirrored_records()
+
+    def mirrored_records(self) -> MirroredRecords:
+        return MirroredRecords(
+            self.primary,
+            self.secondary,
+            mirrored=lambda r: r.get("redundancy") == "grs",
+            in_secondary=lambda r: r.get("primary") == "secondary",
+            hold_seconds=5.0,
+        )
+
+    @staticmethod
+    def down(store: FaultyStore) -> None:
+        store.add(FaultRule(times=10**9))
+
+
+def test_mirrored_records_are_copied_and_others_are_not() -> None:
+    r = Regions()
+    r.recs.create("g", {"redundancy": "grs", "n": 1})
+    r.recs.create("l", {"redundancy": "lrs", "n": 1})
+    r.recs.update("g", lambda cur: {**(cur or {}), "n": 2})
+    assert r.secondary.get("g") == {"redundancy": "grs", "n": 2}
+    assert r.secondary.find("l") is None
+    assert dict(r.recs.items()) == {
+        "g": {"redundancy": "grs", "n": 2},
+        "l": {"redundancy": "lrs", "n": 1},
+    }
+    r.recs.delete("g")  # the tombstone is mirrored too
+    assert r.secondary.find("g") is None and r.recs.find("g") is None
+
+
+def test_failover_recorded_with_the_primary_down_wins_when_it_returns() -> None:
+    r = Regions()
+    r.recs.create("g", {"redundancy": "grs", "primary": "primary", "n": 1})
+    r.down(r.secondary_store)  # the mirror falls behind: it keeps n=1 ...
+    for n in (2, 3, 4):
+        r.recs.update("g", lambda cur, n=n: {**(cur or {}), "n": n})
+    r.secondary_store.heal()
+    r.down(r.primary_store)  # ... then the primary goes down completely
+    with pytest.raises(Unavailable):
+        r.recs.create("l", {"redundancy": "lrs"})  # only the primary can say
+    assert r.recs.get("g")["n"] == 1  # the last mirrored copy
+    calls = r.primary_store.calls
+    r.recs.update("g", lambda cur: {**(cur or {}), "primary": "secondary"})
+    assert r.primary_store.calls == calls  # held down: not asked again meanwhile
+    assert r.recs.get("g") == {"redundancy": "grs", "primary": "secondary", "n": 1}
+    r.recs.update("g", lambda cur: {**(cur or {}), "n": 5})  # lives in the secondary now
+    r.primary_store.heal()
+    r.clock.advance(6.0)
+    # The primary holds a higher version number (4) with the old home; the failover's newer
+    # generation wins, for this process and for a fresh one.
+    for recs in (r.recs, r.mirrored_records()):
+        assert recs.get("g") == {"redundancy": "grs", "primary": "secondary", "n": 5}
+        assert dict(recs.items())["g"]["primary"] == "secondary"
+    r.recs.update("g", lambda cur: {**(cur or {}), "n": 6})
+    assert r.primary.get("g") == {"redundancy": "grs", "primary": "secondary", "n": 6}
+    r.recs.update("g", lambda cur: {**(cur or {}), "primary": "primary"})  # failback
+    assert r.primary.get("g")["primary"] == "primary"
+    assert r.recs.get("g") == {"redundancy": "grs", "primary": "primary", "n": 6}
+
+
+def test_a_change_racing_a_failover_is_applied_on_top_of_it() -> None:
+    r = Regions()
+    r.recs.create("g", {"redundancy": "grs", "primary": "primary", "attached": None})
+    racer = r.mirrored_records()
+    raced = False
+
+    def attach(cur: Record | None) -> Record:
+        nonlocal raced
+        if not raced:  # the failover lands in the secondary between our read and our write
+            raced = True
+            racer.update("g", lambda c: {**(c or {}), "primary": "secondary"})
+        return {**(cur or {}), "attached": "vm1"}
+
+    r.recs.update("g", attach)
+    assert r.recs.get("g") == {"redundancy": "grs", "primary": "secondary", "attached": "vm1"}
