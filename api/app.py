@@ -211,6 +211,17 @@ def create_app(context: AppContext) -> FastAPI:
         `snapshot`: what an incremental backup or copy must read."""
         return context.service().changed_ranges(name, snapshot, since)
 
+    @v1.get("/operations", tags=["operations"])
+    def list_operations(
+        target: Annotated[
+            str | None, Query(max_length=130, description="disk or disk/snapshot")
+        ] = None,
+        status: Annotated[str | None, Query(description="running, succeeded or failed")] = None,
+    ) -> list[dict[str, Any]]:
+        """Operations (deletes, seeding, failbacks, snapshot copies), newest first; finished
+        ones are kept for 7 days."""
+        return context.service().operations.select(target=target, status=status)
+
     @v1.get("/operations/{op_id}", tags=["operations"])
     def get_operation(op_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
         return context.service().operations.get(op_id)

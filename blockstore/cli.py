@@ -408,6 +408,36 @@ def snapshot_changes(
     _run(lambda: c.get(f"/v1/disks/{disk}/snapshots/{name}/changes", params=params), as_json, table)
 
 
+@operation_app.command("list")
+def operation_list(
+    target: Annotated[str | None, typer.Option(help="only this disk (or disk/snapshot)")] = None,
+    status: Annotated[str | None, typer.Option(help="running, succeeded or failed")] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List operations, newest first."""
+    c = _client(url, token, home)
+    params = {k: v for k, v in (("target", target), ("status", status)) if v is not None}
+
+    def table(ops: list[dict[str, Any]]) -> None:
+        t = Table("ID", "KIND", "TARGET", "STATUS", "PROGRESS", "CREATED", "ERROR")
+        for op in ops:
+            t.add_row(
+                op["id"],
+                op["kind"],
+                op["target"],
+                op["status"],
+                f"{op['progress']:.0%}",
+                op["created"],
+                op["error"] or "",
+            )
+        Console().print(t)
+
+    _run(lambda: c.get("/v1/operations", params=params), as_json, table)
+
+
 @operation_app.command("show")
 def operation_show(
     op_id: str,

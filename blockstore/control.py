@@ -121,8 +121,16 @@ class Exports(Protocol):
     def discard_local(self, disk: Record) -> None: ...
 
 
+OPERATION_STATUSES = ("running", "succeeded", "failed")
+OPERATION_RETENTION_SECONDS = 7 * 86400.0  # finished operations are kept this long
+
+
 class OperationService:
-    """Long-running work (delete, seeding) run in threads and recorded in the bucket."""
+    """Long-running work (delete, seeding) run in threads and recorded in the bucket.
+
+    An operation runs in the service that started it; if that service stops before it
+    finishes, its next start marks it failed (`interrupted`) so nobody waits on it forever.
+    Finished operations are kept for OPERATION_RETENTION_SECONDS."""
 
     def __init__(self, store: ObjectStore, host_id: str, clock: Clock = SYSTEM_CLOCK) -> None:
         self.records = RecordStore(store, keys.CONTROL_OPERATIONS_PREFIX)
@@ -189,6 +197,41 @@ class OperationService:
             return self.records.get(op_id)
         except NotFound:
             raise NotFound(f"operation {op_id!r} does not exist") from None
+
+    def select(self, *, target: str | None = None, status: str | None = None) -> list[Record]:
+        """Operations, newest first, optionally of one target (a disk, or 'disk/snapshot')
+        and in one status."""
+        if status is not None and status not in OPERATION_STATUSES:
+            raise InvalidArgument(
+                f"status {status!r} is not one of {', '.join(OPERATION_STATUSES)}"
+            )
+        ops = [
+            op
+            for _, op in self.records.items()
+            if (target is None or op["target"] == target)
+            and (status is None or op["status"] == status)
+        ]
+        return sorted(ops, key=lambda op: op["created"], reverse=True)
+
+    def tidy(self) -> list[str]:
+        """At start-up: mark this host's unfinished operations failed (their thread died with
+        the previous process) and remove finished ones past the retention time. Returns the
+        ids of the interrupted ones."""
+        interrupted = []
+        horizon = self.clock.time() - OPERATION_RETENTION_SECONDS
+        for op_id, op in self.records.items():
+            if op["status"] == "running" and op["host"] == self.host_id:
+                self._set(
+                    op_id,
+                    status="failed",
+                    error="interrupted: the service stopped before the operation finished; "
+                    "start it again",
+                    finished=now_iso(self.clock),
+                )
+                interrupted.append(op_id)
+            elif op["finished"] and datetime.fromisoformat(op["finished"]).timestamp() < horizon:
+                self.records.purge(op_id)
+        return interrupted
 
     def wait_all(self, timeout: float = 60.0) -> None:
         for thread in self._threads:
@@ -558,7 +601,10 @@ class ControlService:
             return self._set_fields(name, attachment=None)
 
     def resume(self) -> list[str]:
-        """At start-up: serve again every disk this host had attached, finish deletes."""
+        """At start-up: serve again every disk this host had attached, finish deletes (in a
+        new operation; the interrupted one is marked failed)."""
+        for op_id in self.operations.tidy():
+            log.warning("operation %s was interrupted by a restart", op_id)
         served = []
         for name, disk in self.disks.items():
             if disk.get("state") == "deleting":

@@ -269,6 +269,13 @@ def test_delete_is_an_operation_and_frees_the_name(api: Host) -> None:
     assert list(api.store.list(f"disks/{vid}/")) == []
     r = api("POST", "/v1/disks", json={"name": "gone", "size_bytes": 8 * MiB, "kind": "data"})
     assert r.status_code == 201
+    listed = api("GET", "/v1/operations", params={"target": "gone"}).json()
+    assert [(o["id"], o["kind"], o["status"]) for o in listed] == [
+        (op["id"], "delete-disk", "succeeded")
+    ]
+    assert api("GET", "/v1/operations", params={"status": "running"}).json() == []
+    r = api("GET", "/v1/operations", params={"status": "done"})
+    assert r.status_code == 422 and "running, succeeded, failed" in r.json()["detail"]
 
 
 def test_ephemeral_disk_is_local_to_its_host(hosts: tuple[Host, Host]) -> None:

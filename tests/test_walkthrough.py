@@ -234,5 +234,7 @@ def test_a_restarted_service_serves_its_attached_disks_again(tmp_path: Path) -> 
         h.connect_unix(shown["attachment"]["socket"])
         assert h.pread(65536, 1 << 20) == b"k" * 65536
         h.shutdown()
+        rc, ops, err = service.cli("operation", "list", "--status", "failed")
+        assert rc == 0 and ops == [], err
     finally:
         assert _stop(proc) == []
