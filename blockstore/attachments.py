@@ -249,9 +249,14 @@ class ExportSupervisor:
         with self._lock:
             return list(self._disks.values())
 
-    def discard_local(self, disk: dict[str, Any]) -> None:
+    def discard_local(self, disk: dict[str, Any]) -> int:
+        """Remove what this host keeps of a disk (an ephemeral image, a host cache and its
+        write journal); returns the bytes of write journal that went with it."""
+        cache = self._cache_dir_of(disk)
+        journal = sum(p.stat().st_size for p in cache.rglob("journal-*"))
         self._image_of(disk).unlink(missing_ok=True)
-        shutil.rmtree(self._cache_dir_of(disk), ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+        return journal
 
     def _watch(self) -> None:
         while not self._stop.wait(self.config.check_interval):

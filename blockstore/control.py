@@ -118,7 +118,7 @@ class Exports(Protocol):
 
     def served_disks(self) -> list[Record]: ...
 
-    def discard_local(self, disk: Record) -> None: ...
+    def discard_local(self, disk: Record) -> int: ...
 
 
 OPERATION_STATUSES = ("running", "succeeded", "failed")
@@ -861,6 +861,12 @@ class ControlService:
                     ).catch_up(max_passes=20)
                 except BlockstoreError:
                     primary_reachable = False
+            discarded = 0
+            if not primary_reachable:
+                # A readwrite cache's journal holds writes the primary never took. On top of
+                # the secondary's older state they would make a disk that never existed (later
+                # writes without earlier ones): they go, with everything after the fork.
+                discarded = self.exports.discard_local(disk)
             fork = trim_after_frontier(secondary, vid)
             Volume.open(secondary, vid, writable=True).close()
             with contextlib.suppress(BlockstoreError):
@@ -870,6 +876,7 @@ class ControlService:
                 "fork_seq": fork,
                 "primary_reachable": primary_reachable,
                 "fence_pending": not primary_reachable,
+                "host_cache_discarded_bytes": discarded,
                 "seconds": round(self.clock.monotonic() - started, 3),
             }
             disk = self._set_fields(name, primary="secondary", failover=failover)

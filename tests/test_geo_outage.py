@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import nbd
 import pytest
 
 from blockstore import keys
@@ -117,3 +118,31 @@ def test_failover_with_the_primary_down_then_fence_and_failback(
     assert back["primary"] == "primary"
     socket = back["attachment"]["socket"]
     assert nbd_read(socket, 0, 131072) == b"A" * 65536 + b"B" * 65536
+
+
+def test_a_readwrite_cache_never_mixes_unreplicated_writes_into_the_failed_over_disk(
+    outage: tuple[GeoHost, FaultProxy, ObjectStore],
+) -> None:
+    """The secondary holds the disk as of an earlier flush; the host cache's journal holds
+    writes from after a later one. Replaying that journal on the secondary would give a disk
+    that never existed (C without B), so a failover with the primary down discards it."""
+    geo, proxy, _ = outage
+    body = {"name": "os", "size_bytes": 4 * MiB, "kind": "os", "redundancy": "grs"}
+    assert geo("POST", "/v1/disks", json=body).json()["caching"] == "readwrite"
+    att = geo("POST", "/v1/disks/os/attach", json={"vm": "vm1"}).json()
+    nbd_write(att["socket"], 0, b"A" * 65536)  # flushed and replicated
+    geo.replicate()
+    nbd_write(att["socket"], 65536, b"B" * 65536)  # flushed, not replicated
+    proxy.arm("down")
+    h = nbd.NBD()
+    h.connect_unix(att["socket"])
+    h.pwrite(b"C" * 65536, 131072)  # acknowledged by the cache; the store never gets it
+    h.shutdown()
+
+    r = geo("POST", "/v1/disks/os/failover")
+    assert r.status_code == 200, r.text
+    failover = r.json()["failover"]
+    assert failover["primary_reachable"] is False
+    assert failover["host_cache_discarded_bytes"] >= 65536
+    socket = r.json()["attachment"]["socket"]
+    assert nbd_read(socket, 0, 196608) == b"A" * 65536 + bytes(131072)
