@@ -82,6 +82,15 @@ class ObjectStore(ABC):
     def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         """Return `length` bytes from `start` (to the end when `length` is None)."""
 
+    def get_into(self, key: str, start: int, buf: memoryview) -> int:
+        """Read up to `len(buf)` bytes from `start` into `buf`; the number of bytes read (fewer
+        only past the end of the object). Stores that can read straight off the wire into
+        `buf` override this; the default copies from `get`."""
+        data = self.get(key, start, len(buf))
+        n = min(len(data), len(buf))
+        buf[:n] = memoryview(data)[:n]
+        return n
+
     @abstractmethod
     def put(
         self,

@@ -71,6 +71,10 @@ class RetryingStore(ObjectStore):
     def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         return self._call(lambda: self.inner.get(key, start, length))
 
+    def get_into(self, key: str, start: int, buf: memoryview) -> int:
+        # A failed attempt may have filled part of `buf`; the next one overwrites it.
+        return self._call(lambda: self.inner.get_into(key, start, buf))
+
     def put(
         self,
         key: str,

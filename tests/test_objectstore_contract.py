@@ -16,6 +16,7 @@ from blockstore.errors import NotFound, PreconditionFailed, StoreRejected, Unava
 from blockstore.objectstore import MemoryStore, ObjectStore
 from blockstore.s3store import S3Config, S3Store
 from tests.conftest import SeaweedServer
+from tests.faultproxy import FaultProxy
 
 _counter = iter(range(10**9))
 
@@ -56,6 +57,42 @@ def test_ranged_get(store: ObjectStore) -> None:
     assert store.get("r", 9990, 100) == data[9990:]  # a range that runs past the end is cut
     assert store.get("r", 10000, 10) == b""  # a range that starts at the end is empty
     assert store.get("r", 5, 0) == b""
+
+
+def test_get_into_fills_the_buffer_like_a_ranged_get(store: ObjectStore) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 100)
+    store.put("gi", data)
+    buf = bytearray(1024 * 1024 + 10)
+    assert store.get_into("gi", 1000, memoryview(buf)) == len(buf)
+    assert bytes(buf) == data[1000 : 1000 + len(buf)]
+    tail = bytearray(4096)
+    assert store.get_into("gi", len(data) - 100, memoryview(tail)) == 100  # cut at the end
+    assert bytes(tail[:100]) == data[-100:]
+    assert store.get_into("gi", len(data), memoryview(tail)) == 0
+    with pytest.raises(NotFound):
+        store.get_into("no-such-object", 0, memoryview(tail))
+
+
+@pytest.mark.parametrize("fault", ["truncate", "reset"])
+def test_get_into_a_cut_body_is_unavailable_never_short_data(
+    seaweed: SeaweedServer, fault: str
+) -> None:
+    proxy = FaultProxy(seaweed.endpoint)
+    try:
+        base = seaweed.s3_config()
+        s = S3Store(S3Config(proxy.endpoint, base.bucket, base.access_key, base.secret_key,
+                             prefix=f"contract-{next(_counter)}/"))  # fmt: skip
+        data = os.urandom(1024 * 1024)
+        s.put("cut", data)
+        proxy.arm(fault, methods={"GET"}, count=1)
+        buf = bytearray(len(data))
+        with pytest.raises(Unavailable):
+            s.get_into("cut", 0, memoryview(buf))
+        assert s.get_into("cut", 0, memoryview(buf)) == len(data)  # the next one is whole
+        assert bytes(buf) == data
+        s.close()
+    finally:
+        proxy.close()
 
 
 def test_missing_object_is_not_found(store: ObjectStore) -> None:
