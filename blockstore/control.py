@@ -559,6 +559,9 @@ class ControlService:
                 )
             if current and current["host"] == self.host_id:
                 self.exports.stop(disk)
+            elif disk["kind"] != DiskKind.ephemeral:
+                self.exports.stop(disk)  # an export left from an earlier attachment here
+                self._drop_stale_cache(disk)
             attachment = {
                 "vm": vm,
                 "host": self.host_id,
@@ -577,6 +580,19 @@ class ControlService:
             except BlockstoreError:
                 self._set_fields(name, attachment=None)
                 raise
+
+    def _drop_stale_cache(self, disk: Record) -> None:
+        """Attaching a disk that this host was not serving: a host cache left here from an
+        earlier attachment (a crash, a detach whose flush failed) belongs to a state of the
+        disk that other writers may have moved past since. Replaying its journal would put old
+        writes on top of newer ones, so it goes."""
+        dropped = self.exports.discard_local(disk)
+        if dropped:
+            log.warning(
+                "disk %s: dropped %d bytes of stale write journal from an earlier attachment",
+                disk["name"],
+                dropped,
+            )
 
     def _serve(self, disk: Record) -> Record:
         """Start (or restart) this host's export of an attached disk; the new writer epoch
@@ -597,6 +613,12 @@ class ControlService:
                     f"disk {name!r} is attached on host {attachment['host']}: detach it there, "
                     "or attach it here with force: true"
                 )
+            if disk["kind"] != DiskKind.ephemeral:
+                # Everything acknowledged becomes durable before the export goes; an export
+                # that died is started again first (it replays its journal). When that fails
+                # (the store is down), the detach fails and the disk stays attached here.
+                self.exports.serve(disk)
+                self.exports.flush(disk)
             self.exports.stop(disk)
             return self._set_fields(name, attachment=None)
 

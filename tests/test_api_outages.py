@@ -1,10 +1,13 @@
-"""Failover through the API while the primary region's store is completely down.
+"""The API while the (primary region's) store is completely down.
 
 The primary SeaweedFS sits behind a fault proxy that, armed with "down", resets every
-connection without answering: nothing of the primary bucket can be read or written. The disk
-record is then read from its mirror in the secondary region, the failover is recorded there,
-the export moves to the secondary, and once the primary answers again the old primary's
-writer is fenced and the disk fails back with every write made in between.
+connection without answering: nothing of the primary bucket can be read or written.
+
+- Failover: the disk record is read from its mirror in the secondary region, the failover is
+  recorded there, the export moves to the secondary, and once the primary answers again the
+  old primary's writer is fenced and the disk fails back with every write made in between.
+- Detach refuses to drop writes it cannot make durable; a host cache left behind by an earlier
+  attachment is never replayed over what other hosts wrote since.
 """
 
 from __future__ import annotations
@@ -146,3 +149,54 @@ def test_a_readwrite_cache_never_mixes_unreplicated_writes_into_the_failed_over_
     assert failover["host_cache_discarded_bytes"] >= 65536
     socket = r.json()["attachment"]["socket"]
     assert nbd_read(socket, 0, 196608) == b"A" * 65536 + bytes(131072)
+
+
+def test_detach_fails_while_the_store_is_down_and_loses_nothing(
+    outage: tuple[GeoHost, FaultProxy, ObjectStore],
+) -> None:
+    geo, proxy, _ = outage
+    geo("POST", "/v1/disks", json={"name": "os", "size_bytes": 4 * MiB, "kind": "os"})
+    att = geo("POST", "/v1/disks/os/attach", json={"vm": "vm1"}).json()
+    proxy.arm("down")
+    h = nbd.NBD()
+    h.connect_unix(att["socket"])
+    h.pwrite(b"X" * 65536, 0)  # readwrite: acknowledged by the host cache
+    h.shutdown()
+    r = geo("POST", "/v1/disks/os/detach")
+    assert r.status_code == 503, r.text
+    proxy.clear()
+    time.sleep(1.1)  # the hold on the primary after its last failure
+    assert geo.control.disks.get("os")["attachment"]["vm"] == "vm1"
+    assert geo("POST", "/v1/disks/os/detach").status_code == 200
+    assert Volume.open(geo.store, geo.control.disks.get("os")["volume_id"]).read(0, 65536) == (
+        b"X" * 65536
+    )
+
+
+def test_a_cache_left_by_an_earlier_attachment_is_not_replayed_over_newer_writes(
+    outage: tuple[GeoHost, FaultProxy, ObjectStore],
+    seaweed: SeaweedServer,
+    seaweed2: SeaweedServer,
+    tmp_path: Path,
+) -> None:
+    a, proxy, _ = outage
+    b = GeoHost(seaweed, seaweed2, a.prefix, tmp_path / "b")  # reaches the store directly
+    try:
+        a("POST", "/v1/disks", json={"name": "os", "size_bytes": 4 * MiB, "kind": "os"})
+        att = a("POST", "/v1/disks/os/attach", json={"vm": "vm1"}).json()
+        proxy.arm("down")  # host a is cut off from the store with a write in its cache
+        h = nbd.NBD()
+        h.connect_unix(att["socket"])
+        h.pwrite(b"X" * 65536, 0)
+        h.shutdown()
+        moved = b("POST", "/v1/disks/os/attach", json={"vm": "vm2", "force": True})
+        assert moved.status_code == 200, moved.text
+        nbd_write(moved.json()["socket"], 0, b"Y" * 65536)
+        assert b("POST", "/v1/disks/os/detach").status_code == 200
+        proxy.clear()
+        time.sleep(1.1)
+        again = a("POST", "/v1/disks/os/attach", json={"vm": "vm1"})
+        assert again.status_code == 200, again.text
+        assert nbd_read(again.json()["socket"], 0, 65536) == b"Y" * 65536
+    finally:
+        b.close()

@@ -46,6 +46,7 @@ class GeoHost:
         retry_seconds: float = 10.0,
         primary_hold_seconds: float = 30.0,
     ) -> None:
+        self.prefix = prefix
         s3 = seaweed.s3_config(prefix)
         if primary_endpoint is not None:
             s3 = dataclasses.replace(s3, endpoint=primary_endpoint)
