@@ -137,12 +137,14 @@ class S3Store(ObjectStore):
         if length == 0:
             return b""
         response: Any = None
+        whole = False
         try:
             response = self._client.get_object(
                 self._bucket, self._prefix + key, offset=start, length=length or 0
             )
             data: bytes = response.read()
             expected = response.headers.get("content-length")
+            whole = expected is None or int(expected) == len(data)
         except S3Error as exc:
             if exc.code == "InvalidRange":
                 return b""
@@ -150,9 +152,7 @@ class S3Store(ObjectStore):
         except Exception as exc:
             self._error(exc, key)
         finally:
-            if response is not None:
-                response.close()
-                response.release_conn()
+            _release(response, whole)
         if expected is not None and int(expected) != len(data):
             self._error(urllib3.exceptions.ProtocolError("short body"), key)
         self._count(bytes_fetched=len(data))
@@ -167,7 +167,7 @@ class S3Store(ObjectStore):
         if want == 0:
             return 0
         response: Any = None
-        got = 0
+        got, expected = 0, -1
         try:
             response = self._client.get_object(
                 self._bucket, self._prefix + key, offset=start, length=want
@@ -191,9 +191,7 @@ class S3Store(ObjectStore):
         except Exception as exc:
             self._error(exc, key)
         finally:
-            if response is not None:
-                response.close()
-                response.release_conn()
+            _release(response, expected < 0 or expected == got)
         if expected >= 0 and expected != got:
             self._error(urllib3.exceptions.ProtocolError("short body"), key)
         self._count(bytes_fetched=got)
@@ -260,3 +258,14 @@ class S3Store(ObjectStore):
 
     def close(self) -> None:
         self._client._http.clear()
+
+
+def _release(response: Any, whole: bool) -> None:
+    """Give a GET's connection back to the pool. Only a connection whose body was read to its
+    end can carry the next request; any other is closed. (urllib3's `close()` closes the
+    connection itself: calling it after every GET made every GET open a new TCP connection.)"""
+    if response is None:
+        return
+    if not whole:
+        response.close()
+    response.release_conn()

@@ -13,7 +13,8 @@ Host header included, so SigV4 signatures still match) until a fault is armed:
 - ``"down"``: reset the connection without forwarding or answering: the store is gone.
 
 `methods` limits a fault to some HTTP methods (e.g. ``{"GET"}``), `count` to the next N matching
-requests (None: until cleared). `stats` counts what happened. Only the test that started it
+requests (None: until cleared). `stats` counts what happened (also "requests" and client
+"connections"). Only the test that started it
 stops it (`close()`).
 """
 
@@ -52,6 +53,10 @@ class FaultProxy:
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                proxy.stats["connections"] += 1
 
             def _handle(self) -> None:
                 proxy._serve(self)
