@@ -13,6 +13,8 @@ plugin (one os.preadv / os.pwritev per request) on a local file; single 4 KiB PU
 latency of the store client (S3Store over the MinIO SDK) to the same embedded SeaweedFS; and
 throughput of 4 threads each doing 4 MiB PUTs, and of 4 threads each doing 1 MiB ranged GETs of
 those objects in sequence, with the same client (S3Store) and with boto3.
+Next to the cold read (before and after it) the same 4 threads GET exactly the bytes that read
+fetches, straight from the volume's segments: the floor for that ratio taken at the same moment.
 Ratios printed at the end are the issue's targets (lower latency ratio / higher IOPS ratio is
 better). Run it when nothing else heavy runs on the machine: it has 2 cores.
 """
@@ -33,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from blockstore import keys
 from blockstore.embedded import Credentials, EmbeddedSeaweed
 from blockstore.exports import Export, ExportConfig, venv_bin
 from blockstore.s3store import S3Config, S3Store
@@ -128,6 +131,24 @@ def _parallel(threads: int, seconds: float, op: Callable[[int, int], None]) -> i
     for t in ts:
         t.join()
     return sum(counts)
+
+
+def segment_gets(s3: S3Config, disk_id: str, seconds: float, threads: int = 4) -> float:
+    """MB/s of `threads` parallel ranged GETs (S3Store) of exactly the bytes a cold sequential
+    read of the volume fetches: the last 1 MiB of each of its segments, in log order. Measured
+    right next to that read, on the same objects, so the floor shares its moment and data."""
+    st = S3Store(s3)
+    segs = [(o.key, o.size) for o in st.list(keys.segment_prefix(disk_id)) if o.size > MiB]
+    buf = [memoryview(bytearray(MiB)) for _ in range(threads)]
+
+    def get_op(i: int, n: int) -> None:
+        key, size = segs[(n * threads + i) % len(segs)]
+        st.get_into(key, size - MiB, buf[i])
+
+    t0 = time.perf_counter()
+    n = _parallel(threads, seconds, get_op)
+    st.close()
+    return n * MiB / (time.perf_counter() - t0) / 1e6
 
 
 def store_throughput(s3: S3Config, seconds: float, threads: int = 4) -> dict[str, float]:
@@ -238,7 +259,11 @@ def main() -> None:
                     fio(uri, "write", "1M", 4, 0)  # data everywhere; warms the cache modes
                     if mode == "none":
                         results["none seqwrite 1M qd4"] = fio(uri, "write", "1M", 4, rt)
+                        # Floor, ours, floor: the same segments, the same minute.
+                        floor = [segment_gets(s3m, "bench", rt)]
                         results["none cold seqread 1M qd4"] = fio(uri, "read", "1M", 4, rt)
+                        floor.append(segment_gets(s3m, "bench", rt))
+                        results["store segment gets"] = {"mbps": statistics.mean(floor)}
                     if mode == "readonly":
                         fio(uri, "read", "1M", 4, 0)
                     results[f"{mode} randread qd1"] = fio(uri, "randread", "4k", 1, rt)
@@ -262,6 +287,8 @@ def main() -> None:
     print(f"store single 4 KiB PUT {st['put_us']:.0f} us, GET {st['get_us']:.0f} us (median)")
     for k, val in results["store parallel"].items():
         print(f"store {k:30} {val:8.1f}")
+    if "store segment gets" in results:
+        print(f"store {'segment gets MBps':30} {results['store segment gets']['mbps']:8.1f}")
     r = results
     sp = r["store parallel"]
     put_floor = max(sp["s3store put4m MBps"], sp["boto3 put4m MBps"])
@@ -286,6 +313,9 @@ def main() -> None:
          lambda: r["none seqwrite 1M qd4"]["mbps"] / put_floor),
         ("none cold seqread 1M qd4 / best GETs (>= 0.8)", ["none cold seqread 1M qd4"],
          lambda: r["none cold seqread 1M qd4"]["mbps"] / get_floor),
+        ("none cold seqread 1M qd4 / same-segment GETs (>= 0.8)",
+         ["none cold seqread 1M qd4", "store segment gets"],
+         lambda: r["none cold seqread 1M qd4"]["mbps"] / r["store segment gets"]["mbps"]),
         ("none fragmented seqread / best GETs", ["none fragmented seqread 1M qd4"],
          lambda: r["none fragmented seqread 1M qd4"]["mbps"] / get_floor),
     ]  # fmt: skip
