@@ -13,6 +13,8 @@ Figures:
   uploaded/written is the write amplification in bytes (headers, checksums, checkpoints).
 - stored / live after GC: bytes of every object of the disk over the bytes the map references,
   after random overwrite of 4x the disk and GC passes with the min age elapsed (fake clock).
+- fragmented read: GETs of one sequential read of a region written by 4 KiB writes in random
+  order, before and after GC merges the small segments they left.
 - open time: a read-only open of a disk with 10,000 segments, replayed from the start (no
   checkpoint) vs from a checkpoint.
 """
@@ -110,6 +112,36 @@ def space_after_gc(make: Callable[[], ObjectStore], disk: int) -> None:
     v.close()
 
 
+def fragmented_read(make: Callable[[], ObjectStore], region: int) -> None:
+    """GETs of one sequential read of a region written by durable 4 KiB writes in random order
+    (one segment each), before and after a GC pass merges the small segments."""
+    store = make()
+    Volume.create(store, "bench", 4 * region)
+    cfg = VolumeConfig(gc_interval_seconds=0)
+    v = Volume.open(store, "bench", config=cfg)
+    block = bytes(4096)
+    for b in random.Random(5).sample(range(region // 4096), region // 4096):
+        v.write(b * 4096, block, durable=True)
+
+    def gets() -> int:
+        r = Volume.open(store, "bench", writable=False, config=cfg)
+        before = r.stats.gets
+        r.read(0, region)
+        n = r.stats.gets - before
+        r.close()
+        return n
+
+    before = gets()
+    v.gc()
+    after = gets()
+    print(
+        f"fragmented read, {region // MiB} MiB written as 4 KiB durable writes in random order: "
+        f"{before:,} GETs to read it before GC, {after:,} after "
+        f"({v.stats.gc_bytes_rewritten / MiB:.1f} MiB rewritten by the merge)"
+    )
+    v.close()
+
+
 def open_time(make: Callable[[], ObjectStore], segments: int) -> None:
     store = make()
     Volume.create(store, "bench", 64 * MiB)
@@ -170,6 +202,7 @@ def main() -> None:
     random_4k(make, int(64 * MiB * s) // 4096 * 4096, 256 * MiB)
     sequential_1m(make, max(MiB, int(256 * MiB * s) // MiB * MiB))
     space_after_gc(make, max(MiB, int(32 * MiB * s) // MiB * MiB))
+    fragmented_read(make, max(MiB, int(8 * MiB * s) // MiB * MiB))
     open_time(make, args.segments)
 
 

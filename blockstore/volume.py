@@ -100,6 +100,12 @@ class VolumeConfig:
     checksum_chunk: int = 4096  # data checksummed per chunk so a small read verifies little
     checkpoint_every_segments: int = 256
     gc_live_threshold: float = 0.5  # segments under this live fraction are compacted
+    # Segments smaller than this (and than a quarter of segment_max_bytes) are merged, their
+    # live data rewritten in disk order, once together they make at least one segment this
+    # big: small random writes otherwise leave a region spread over one object per write, and
+    # a sequential read of it then costs one GET per write (measured: 0.03-0.06x of sequential
+    # GETs). 0 disables merging.
+    gc_merge_below_bytes: int = 1 << 20
     gc_min_age_seconds: float = 300.0  # nothing is deleted until unreferenced this long
     max_inflight_segments: int = 4  # segment PUTs may be pipelined; acks stay in order
     gc_interval_seconds: float = 60.0  # background GC period in writable volumes; 0 disables
@@ -1430,38 +1436,66 @@ class Volume:
             for s, e, rec, delta in self._durable:
                 if rec.seg_key.startswith(own) and rec.seg_key not in pinned:
                     live.setdefault(rec.seg_key, []).append((s, e, rec, delta))
-            candidates = []
+            # Merged output comes in segments of up to segment_max_bytes: only what is well
+            # below that counts as small, or merged segments would be merged again forever.
+            merge_below = min(
+                self._config.gc_merge_below_bytes, self._config.segment_max_bytes // 4
+            )
+            candidates, small = [], []
             for key, pieces in live.items():
                 total = self._segments.get(key, 0)
                 used = sum(e - s for s, e, _r, _d in pieces)
                 if total > 0 and used < threshold * total:
                     candidates.append((key, pieces))
+                elif 0 < total < merge_below:
+                    small.append((key, pieces, used))
+            if small and sum(used for _k, _p, used in small) >= merge_below:
+                candidates += [(key, pieces) for key, pieces, _used in small]
+        # In batches of about one segment of live data, each rewritten in disk order.
+        batch: list[tuple[str, list[tuple[int, int, Record, int]]]] = []
+        live_in_batch = 0
         for key, pieces in sorted(candidates):
-            try:
-                blob = self._io.get(key)
-            except NotFound:
-                continue
-            rewritten = 0
-            with self._lock:
-                self._check_can_write_locked()
-                for s, e, rec, delta in pieces:
-                    for ps, pe, prec, pdelta in self._resolve_locked(s, e):
-                        # Only bytes still served from this very place are copied: anything
-                        # written or trimmed since we looked wins.
-                        if prec is not rec or pdelta != delta + (ps - s):
-                            continue
-                        d0 = pdelta
-                        c0 = d0 // rec.chunk
-                        lo = c0 * rec.chunk
-                        hi = min(n_chunks(d0 + pe - ps, rec.chunk) * rec.chunk, rec.length)
-                        raw = blob[rec.data_off + lo : rec.data_off + hi]
-                        self._verify(rec, c0, raw, hi - lo)
-                        data = raw[d0 - lo : d0 - lo + (pe - ps)]
-                        self._append_locked(Record(WRITE, ps, pe - ps, mem=data))
-                        rewritten += pe - ps
-                self._backpressure_locked()
-            result.segments_compacted += 1
-            result.bytes_rewritten += rewritten
+            batch.append((key, pieces))
+            live_in_batch += sum(e - s for s, e, _r, _d in pieces)
+            if live_in_batch >= self._config.segment_max_bytes:
+                self._rewrite(batch, result)
+                batch, live_in_batch = [], 0
+        if batch:
+            self._rewrite(batch, result)
+
+    def _rewrite(
+        self, batch: list[tuple[str, list[tuple[int, int, Record, int]]]], result: GcResult
+    ) -> None:
+        """Copy the live pieces of a batch of segments into the open batch, in disk order."""
+        blobs: dict[str, bytes] = {}
+        for key, _pieces in batch:
+            with contextlib.suppress(NotFound):  # deleted by an earlier pass meanwhile
+                blobs[key] = self._io.get(key)
+        pieces = sorted(
+            ((*piece, blobs[key]) for key, ps in batch if key in blobs for piece in ps),
+            key=lambda p: p[0],
+        )
+        rewritten = 0
+        with self._lock:
+            self._check_can_write_locked()
+            for s, e, rec, delta, blob in pieces:
+                for ps, pe, prec, pdelta in self._resolve_locked(s, e):
+                    # Only bytes still served from this very place are copied: anything
+                    # written or trimmed since we looked wins.
+                    if prec is not rec or pdelta != delta + (ps - s):
+                        continue
+                    d0 = pdelta
+                    c0 = d0 // rec.chunk
+                    lo = c0 * rec.chunk
+                    hi = min(n_chunks(d0 + pe - ps, rec.chunk) * rec.chunk, rec.length)
+                    raw = blob[rec.data_off + lo : rec.data_off + hi]
+                    self._verify(rec, c0, raw, hi - lo)
+                    data = raw[d0 - lo : d0 - lo + (pe - ps)]
+                    self._append_locked(Record(WRITE, ps, pe - ps, mem=data))
+                    rewritten += pe - ps
+            self._backpressure_locked()
+        result.segments_compacted += len(blobs)
+        result.bytes_rewritten += rewritten
 
     def _delete_unreferenced(
         self,
