@@ -14,7 +14,8 @@ latency of the store client (S3Store over the MinIO SDK) to the same embedded Se
 throughput of 4 threads each doing 4 MiB PUTs, and of 4 threads each doing 1 MiB ranged GETs of
 those objects in sequence, with the same client (S3Store) and with boto3.
 Next to the cold read (before and after it) the same 4 threads GET exactly the bytes that read
-fetches, straight from the volume's segments: the floor for that ratio taken at the same moment.
+fetches, straight from the volume's segments, and next to the 4 KiB write jobs single 4 KiB
+PUTs are timed again: floors taken at the same moment as the job they are compared with.
 Ratios printed at the end are the issue's targets (lower latency ratio / higher IOPS ratio is
 better). Run it when nothing else heavy runs on the machine: it has 2 cores.
 """
@@ -268,13 +269,23 @@ def main() -> None:
                         fio(uri, "read", "1M", 4, 0)
                     results[f"{mode} randread qd1"] = fio(uri, "randread", "4k", 1, rt)
                     results[f"{mode} randread qd16"] = fio(uri, "randread", "4k", 16, rt)
+                    put_lat = [store_latency(s3m)["put_us"]]  # floor, job, floor
                     results[f"{mode} randwrite qd1"] = fio(uri, "randwrite", "4k", 1, rt)
+                    put_lat.append(store_latency(s3m)["put_us"])
+                    results[f"store put next to {mode} randwrite"] = {
+                        "put_us": statistics.mean(put_lat)
+                    }
                     if mode == "none":
                         results["none fragmented seqread 1M qd4"] = fio(uri, "read", "1M", 4, rt)
                     if mode == "readwrite":
+                        put_lat = [store_latency(s3m)["put_us"]]
                         results["readwrite randwrite+flush qd1"] = fio(
                             uri, "randwrite", "4k", 1, rt, "--fsync=1"
                         )
+                        put_lat.append(store_latency(s3m)["put_us"])
+                        results["store put next to readwrite randwrite+flush"] = {
+                            "put_us": statistics.mean(put_lat)
+                        }
                 finally:
                     exp.stop()
         finally:
@@ -305,10 +316,17 @@ def main() -> None:
     wanted: list[tuple[str, list[str], Callable[[], float]]] = [
         ("none randwrite qd1 lat / PUT (target <= 1.3)", ["none randwrite qd1"],
          lambda: lat("none randwrite qd1") / st["put_us"]),
+        ("none randwrite qd1 lat / PUT next to it (<= 1.3)",
+         ["none randwrite qd1", "store put next to none randwrite"],
+         lambda: lat("none randwrite qd1") / r["store put next to none randwrite"]["put_us"]),
         # fio's write latency leaves out the flush (--fsync=1 counts it as a sync): per-pair
         # time at QD1 is 1/IOPS.
         ("readwrite write+flush time / PUT (target <= 1.5)", ["readwrite randwrite+flush qd1"],
          lambda: 1e6 / r["readwrite randwrite+flush qd1"]["iops"] / st["put_us"]),
+        ("readwrite write+flush time / PUT next to it (<= 1.5)",
+         ["readwrite randwrite+flush qd1", "store put next to readwrite randwrite+flush"],
+         lambda: 1e6 / r["readwrite randwrite+flush qd1"]["iops"]
+         / r["store put next to readwrite randwrite+flush"]["put_us"]),
         ("none seqwrite 1M qd4 / best 4M PUTs (>= 0.8)", ["none seqwrite 1M qd4"],
          lambda: r["none seqwrite 1M qd4"]["mbps"] / put_floor),
         ("none cold seqread 1M qd4 / best GETs (>= 0.8)", ["none cold seqread 1M qd4"],

@@ -191,7 +191,7 @@ class S3Store(ObjectStore):
         except Exception as exc:
             self._error(exc, key)
         finally:
-            _release(response, expected < 0 or expected == got)
+            _release(response, expected == got)  # no length given: we cannot know it ended
         if expected >= 0 and expected != got:
             self._error(urllib3.exceptions.ProtocolError("short body"), key)
         self._count(bytes_fetched=got)

@@ -14,8 +14,8 @@ State (all in memory, rebuilt from the store at open):
   batches. A committer thread seals the open batch when it reaches `segment_max_bytes`, or,
   once a PUT slot is free, when a durable write or flush waits (the waiting thread seals and
   sends it at once) or `commit_delay` after its first write (while every slot is busy, later
-  writes keep joining it); PUTs run up to
-  `max_inflight_segments` at a time, but are acknowledged strictly in seq order. Reads fetch
+  writes keep joining it); PUTs run up to `max_inflight_segments` at a time, but are
+  acknowledged strictly in seq order. Reads fetch
   each run of nearby pieces of one segment with one ranged GET, the GETs of a read in parallel.
 
 Guarantees:
