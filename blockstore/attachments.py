@@ -206,14 +206,20 @@ class ExportSupervisor:
         export = self._exports.get(disk["name"])
         return bool(export and export.process and export.process.poll() is None)
 
-    def stop(self, disk: dict[str, Any]) -> None:
+    def stop(self, disk: dict[str, Any], *, graceful: bool = True) -> None:
+        """Stop a disk's export: gracefully (it uploads what is dirty first), or at once when
+        what it holds is to be dropped anyway (a failover away from a store that is down)."""
         with self._lock:
             export = self._exports.pop(disk["name"], None)
             self._disks.pop(disk["name"], None)
-        if export is not None:
-            status = export.stop()
-            if status not in (0, None):
-                log.warning("nbdkit for %s exited with %s on stop", disk["name"], status)
+        if export is None:
+            return
+        if not graceful:
+            export.kill()
+            return
+        status = export.stop()
+        if status not in (0, None):
+            log.warning("nbdkit for %s exited with %s on stop", disk["name"], status)
 
     def flush(self, disk: dict[str, Any]) -> None:
         """An NBD flush through the export: everything acknowledged so far becomes durable."""

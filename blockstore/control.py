@@ -106,7 +106,7 @@ class Exports(Protocol):
 
     def serve(self, disk: Record) -> dict[str, Any]: ...
 
-    def stop(self, disk: Record) -> None: ...
+    def stop(self, disk: Record, *, graceful: bool = True) -> None: ...
 
     def flush(self, disk: Record) -> None: ...
 
@@ -869,12 +869,14 @@ class ControlService:
             secondary = self._require_secondary()
             if self.replication is not None:
                 self.replication.pause(vid)
-            if disk.get("attachment"):
-                with contextlib.suppress(BlockstoreError):
-                    self.exports.stop(disk)
             primary_reachable = not (
                 isinstance(self.disks, MirroredRecords) and self.disks.primary_down()
             )
+            if disk.get("attachment"):
+                # With the primary down the export could only wait out its retry deadline
+                # trying to upload what is then discarded anyway: it is stopped at once.
+                with contextlib.suppress(BlockstoreError):
+                    self.exports.stop(disk, graceful=primary_reachable)
             if primary_reachable:
                 try:
                     Volume.open(self.store, vid, writable=True).abandon()
