@@ -76,6 +76,7 @@ from blockstore.clock import SYSTEM_CLOCK, Clock
 from blockstore.errors import BlockstoreError, Fenced, IntegrityError, InvalidArgument, Unavailable
 
 MODES = ("none", "readonly", "readwrite")
+FILL_WAIT_SECONDS = 5.0  # a miss waits this long at most for another fill, then looks again
 SECTOR = 512  # the volume's unit; NBD requests must be whole sectors
 
 Buffer = bytes | bytearray | memoryview
@@ -345,6 +346,9 @@ class HostCache:
         self._present = bytearray(self._nblocks)
         self._ref = bytearray(self._nblocks)  # second chance for eviction, set by hits
         self._gen: dict[int, int] = {}
+        # Blocks a fill is fetching now: a miss on one waits for that fill instead of fetching
+        # the same bytes again (at QD4, sequential misses fetched every block about twice).
+        self._filling: dict[int, threading.Event] = {}
         self._dirty: dict[int, int] = {}
         self._partial: dict[int, list[tuple[int, int]]] = {}
         self._resident: OrderedDict[int, None] = OrderedDict()  # blocks holding file space
@@ -499,25 +503,40 @@ class HostCache:
                     if os.preadv(self._fd, (buf,), offset) != n:
                         raise IntegrityError("short read from the host cache file")
                     return
-                lo, hi = missing[0], missing[-1] + 1
-                if sequential:
-                    # Read-ahead: carry on past the request while blocks are absent.
-                    limit = min(self._nblocks, hi + (self.config.readahead >> shift))
-                    while hi < limit and not self._present[hi]:
-                        hi += 1
-                gens = {b: self._gen.get(b, 0) for b in range(lo, hi)}
-            start = lo << shift
-            end = min(self.size, hi << shift)
-            tmp = bytearray(end - start)
-            self.volume.readinto(start, memoryview(tmp))
-            with self._lock:
-                self.stats.misses += 1
-                self.stats.readahead += max(0, hi - last - 1)
-                self._install_locked(start, tmp, gens)
-                if self._serve_locked(buf, offset, tmp, start, gens):
+                busy = next((self._filling[b] for b in missing if b in self._filling), None)
+                if busy is None:
+                    lo, hi = missing[0], missing[-1] + 1
+                    if sequential:
+                        # Read-ahead: carry on past the request while blocks are absent and
+                        # no other fill is fetching them.
+                        limit = min(self._nblocks, hi + (self.config.readahead >> shift))
+                        while hi < limit and not self._present[hi] and hi not in self._filling:
+                            hi += 1
+                    gens = {b: self._gen.get(b, 0) for b in range(lo, hi)}
+                    mine = {b: threading.Event() for b in range(lo, hi) if b not in self._filling}
+                    self._filling.update(mine)
+            if busy is not None:
+                busy.wait(FILL_WAIT_SECONDS)  # then look again: filled, or that fill failed
+                continue
+            try:
+                start = lo << shift
+                end = min(self.size, hi << shift)
+                tmp = bytearray(end - start)
+                self.volume.readinto(start, memoryview(tmp))
+                with self._lock:
+                    self.stats.misses += 1
+                    self.stats.readahead += max(0, hi - last - 1)
+                    self._install_locked(start, tmp, gens)
+                    served = self._serve_locked(buf, offset, tmp, start, gens)
                     self._make_room_locked()
-                    return
-                self._make_room_locked()
+                    if served:
+                        return
+            finally:
+                with self._lock:
+                    for b, ev in mine.items():
+                        if self._filling.get(b) is ev:
+                            del self._filling[b]
+                        ev.set()
             # A write or an eviction raced with the fill on a block we still need: go again.
         raise Unavailable("cache blocks kept changing under a read; giving up")
 

@@ -217,6 +217,30 @@ def test_a_fill_never_overwrites_a_write_made_while_it_was_in_flight(
     cache.close()
 
 
+@pytest.mark.parametrize("mode", ["readonly", "readwrite"])
+def test_a_miss_on_blocks_being_filled_waits_for_that_fill(tmp_path: Path, mode: str) -> None:
+    """Concurrent misses on the same blocks fetch them once (at QD4, sequential reads with
+    read-ahead fetched every block about twice)."""
+    vol = ByteVolume()
+    vol.image[:] = random.Random(3).randbytes(SIZE)
+    cache = make_cache(vol, tmp_path, mode)
+    vol.gate = threading.Event()
+    first, second = bytearray(4 * BS), bytearray(2 * BS)
+    a = threading.Thread(target=cache.pread, args=(first, 0))
+    a.start()
+    assert vol.gate_entered.wait(5)  # the first fill is in flight, held
+    b = threading.Thread(target=cache.pread, args=(second, 2 * BS))  # inside that fill
+    b.start()
+    time.sleep(0.2)
+    assert vol.reads == 0  # the second miss waits; it fetches nothing itself
+    vol.gate.set()
+    a.join(5)
+    b.join(5)
+    assert first == vol.image[: 4 * BS] and second == vol.image[2 * BS : 4 * BS]
+    assert vol.reads == 1 and vol.read_bytes == 4 * BS
+    cache.close()
+
+
 def test_readwrite_acknowledges_without_the_store_and_flush_fails_cleanly(tmp_path: Path) -> None:
     vol = ByteVolume()
     cache = make_cache(vol, tmp_path, "readwrite", write_wait_seconds=0.3)
