@@ -613,10 +613,11 @@ class ControlService:
                     f"disk {name!r} is attached on host {attachment['host']}: detach it there, "
                     "or attach it here with force: true"
                 )
-            if disk["kind"] != DiskKind.ephemeral:
-                # Everything acknowledged becomes durable before the export goes; an export
-                # that died is started again first (it replays its journal). When that fails
-                # (the store is down), the detach fails and the disk stays attached here.
+            if disk.get("caching") == Caching.readwrite:
+                # Everything acknowledged becomes durable before the export goes (in the other
+                # modes it is at acknowledgement); an export that died is started again first
+                # (it replays its journal). When that fails (the store is down), the detach
+                # fails and the disk stays attached here.
                 self.exports.serve(disk)
                 self.exports.flush(disk)
             self.exports.stop(disk)
