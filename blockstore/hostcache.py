@@ -66,6 +66,7 @@ import ctypes.util
 import os
 import struct
 import threading
+import time
 import zlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass, fields
@@ -113,6 +114,7 @@ class HostCacheConfig:
     dirty_limit: int = 256 << 20  # readwrite: journal bytes not yet durable in the store
     readahead: int = 1 << 20  # extra bytes fetched when a miss continues a sequential stream
     write_wait_seconds: float = 30.0  # readwrite: how long a write waits for dirty room -> EIO
+    upload_delay: float = 0.005  # readwrite: age of unflushed writes before the uploader sends
     journal_file_size: int = 64 << 20  # the journal rolls to a new file past this size
     upload_retry_max_delay: float = 2.0  # uploader backoff cap while the store fails
 
@@ -124,6 +126,8 @@ class HostCacheConfig:
         bs = self.block_size
         if bs < 4096 or bs & (bs - 1):
             raise InvalidArgument(f"cache block size must be a power of two >= 4096, not {bs}")
+        if self.upload_delay < 0:
+            raise InvalidArgument(f"upload delay must be >= 0 seconds, not {self.upload_delay}")
         if self.cache_size < 16 * bs:
             raise InvalidArgument("cache size must hold at least 16 cache blocks")
         if self.mode == "readwrite" and not 0 < self.dirty_limit <= self.cache_size // 2:
@@ -179,8 +183,8 @@ def _header(kind: int, seq: int, offset: int, length: int, dcrc: int) -> bytes:
 class Journal:
     """Append-only files ``journal-<n>`` in the cache directory; records in acknowledgement order.
 
-    Callers serialise `append` (HostCache holds its lock). A file is deleted once every record
-    in it is durable in the store and it is no longer the one being appended to.
+    Callers serialise `append` (HostCache holds its lock). Once every record in a file is
+    durable in the store it is deleted, or emptied if it is the one being appended to.
     """
 
     def __init__(self, directory: Path, file_size: int) -> None:
@@ -221,10 +225,12 @@ class Journal:
         return data
 
     def release(self, durable_seq: int) -> None:
-        """Delete the files whose records are all durable (rolling the current one if so)."""
+        """Drop the records that are all durable: the current file is emptied in place (an
+        ftruncate, about 8 us here, where rolling to a new file cost 60 us per flush); older
+        files are deleted."""
         if self._pos and self._last_seq[self._current] <= durable_seq:
-            self._current += 1
-            self._open_current()
+            os.ftruncate(self._fds[self._current], 0)
+            self._pos = 0
         for n in sorted(self._fds):
             if n != self._current and self._last_seq[n] <= durable_seq:
                 os.close(self._fds.pop(n))
@@ -363,6 +369,7 @@ class HostCache:
             self._unflushed: deque[Record] = deque()  # applied, not yet durable
             self._stop = threading.Event()
             self._error: BlockstoreError | None = None  # fatal (fenced): everything fails
+            self._room_waiters = 0  # writers waiting in _reserve for dirty room
             self._uploader = threading.Thread(
                 target=self._upload_loop, name="hostcache-uploader", daemon=True
             )
@@ -753,16 +760,21 @@ class HostCache:
             if self.stats.dirty_bytes and self.stats.dirty_bytes + cost > limit:
                 self.stats.write_waits += 1
                 deadline = self._clock.monotonic() + self.config.write_wait_seconds
-                while self.stats.dirty_bytes and self.stats.dirty_bytes + cost > limit:
-                    left = deadline - self._clock.monotonic()
-                    if self._error is not None:
-                        raise self._error
-                    if left <= 0:
-                        raise Unavailable(
-                            f"host cache dirty limit ({limit} bytes) reached and the store did "
-                            f"not take the data within {self.config.write_wait_seconds:g} s"
-                        )
-                    self._cond.wait(left)
+                self._room_waiters += 1
+                self._cond.notify_all()  # the uploader: send now
+                try:
+                    while self.stats.dirty_bytes and self.stats.dirty_bytes + cost > limit:
+                        left = deadline - self._clock.monotonic()
+                        if self._error is not None:
+                            raise self._error
+                        if left <= 0:
+                            raise Unavailable(
+                                f"host cache dirty limit ({limit} bytes) reached and the store "
+                                f"did not take the data within {self.config.write_wait_seconds:g} s"
+                            )
+                        self._cond.wait(left)
+                finally:
+                    self._room_waiters -= 1
             self.stats.dirty_bytes += cost
 
     # --- upload (readwrite) --------------------------------------------------------------------
@@ -825,10 +837,28 @@ class HostCache:
 
     def _upload_loop(self) -> None:
         delay = 0.05
+        cfg = self.config
         while not self._stop.is_set():
             with self._cond:
                 while not self._pending and not self._stop.is_set():
                     self._cond.wait()
+                # Hold back a moment: a flush right after a write then uploads the write
+                # itself, in its own thread (no hand-off to this one and back), and writes
+                # without flushes go up in fewer, larger rounds. Dirty data past half the
+                # limit, or a writer waiting for room, does not wait.
+                start = time.monotonic()
+                while (
+                    self._pending
+                    and not self._stop.is_set()
+                    and self.stats.dirty_bytes < cfg.dirty_limit // 2
+                    and not self._room_waiters
+                ):
+                    left = cfg.upload_delay - (time.monotonic() - start)
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                if not self._pending:
+                    continue
             if self._stop.is_set():
                 return
             try:

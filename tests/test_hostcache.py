@@ -318,6 +318,36 @@ def test_journal_is_replayed_before_serving_after_a_crash(tmp_path: Path) -> Non
     again.close()
 
 
+def test_journal_emptied_by_a_flush_replays_only_later_writes(tmp_path: Path) -> None:
+    """A flush empties the journal file in place; a crash after it replays only what came
+    after the flush, so flushed data is never written over with what it replaced."""
+    vol = ByteVolume()
+    cache = make_cache(vol, tmp_path, "readwrite")
+    cache.pwrite(b"a" * 4096, 0)
+    cache.pwrite(b"b" * 4096, 4096)
+    cache.flush()
+    vol.fail = True  # nothing more reaches the store before the "crash"
+    cache.pwrite(b"c" * 4096, 4096)
+    cache.abandon()
+    vol.fail = False
+    again = make_cache(vol, tmp_path, "readwrite")
+    assert again.stats.replayed == 1
+    assert vol.durable[:8192] == b"a" * 4096 + b"c" * 4096
+    again.close()
+
+
+def test_writes_without_a_flush_reach_the_store_on_their_own(tmp_path: Path) -> None:
+    vol = ByteVolume()
+    cache = make_cache(vol, tmp_path, "readwrite", upload_delay=0.05)
+    cache.pwrite(b"d" * 4096, 8192)
+    deadline = time.monotonic() + 5
+    while cache.dirty_bytes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cache.dirty_bytes == 0
+    assert vol.durable[8192:12288] == b"d" * 4096
+    cache.close()
+
+
 def test_fenced_uploader_fails_everything_after(tmp_path: Path) -> None:
     vol = ByteVolume()
     cache = make_cache(vol, tmp_path, "readwrite")
