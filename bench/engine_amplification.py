@@ -117,7 +117,7 @@ def fragmented_read(make: Callable[[], ObjectStore], region: int) -> None:
     (one segment each), before and after a GC pass merges the small segments."""
     store = make()
     Volume.create(store, "bench", 4 * region)
-    cfg = VolumeConfig(gc_interval_seconds=0)
+    cfg = VolumeConfig(gc_interval_seconds=0, gc_merge_min_age_seconds=0)  # merge at once
     v = Volume.open(store, "bench", config=cfg)
     block = bytes(4096)
     for b in random.Random(5).sample(range(region // 4096), region // 4096):

@@ -106,6 +106,9 @@ class VolumeConfig:
     # a sequential read of it then costs one GET per write (measured: 0.03-0.06x of sequential
     # GETs). 0 disables merging.
     gc_merge_below_bytes: int = 1 << 20
+    # ...and only once they are this old: data still being rewritten is mostly dead before
+    # then (nothing to copy), and a burst of small writes is not slowed by GC re-reading it.
+    gc_merge_min_age_seconds: float = 120.0
     gc_min_age_seconds: float = 300.0  # nothing is deleted until unreferenced this long
     max_inflight_segments: int = 4  # segment PUTs may be pipelined; acks stay in order
     gc_interval_seconds: float = 60.0  # background GC period in writable volumes; 0 disables
@@ -121,6 +124,10 @@ class VolumeConfig:
         if not 1 <= self.max_inflight_segments <= FENCE_WINDOW:
             raise InvalidArgument(
                 f"max_inflight_segments {self.max_inflight_segments} must be 1..{FENCE_WINDOW}"
+            )
+        if self.gc_merge_min_age_seconds < 0:
+            raise InvalidArgument(
+                f"gc_merge_min_age_seconds {self.gc_merge_min_age_seconds} must be >= 0"
             )
         if self.checkpoint_every_segments < 1:
             raise InvalidArgument(f"checkpoint_every_segments {self.checkpoint_every_segments} < 1")
@@ -766,6 +773,7 @@ class Volume:
         self._acked_seq = state.seq
         self._next_seq = state.seq + 1
         self._segments = state.segments
+        self._segment_acked_at: dict[str, float] = {}  # segments this handle wrote (GC merge age)
         self._log_epoch = state.log_epoch
         self._fences = state.fences  # never deleted by GC: they keep fenced writers fenced
         self._last_ckpt_seq = state.ckpt_seq
@@ -1287,6 +1295,7 @@ class Volume:
         if self._abandoned or self._fatal is not None:
             return False
         acked = False
+        now = self._clock.monotonic()
         while self._inflight:
             b = self._inflight[0]
             f = b.future
@@ -1308,7 +1317,9 @@ class Volume:
             for rec in b.records:
                 rec.mem = None  # reads now go to the store
             if b.data_len:
-                self._segments[keys.segment_key(self.disk_id, b.seq)] = b.data_len
+                key = keys.segment_key(self.disk_id, b.seq)
+                self._segments[key] = b.data_len
+                self._segment_acked_at[key] = now
             b.blob = None
             self._acked_seq = b.seq
             self.stats.segments_written += 1
@@ -1366,6 +1377,8 @@ class Volume:
                 # Forget sizes of segments nothing will name again (bounded memory).
                 newer = keys.segment_key(self.disk_id, seq)
                 self._segments = {k: v for k, v in self._segments.items() if k in refs or k > newer}
+                born = self._segment_acked_at
+                self._segment_acked_at = {k: t for k, t in born.items() if k in self._segments}
                 self.stats.checkpoints_written += 1
             return seq, refs
 
@@ -1501,13 +1514,14 @@ class Volume:
             merge_below = min(
                 self._config.gc_merge_below_bytes, self._config.segment_max_bytes // 4
             )
+            young = self._clock.monotonic() - self._config.gc_merge_min_age_seconds
             candidates, small = [], []
             for key, pieces in live.items():
                 total = self._segments.get(key, 0)
                 used = sum(e - s for s, e, _r, _d in pieces)
                 if total > 0 and used < threshold * total:
                     candidates.append((key, pieces))
-                elif 0 < total < merge_below:
+                elif 0 < total < merge_below and self._segment_acked_at.get(key, young) <= young:
                     small.append((key, pieces, used))
             if small and sum(used for _k, _p, used in small) >= merge_below:
                 candidates += [(key, pieces) for key, pieces, _used in small]

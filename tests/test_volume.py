@@ -880,8 +880,12 @@ def test_gc_bounds_space_under_random_overwrite() -> None:
 def test_gc_merges_small_segments_in_disk_order() -> None:
     """4 KiB durable writes in random order leave one segment per write; GC merges them, in
     disk order, so that a sequential read of the region costs a few GETs instead of one per
-    write. Merged segments are not merged again."""
-    store, v = new_volume(size=4 * MiB)
+    write. Only segments older than gc_merge_min_age_seconds are merged; merged segments are
+    not merged again."""
+    clock = FakeClock()
+    store = MemoryStore()
+    Volume.create(store, "d1", 4 * MiB)
+    v = Volume.open(store, "d1", config=cfg(), clock=clock)
     rng = random.Random(2)
     model = bytearray(4 * MiB)
     for block in rng.sample(range(256), 256):  # every 4 KiB of the first MiB, shuffled
@@ -898,6 +902,8 @@ def test_gc_merges_small_segments_in_disk_order() -> None:
         return gets
 
     assert gets_to_read_first_mib() >= 200  # about one GET per write
+    assert v.gc().segments_compacted == 0  # too young: might still be rewritten
+    clock.advance(v.config.gc_merge_min_age_seconds + 1)
     result = v.gc()
     assert result.segments_compacted == 256 and result.bytes_rewritten == MiB
     assert gets_to_read_first_mib() <= 2
