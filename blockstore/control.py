@@ -930,7 +930,9 @@ class ControlService:
         fork = int((disk.get("failover") or {}).get("fork_seq", 0))
         Volume.open(self.store, vid, writable=True).abandon()  # fence any old-primary writer
         truncate_after(self.store, vid, fork)
-        back = DiskReplicator(secondary, self.store, vid, config=self.replication_config)
+        back = DiskReplicator(
+            secondary, self.store, vid, config=self.replication_config, check_target_after=fork
+        )
         try:
             if not back.catch_up(max_passes=200, progress=lambda f: progress(0.9 * f)):
                 raise Conflict(f"disk {name!r}: the old primary did not catch up; try again")

@@ -61,7 +61,7 @@ from blockstore.clock import SYSTEM_CLOCK, Clock
 from blockstore.errors import BlockstoreError, IntegrityError, NotFound, PreconditionFailed
 from blockstore.objectstore import ObjectStore
 from blockstore.repair import verify_object
-from blockstore.segment import decode_checkpoint
+from blockstore.segment import decode_checkpoint, decode_segment_header
 
 log = logging.getLogger("blockstore.replication")
 
@@ -88,6 +88,7 @@ class ReplicationStats:
     objects_copied: int = 0
     bytes_copied: int = 0
     objects_skipped: int = 0  # already on the target (create-if-absent said so)
+    objects_replaced: int = 0  # an older writer's object at that key, replaced (failback)
     objects_deleted: int = 0
     errors: int = 0
     last_error: str | None = None
@@ -119,9 +120,14 @@ class DiskReplicator:
         *,
         config: ReplicationConfig | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        check_target_after: int | None = None,
     ) -> None:
+        """`check_target_after`: segments the target holds past this seq are not trusted
+        until compared with the source's (failback: a cut-off writer of the old primary may
+        have landed one in its log after the cut)."""
         self.source = source
         self.target = target
+        self._check_after = check_target_after
         self.disk_id = keys.validate_disk_id(disk_id)
         self.config = config or ReplicationConfig()
         self.clock = clock
@@ -140,6 +146,10 @@ class DiskReplicator:
     def _scan_target(self) -> _Target:
         t = _Target()
         for info in self.target.list(keys.disk_prefix(self.disk_id)):
+            if self._check_after is not None:
+                p = keys.parse_segment_key(info.key)
+                if p is not None and p[1] > self._check_after:
+                    continue  # copied again, and so compared (see `_put_copy`)
             t.objects[info.key] = info.size
         self._recompute(t)
         return t
@@ -173,13 +183,37 @@ class DiskReplicator:
             return
         blob = self.source.get(key)
         verify_object(blob, key)
+        self._put_copy(key, blob)
+        t.objects[key] = len(blob)
+
+    def _put_copy(self, key: str, blob: bytes) -> None:
+        """Create `key` on the target. A log object (segment, checkpoint) already there must
+        be this very one (an earlier copy): one from an older writer epoch than the source's (a
+        fenced writer's, landed in the old primary's log after failback cut it) is replaced,
+        and anything else stops replication with an IntegrityError. Other objects already
+        there are left as they are."""
         try:
             self.target.put(key, blob, if_none_match=True)
-            self.stats.objects_copied += 1
-            self.stats.bytes_copied += len(blob)
         except PreconditionFailed:
-            self.stats.objects_skipped += 1
-        t.objects[key] = len(blob)
+            ours = _writer_epoch(key, blob)
+            there = self.target.get(key) if ours is not None else blob
+            if there == blob:
+                self.stats.objects_skipped += 1
+                return
+            theirs = _writer_epoch(key, there)
+            if ours is None or theirs is None or theirs >= ours:
+                raise IntegrityError(
+                    f"{key} on the target differs from the source's copy and is not from an "
+                    "older writer: not replacing it"
+                ) from None
+            log.warning("replacing %s on the target: epoch %d's, the source's is %d's",
+                        key, theirs, ours)  # fmt: skip
+            self.target.put(key, blob)
+            self.stats.objects_replaced += 1
+            self.stats.bytes_copied += len(blob)
+            return
+        self.stats.objects_copied += 1
+        self.stats.bytes_copied += len(blob)
 
     def _copy_many(self, keys_: Iterable[str]) -> None:
         todo = [k for k in keys_ if self._t is not None and k not in self._t.objects]
@@ -204,12 +238,7 @@ class DiskReplicator:
         blob = self.source.get(key)
         ck = decode_checkpoint(blob, key)
         self._copy_many(sorted(ck.segments))
-        try:
-            self.target.put(key, blob, if_none_match=True)
-            self.stats.objects_copied += 1
-            self.stats.bytes_copied += len(blob)
-        except PreconditionFailed:
-            self.stats.objects_skipped += 1
+        self._put_copy(key, blob)
         t.objects[key] = len(blob)
 
     # -- one pass -------------------------------------------------------------------------
@@ -494,6 +523,19 @@ def trim_after_frontier(store: ObjectStore, disk_id: str) -> int:
         if seq > end:
             store.delete(key)
     return end
+
+
+def _writer_epoch(key: str, blob: bytes) -> int | None:
+    """The writer epoch a segment or checkpoint was written in; None for other objects or
+    one that does not decode."""
+    try:
+        if keys.parse_segment_key(key) is not None:
+            return decode_segment_header(blob, key).epoch
+        if keys.parse_checkpoint_key(key) is not None:
+            return decode_checkpoint(blob, key).epoch
+    except IntegrityError:
+        return None
+    return None
 
 
 def truncate_after(store: ObjectStore, disk_id: str, fork_seq: int) -> int:

@@ -278,6 +278,64 @@ def test_a_killed_replicator_resumes_without_recopying() -> None:
     second.close()
 
 
+def test_failback_replaces_a_cut_off_writers_segment_that_landed_after_the_cut() -> None:
+    """A writer of the old primary that was cut off (and idle while it was fenced) can land a
+    segment in the old primary's log after failback cut the log at the fork. The copy back
+    finds it, sees it comes from an older writer than the secondary's, and replaces it: the
+    old primary ends up holding the secondary's disk, not a mix."""
+    primary, secondary = MemoryStore(), MemoryStore()
+    Volume.create(primary, "f", BLOCKS * BLOCK)
+    stale = Volume.open(primary, "f", config=cfg())
+    stale.write(0, block_of(0), durable=True)
+    forward = DiskReplicator(primary, secondary, "f", config=FAST)
+    assert forward.catch_up()
+    fork = forward.stats.frontier_seq
+    forward.close()
+    # Failover: the secondary's writer carries on (a newer epoch than the stale writer's).
+    newer = Volume.open(secondary, "f", config=cfg())
+    newer.write(BLOCK, block_of(1), durable=True)
+    newer.close()
+    # Failback: fence the old primary, cut its log at the fork; then the stale writer lands
+    # one more segment in the freed positions.
+    Volume.open(primary, "f", config=cfg()).abandon()
+    truncate_after(primary, "f", fork)
+    stale.write(2 * BLOCK, block_of(2), durable=True)
+    stale.abandon()
+    back = DiskReplicator(secondary, primary, "f", config=FAST, check_target_after=fork)
+    assert back.catch_up()
+    assert back.stats.objects_replaced >= 1 and back.stats.errors == 0
+    view = Volume.open(primary, "f", writable=False)
+    model = Volume.open(secondary, "f", writable=False)
+    assert view.read(0, 3 * BLOCK) == block_of(0) + block_of(1) + bytes(BLOCK)
+    assert view.read(0, BLOCKS * BLOCK) == model.read(0, BLOCKS * BLOCK)
+    view.close()
+    model.close()
+    back.close()
+
+
+def test_a_differing_log_object_from_a_newer_writer_stops_the_copy() -> None:
+    """The copy never overwrites a log object that is not provably stale."""
+    source, target = MemoryStore(), MemoryStore()
+    Volume.create(source, "g", BLOCKS * BLOCK)
+    v = Volume.open(source, "g", config=cfg())
+    v.write(0, block_of(0), durable=True)
+    v.close()
+    seg = next(k for k in source.raw() if keys.parse_segment_key(k))
+    r = DiskReplicator(source, target, "g", config=FAST)
+    assert r.catch_up()
+    raw = bytearray(target.get(seg))
+    raw[-1] ^= 0xFF  # same writer, different bytes: not a stale writer's
+    target.put(seg, bytes(raw))
+    for k in [k for k in target.raw() if keys.parse_checkpoint_key(k)]:
+        target.delete(k)  # as failback's cut does past the fork: the log is copied again
+    check = DiskReplicator(source, target, "g", config=FAST, check_target_after=0)
+    check.run_once()
+    assert check.stats.errors == 1 and "not replacing" in (check.stats.last_error or "")
+    assert target.get(seg) == bytes(raw)
+    check.close()
+    r.close()
+
+
 def test_read_repair_from_the_secondary(two: tuple[ObjectStore, ObjectStore]) -> None:
     primary, secondary = two
     Volume.create(primary, "rr", BLOCKS * BLOCK)
