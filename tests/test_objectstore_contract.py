@@ -93,6 +93,26 @@ def test_reads_keep_their_connections_alive(seaweed: SeaweedServer) -> None:
         proxy.close()
 
 
+def test_requests_from_short_lived_threads_share_connections(seaweed: SeaweedServer) -> None:
+    """nbdkit runs every plugin callback in a fresh Python thread state: connections must not
+    belong to a thread, or each request opens a new one (and the handles pile up)."""
+    proxy = FaultProxy(seaweed.endpoint)
+    try:
+        base = seaweed.s3_config()
+        s = S3Store(S3Config(proxy.endpoint, base.bucket, base.access_key, base.secret_key,
+                             prefix=f"contract-{next(_counter)}/"))  # fmt: skip
+        s.put("shared", b"x" * 4096)
+        for _ in range(20):
+            t = threading.Thread(target=s.get, args=("shared",))
+            t.start()
+            t.join()
+        assert proxy.stats["requests"] == 21
+        assert proxy.stats["connections"] == 1
+        s.close()
+    finally:
+        proxy.close()
+
+
 @pytest.mark.parametrize("fault", ["truncate", "reset"])
 def test_get_into_a_cut_body_is_unavailable_never_short_data(
     seaweed: SeaweedServer, fault: str
@@ -139,6 +159,28 @@ def test_list_by_prefix_in_order_with_start_after(store: ObjectStore) -> None:
     assert [o.key for o in store.list("a/", start_after="a/0003")] == ["a/0004", "a/0005"]
     assert [o.size for o in store.list("b/")] == [6]
     assert list(store.list("zzz/")) == []
+
+
+def test_keys_that_need_escaping_in_a_url_round_trip(seaweed: SeaweedServer) -> None:
+    """The signed URL escapes the key once: a prefix or key with a space, '+', '%', '=' or a
+    non-ASCII letter reads, lists, heads and deletes like any other."""
+    s = seaweed.raw_store(f"contract {next(_counter)}+é/")
+    try:
+        for key in ("a b/c+d", "100%=x", "ünï/cödé"):
+            s.put(key, key.encode())
+            assert s.get(key) == key.encode()
+            assert s.head(key).size == len(key.encode())
+        assert sorted(o.key for o in s.list("")) == sorted(["a b/c+d", "100%=x", "ünï/cödé"])
+        s.delete("a b/c+d")
+        with pytest.raises(NotFound):
+            s.get("a b/c+d")
+    finally:
+        s.close()
+
+
+def test_put_returns_the_etag_head_reports(store: ObjectStore) -> None:
+    etag = store.put("tagged", b"some bytes")
+    assert etag and store.head("tagged").etag == etag
 
 
 def test_if_none_match_refuses_an_existing_key(store: ObjectStore) -> None:
