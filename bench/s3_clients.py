@@ -1,9 +1,9 @@
-"""Client CPU and latency per request: boto3 vs the MinIO SDK, against the same SeaweedFS.
+"""Client CPU and latency per request: boto3, the MinIO SDK and S3Store (libcurl), same SeaweedFS.
 
 Why: on a 2-core host the S3 client's CPU is latency (and it competes with the store and
 nbdkit for the same cores). Each client reuses one connection pool; no per-request client or
 session is created. For every operation the script reports the median wall time and the mean
-process CPU time per request, and the ratio of the two clients.
+process CPU time per request, and each client's CPU against boto3's.
 
     .venv/bin/python -m bench.s3_clients [--requests 400] [--endpoint URL --bucket B]
 
