@@ -746,7 +746,10 @@ class HostCache:
                     self._partial[b] = ivs
                 self._resident[b] = None
             self._pending.append(rec)
-            self._cond.notify_all()
+            if len(self._pending) == 1 or self.stats.dirty_bytes >= self.config.dirty_limit // 2:
+                # Wake the uploader only when it has something new to decide: waking it at
+                # every write cost a write+flush pair CPU that the flush needed.
+                self._cond.notify_all()
             self._make_room_locked()
         if fua:
             self._sync()
@@ -833,7 +836,8 @@ class HostCache:
                 self.stats.dirty_bytes -= freed
                 self._journal.release(target)
             self.stats.syncs += 1
-            self._cond.notify_all()
+            if self._room_waiters:
+                self._cond.notify_all()  # writers waiting for dirty room
 
     def _upload_loop(self) -> None:
         delay = 0.05
