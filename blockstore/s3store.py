@@ -3,8 +3,8 @@
 Bottom of the stack on the data path. The object calls of the data path (GET, PUT, HEAD,
 DELETE) go through libcurl (pycurl), which also signs them (SigV4): a conditional 4 KiB PUT
 costs 140 us of client CPU that way against 470 us through the MinIO SDK over urllib3, and
-takes 0.3 ms less (docs/s3-client.md). Each thread has its own curl handle, which keeps its
-connection alive. Bucket creation and listing stay on the MinIO SDK (its XML parsing; not on
+takes 0.3 ms less (docs/s3-client.md). A request takes an idle curl handle from a pool (each
+keeps its connection alive) and puts it back when done. Bucket creation and listing stay on the MinIO SDK (its XML parsing; not on
 the data path). `Boto3Store` keeps the same contract for comparison.
 
 Failure behaviour: nothing is retried here (`RetryingStore` owns retries and their deadline).
