@@ -4,8 +4,9 @@ Bottom of the stack on the data path. The object calls of the data path (GET, PU
 DELETE) go through libcurl (pycurl), which also signs them (SigV4): a conditional 4 KiB PUT
 costs 140 us of client CPU that way against 470 us through the MinIO SDK over urllib3, and
 takes 0.3 ms less (docs/s3-client.md). A request takes an idle curl handle from a pool (each
-keeps its connection alive) and puts it back when done. Bucket creation and listing stay on the MinIO SDK (its XML parsing; not on
-the data path). `Boto3Store` keeps the same contract for comparison.
+keeps its connection alive) and puts it back when done. Bucket creation and listing stay on
+the MinIO SDK (its XML parsing; not on the data path). `Boto3Store` keeps the same contract
+for comparison.
 
 Failure behaviour: nothing is retried here (`RetryingStore` owns retries and their deadline).
 Transient failures (5xx, SlowDown, resets, timeouts, a body shorter than its Content-Length)
