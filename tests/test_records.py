@@ -27,7 +27,9 @@ def store(request: pytest.FixtureRequest) -> ObjectStore:
     if request.param == "memory":
         return MemoryStore()
     factory: Callable[..., ObjectStore] = request.getfixturevalue("s3_store_factory")
-    return factory("records")
+    # A generous retry deadline: SeaweedFS makes racing writers of one key wait in 1 s steps
+    # (docs/format.md), and the racing test below has 16 of them.
+    return factory("records", deadline_seconds=60.0)
 
 
 def test_create_get_update_delete(store: ObjectStore) -> None:
