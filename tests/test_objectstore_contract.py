@@ -191,17 +191,21 @@ def test_if_none_match_refuses_an_existing_key(store: ObjectStore) -> None:
     assert store.get("once") == b"first"
 
 
-def _patient(store: ObjectStore) -> ObjectStore:
-    """The store for a 32-writer race on one key. SeaweedFS serialises writes to one key and
+@pytest.fixture
+def patient_store(store: ObjectStore) -> Iterator[ObjectStore]:
+    """`store`, for a 32-writer race on one key. SeaweedFS serialises writes to one key and
     makes the waiters retry once a second, so the last answer can take 10 s or more (with
     boto3 too). That is slow, not unreachable: a read timeout that covers it."""
-    if isinstance(store, S3Store):
-        return S3Store(dataclasses.replace(store.config, read_timeout=60.0))
-    return store
+    if not isinstance(store, S3Store):
+        yield store
+        return
+    patient = S3Store(dataclasses.replace(store.config, read_timeout=60.0))
+    yield patient
+    patient.close()
 
 
-def test_32_concurrent_creators_exactly_one_wins(store: ObjectStore) -> None:
-    store = _patient(store)
+def test_32_concurrent_creators_exactly_one_wins(patient_store: ObjectStore) -> None:
+    store = patient_store
     for trial in range(3):
         key = f"race-{trial}"
         wins: list[int] = []
@@ -243,11 +247,11 @@ def test_if_match_single_writer_semantics(store: ObjectStore) -> None:
     assert store.head("m").etag == new_etag
 
 
-def test_if_match_race_behaviour_is_recorded(store: ObjectStore) -> None:
+def test_if_match_race_behaviour_is_recorded(patient_store: ObjectStore) -> None:
     """SeaweedFS 4.48 lets two of 32 racing If-Match writers win now and then, so blockstore
     never relies on If-Match. This test shows what the store does; a store that is atomic in
     every trial is reported with a warning, so the change is noticed."""
-    store = _patient(store)
+    store = patient_store
     multi_win_trials = 0
     for trial in range(5):
         key = f"ifm-{trial}"
