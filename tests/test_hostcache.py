@@ -336,6 +336,45 @@ def test_journal_emptied_by_a_flush_replays_only_later_writes(tmp_path: Path) ->
     again.close()
 
 
+def test_journal_reused_after_a_flush_never_replays_what_was_durable(tmp_path: Path) -> None:
+    """A flushed journal file is reused, its old records still in it: a crash before the next
+    append must replay nothing, or it would write old data over what another writer put on
+    the disk since (here: straight into the volume while this cache was down)."""
+    vol = ByteVolume()
+    cache = make_cache(vol, tmp_path, "readwrite")
+    cache.pwrite(b"a" * 4096, 0)
+    cache.pwrite(b"b" * 4096, 4096)
+    cache.flush()
+    cache.abandon()
+    vol.durable[0:8192] = b"n" * 8192  # a later writer elsewhere
+    again = make_cache(vol, tmp_path, "readwrite")
+    assert again.stats.replayed == 0
+    assert vol.durable[:8192] == b"n" * 8192
+    again.close()
+
+
+def test_journal_rolling_past_a_reused_file_loses_nothing(tmp_path: Path) -> None:
+    """A reused file whose old records reach past its new end is cut before the journal rolls
+    to the next file: replay reads the whole first file and goes on into the second."""
+    vol = ByteVolume()
+    cache = make_cache(vol, tmp_path, "readwrite", journal_file_size=8192, dirty_limit=2 * MiB)
+    cache.pwrite(pattern(1, 64 * 1024), 0)  # one long record; the file ends far past 8192
+    cache.flush()
+    vol.fail = True  # nothing more reaches the store before the "crash"
+    model = bytearray(vol.durable)
+    for i in range(3):  # two fill the reused file past 8192; the third rolls to a new one
+        data = pattern(10 + i, 4096)
+        cache.pwrite(data, 8192 * i)
+        model[8192 * i : 8192 * i + 4096] = data
+    assert len(journal_files(tmp_path / "cache")) == 2
+    cache.abandon()
+    vol.fail = False
+    again = make_cache(vol, tmp_path, "readwrite")
+    assert again.stats.replayed == 3
+    assert vol.durable == model
+    again.close()
+
+
 def test_writes_without_a_flush_reach_the_store_on_their_own(tmp_path: Path) -> None:
     vol = ByteVolume()
     cache = make_cache(vol, tmp_path, "readwrite", upload_delay=0.05)
