@@ -91,6 +91,7 @@ _ZEROS = memoryview(bytes(1 << 20))
 FENCE_WINDOW = 8
 _READ_PARALLEL = 8  # ranged GETs of one read that may run at once
 _COALESCE_GAP = 64 << 10  # pieces of one segment closer than this share a ranged GET
+_REPLAY_AHEAD = 16  # segment headers fetched in parallel ahead of the one being replayed
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,9 @@ class VolumeConfig:
     segment_max_bytes: int = 4 << 20  # a batch closes at this size
     commit_delay: float = 0.0005  # group-commit window after the first write of a batch
     checksum_chunk: int = 4096  # data checksummed per chunk so a small read verifies little
-    checkpoint_every_segments: int = 256
+    checkpoint_every_segments: int = 256  # at least this many segments between checkpoints
+    checkpoint_extents_per_segment: int = 8  # ...and one per this many extents of the map
+    checkpoint_max_segments: int = 2048  # ...stretched so far at most (replay reads each header)
     gc_live_threshold: float = 0.5  # segments under this live fraction are compacted
     # Segments smaller than this (and than a quarter of segment_max_bytes) are merged, their
     # live data rewritten in disk order, once together they make at least one segment this
@@ -131,6 +134,10 @@ class VolumeConfig:
             )
         if self.checkpoint_every_segments < 1:
             raise InvalidArgument(f"checkpoint_every_segments {self.checkpoint_every_segments} < 1")
+        if self.checkpoint_extents_per_segment < 1:
+            raise InvalidArgument(
+                f"checkpoint_extents_per_segment {self.checkpoint_extents_per_segment} < 1"
+            )
 
 
 @dataclass
@@ -389,8 +396,29 @@ def _load_state(io: _Io, disk_id: str, meta: dict[str, Any], header_read: int) -
             segments = dict(ck.segments)
         state = _State(durable, int(meta["size"]), 0, -1, set(), segments)
     present = dict(io.list(keys.segment_prefix(disk_id), keys.segment_key(disk_id, base_seq)))
+    pool = ThreadPoolExecutor(_REPLAY_AHEAD, thread_name_prefix=f"replay-{disk_id}")
+    try:
+        return _replay(io, disk_id, state, present, header_read, pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
-    def header_at(seq: int) -> SegmentHeader | None:
+
+def _replay(
+    io: _Io,
+    disk_id: str,
+    state: _State,
+    present: dict[str, int],
+    header_read: int,
+    pool: ThreadPoolExecutor,
+) -> _State:
+    """Apply the segments after the checkpoint, in log order. Their headers are fetched
+    `_REPLAY_AHEAD` at a time ahead of the one being applied: one GET after another took
+    0.8 ms per segment (2,008 segments: 1.6 s, now 0.65 s), and bounded how rarely a
+    checkpoint may be written."""
+    ahead: dict[int, Future[SegmentHeader | None]] = {}
+    next_fetch = state.seq + 1  # the first seq not asked for yet
+
+    def fetch(seq: int) -> SegmentHeader | None:
         """The header at `seq`; None for a torn (empty) object."""
         key = keys.segment_key(disk_id, seq)
         if present[key] == 0:
@@ -399,6 +427,15 @@ def _load_state(io: _Io, disk_id: str, meta: dict[str, Any], header_read: int) -
         if hdr.seq != seq or hdr.disk_id != disk_id:
             raise IntegrityError(f"segment {key}: header names {hdr.disk_id}/{hdr.seq}")
         return hdr
+
+    def header_at(seq: int) -> SegmentHeader | None:
+        """The header at `seq` (a present key); asks for the next ones, up to a gap."""
+        nonlocal next_fetch
+        while next_fetch < seq + _REPLAY_AHEAD and keys.segment_key(disk_id, next_fetch) in present:
+            ahead[next_fetch] = pool.submit(fetch, next_fetch)
+            next_fetch += 1
+        fut = ahead.pop(seq, None)  # None: asked for a second time (a torn position)
+        return fetch(seq) if fut is None else fut.result()
 
     while keys.segment_key(disk_id, state.seq + 1) in present:
         hdr = header_at(state.seq + 1)
@@ -1325,7 +1362,13 @@ class Volume:
             self.stats.segments_written += 1
             acked = True
         if acked:
-            every = self._config.checkpoint_every_segments
+            cfg = self._config
+            # A checkpoint costs CPU and bytes in proportion to the map (about 1 us and 60
+            # bytes per extent): a big map is checkpointed less often, so that its cost per
+            # segment stays bounded. Every 256 segments, a 13,000-extent map cost a 4 KiB
+            # durable write 70 us on average and made its p99.9 9-15 ms (the store's: 3.5).
+            extents = len(self._durable) // cfg.checkpoint_extents_per_segment
+            every = max(cfg.checkpoint_every_segments, min(cfg.checkpoint_max_segments, extents))
             if self._acked_seq - max(self._last_ckpt_seq, self._ckpt_asked_seq, 0) >= every:
                 self._checkpoint_due = True  # written by the committer, off the write path
                 self._ckpt_asked_seq = self._acked_seq
