@@ -39,12 +39,6 @@ from typing import NoReturn
 
 import nbdkit
 
-# A request thread waiting for the GIL while a background thread computes (a checkpoint of a
-# big map, a GC scan) waits the switch interval before it may take it: 0.5 ms, not 5, took the
-# p99.9 of 4 KiB durable writes from 6 to 5 ms and their worst case from 9-17 to 7 (the
-# store's own p99.9: 3.5 ms).
-sys.setswitchinterval(0.0005)
-
 # The plugin runs in nbdkit's embedded interpreter: make the repository and its venv importable
 # even when nbdkit was not started by blockstore/exports.py.
 _REPO = Path(__file__).resolve().parent.parent
