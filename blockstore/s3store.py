@@ -16,7 +16,6 @@ errors raise `StoreRejected`.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
@@ -79,29 +78,46 @@ class _HttpStatus(Exception):
 
 
 class _Reply:
-    """Status and headers of one curl request, filled by its header callback."""
+    """What one curl request answered. Header lines are only collected while it runs (the
+    list's own append is the callback: no Python frame per line) and read when needed."""
 
-    __slots__ = ("error_body", "etag", "length", "status")
+    __slots__ = ("error_body", "lines", "sink", "status")
 
-    def __init__(self) -> None:
+    def __init__(self, sink: Callable[[bytes], None] | None) -> None:
+        self.sink = sink
         self.status = 0
-        self.etag = ""
-        self.length = -1
+        self.lines: list[bytes] = []
         self.error_body = bytearray()
 
-    def header(self, line: bytes) -> None:
-        if line.startswith(b"HTTP/"):  # a status line starts a response (again after a 100)
+    def write(self, chunk: bytes) -> None:
+        """The body callback: a 2xx body goes to the sink, an error body is kept for its code."""
+        if not self.status:  # the headers are all in: the last status line is this body's
+            line = next(x for x in reversed(self.lines) if x.startswith(b"HTTP/"))
             self.status = int(line.split(None, 2)[1])
-            self.etag, self.length = "", -1
-            return
-        name, sep, value = line.partition(b":")
-        if not sep:
-            return
-        name = name.strip().lower()
-        if name == b"etag":
-            self.etag = value.strip().decode("latin-1").strip('"')
-        elif name == b"content-length":
-            self.length = int(value.strip())
+        if self.status < 300 and self.sink is not None:
+            self.sink(chunk)
+        elif len(self.error_body) < 65536:
+            self.error_body += chunk
+
+    def header(self, name: bytes) -> bytes | None:
+        """The value of header `name` (lower case) in the final response, if it has one."""
+        for line in reversed(self.lines):
+            if line.startswith(b"HTTP/"):  # a status line starts a response (again after a 100)
+                return None
+            key, sep, value = line.partition(b":")
+            if sep and key.strip().lower() == name:
+                return value.strip()
+        return None
+
+    @property
+    def etag(self) -> str:
+        value = self.header(b"etag")
+        return value.decode("latin-1").strip('"') if value else ""
+
+    @property
+    def length(self) -> int:
+        value = self.header(b"content-length")
+        return int(value) if value else -1
 
     def failure(self) -> _HttpStatus:
         m = _ERROR_CODE.search(self.error_body)
@@ -249,13 +265,14 @@ class S3Store(ObjectStore):
         body: bytes | None,
         sink: Callable[[bytes], None] | None,
     ) -> _Reply:
-        reply = _Reply()
+        reply = _Reply(sink)
         url = self._base + quote(self._prefix + key, safe="/-_.~")
         c.setopt(pycurl.URL, url)
         # UNSIGNED-PAYLOAD: the payload is not hashed for the signature (segments carry their
         # own checksums); "Expect:" stops curl waiting for a 100 Continue before a PUT body.
-        c.setopt(pycurl.HTTPHEADER, ["Expect:", "x-amz-content-sha256: UNSIGNED-PAYLOAD", *headers])
-        c.setopt(pycurl.HEADERFUNCTION, reply.header)
+        fixed = ["Expect:", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]
+        c.setopt(pycurl.HEADERFUNCTION, reply.lines.append)
+        c.setopt(pycurl.WRITEFUNCTION, reply.write)
         if method == "PUT":
             assert body is not None
             # The low-speed check cannot see a server that stalls after taking the body (the
@@ -263,24 +280,24 @@ class S3Store(ObjectStore):
             # the read timeout plus 1 ms per KiB of body (1 MiB/s at the least).
             cap = 1000 * self.config.read_timeout + len(body) / 1024
             c.setopt(pycurl.TIMEOUT_MS, max(1, int(cap)))
-            c.setopt(pycurl.UPLOAD, 1)
-            c.setopt(pycurl.INFILESIZE_LARGE, len(body))
-            c.setopt(pycurl.READDATA, io.BytesIO(body))
+            # The body straight from our bytes (pycurl keeps a reference, libcurl sends from
+            # it): no read callback per 64 KiB. The empty Content-Type drops POST's default.
+            c.setopt(pycurl.CUSTOMREQUEST, "PUT")
+            c.setopt(pycurl.POSTFIELDS, body)
+            fixed.append("Content-Type:")
         elif method == "HEAD":
             c.setopt(pycurl.NOBODY, 1)
         elif method == "DELETE":
             c.setopt(pycurl.CUSTOMREQUEST, "DELETE")
         else:
             c.setopt(pycurl.BUFFERSIZE, _GET_BUFFER)
-
-        def write(chunk: bytes) -> None:
-            if reply.status < 300 and sink is not None:
-                sink(chunk)
-            elif len(reply.error_body) < 65536:
-                reply.error_body += chunk
-
-        c.setopt(pycurl.WRITEFUNCTION, write)
-        c.perform()
+        c.setopt(pycurl.HTTPHEADER, fixed + headers)
+        try:
+            c.perform()
+        finally:
+            if body is not None:
+                c.setopt(pycurl.POSTFIELDS, b"")  # an idle handle must not pin a segment
+        reply.status = c.getinfo(pycurl.RESPONSE_CODE)
         if reply.status >= 300:
             raise reply.failure()
         return reply
