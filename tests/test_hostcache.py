@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from blockstore import hostcache
 from blockstore.errors import Fenced, InvalidArgument, Unavailable
 from blockstore.hostcache import HostCache, HostCacheConfig, journal_files
 from blockstore.objectstore import Buffer, MemoryStore
@@ -384,6 +385,32 @@ def test_writes_without_a_flush_reach_the_store_on_their_own(tmp_path: Path) -> 
         time.sleep(0.01)
     assert cache.dirty_bytes == 0
     assert vol.durable[8192:12288] == b"d" * 4096
+    cache.close()
+
+
+def test_the_idle_uploader_still_uploads_when_it_looks_and_when_it_sleeps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While writes come the uploader looks every upload_delay (writes do not wake it); once
+    idle it sleeps until a write wakes it. A write without a flush is uploaded either way."""
+    monkeypatch.setattr(hostcache, "_IDLE_LOOK_SECONDS", 0.3)
+    vol = ByteVolume()
+    cache = make_cache(vol, tmp_path, "readwrite", upload_delay=0.02)
+
+    def uploaded_on_its_own(data: bytes, offset: int) -> None:
+        cache.pwrite(data, offset)
+        deadline = time.monotonic() + 5
+        while cache.dirty_bytes and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert vol.durable[offset : offset + len(data)] == data
+
+    assert not cache._uploader_asleep  # a new cache's uploader starts out looking
+    uploaded_on_its_own(b"a" * 4096, 0)
+    deadline = time.monotonic() + 5
+    while not cache._uploader_asleep and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cache._uploader_asleep
+    uploaded_on_its_own(b"b" * 4096, 4096)
     cache.close()
 
 
