@@ -86,6 +86,7 @@ _volume = None
 _resize_lock = threading.Lock()
 _io = IoStats()
 _stats_stop = threading.Event()
+_stats_thread: threading.Thread | None = None
 # Set in after_fork, before nbdkit accepts any connection; callbacks use it without a check.
 _cache: HostCache = None  # type: ignore[assignment]
 
@@ -152,7 +153,7 @@ def after_fork():
     """Build store -> Volume -> HostCache. Threads (uploader, group commit) start here, after
     nbdkit forked. A journal left by a crashed process is replayed inside HostCache() before
     this returns, so nothing is served until the store holds every acknowledged write."""
-    global _store, _volume, _cache
+    global _store, _volume, _cache, _stats_thread
     from blockstore.retry import RetryConfig
     from blockstore.s3store import S3Config
     from blockstore.stack import build_store
@@ -183,17 +184,20 @@ def after_fork():
     nbdkit.debug(f"blockstore: disk {s['disk']} size {_volume.size} cache {s['cache']}")
     stats_path = os.environ.get("BLOCKSTORE_STATS_FILE")
     if stats_path:
-        threading.Thread(
+        _stats_thread = threading.Thread(
             target=_write_stats, args=(Path(stats_path),), name="stats", daemon=True
-        ).start()
+        )
+        _stats_thread.start()
 
 
 def _write_stats(path: Path, interval: float = 2.0) -> None:
-    """Every `interval` seconds, this export's counters as JSON for the API's /metrics."""
+    """Every `interval` seconds, this export's counters as JSON for the API's /metrics; once
+    more when the export stops, so the file ends with the final counts."""
     import json
 
     tmp = path.with_suffix(".tmp")
     while True:
+        stopping = _stats_stop.is_set()
         body = {
             "disk": _settings["disk"],
             "cache_mode": _settings["cache"],
@@ -208,8 +212,9 @@ def _write_stats(path: Path, interval: float = 2.0) -> None:
             tmp.replace(path)
         except OSError as exc:
             nbdkit.debug(f"blockstore: writing stats failed: {exc}")
-        if _stats_stop.wait(interval):
+        if stopping:
             return
+        _stats_stop.wait(interval)
 
 
 def _repair_source(primary):
@@ -232,8 +237,8 @@ def _repair_source(primary):
 
 
 def cleanup():
-    """Upload what is dirty and close (best effort: a journal left behind is replayed later)."""
-    _stats_stop.set()
+    """Upload what is dirty and close (best effort: a journal left behind is replayed later);
+    then the last stats snapshot."""
     if _cache is not None:
         _cache.close()
     if _volume is not None:
@@ -243,6 +248,9 @@ def cleanup():
             nbdkit.debug(f"blockstore: closing the volume failed: {exc}")
     if _store is not None:
         _store.close()
+    _stats_stop.set()
+    if _stats_thread is not None:
+        _stats_thread.join(5)
 
 
 # --- errors: the one place core errors become errno --------------------------------------------

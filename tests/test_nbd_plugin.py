@@ -1,5 +1,5 @@
 """The NBD plugin end to end: real nbdkit, real SeaweedFS, real clients (libnbd, qemu-io,
-qemu-img, fio), in every caching mode.
+qemu-img, nbdcopy, fio), in every caching mode.
 
 Names follow nbdkit's habit: test_nbd_<aspect>[mode]. Every export is started and stopped by
 the test that uses it (blockstore/exports.py), on a Unix socket under the test's tmp_path.
@@ -83,7 +83,7 @@ def test_nbd_pattern_libnbd(serve: Serve, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_nbd_qemu_io_and_qemu_img_map(serve: Serve, mode: str) -> None:
+def test_nbd_qemu_io_qemu_img_map_and_nbdcopy(serve: Serve, mode: str, tmp_path: Path) -> None:
     disk, exp = serve(mode)
     uri = exp.uri
     r = run(["qemu-io", "-f", "raw", uri, "-c", "write -P 0xab 4M 1M", "-c", "flush",
@@ -97,6 +97,22 @@ def test_nbd_qemu_io_and_qemu_img_map(serve: Serve, mode: str) -> None:
     assert covered < SIZE // 4  # holes are reported, not the whole disk as data
     assert any(s <= 4 * MiB and 5 * MiB <= s + n for s, n in data)
     exp.stop()
+    # nbdcopy skips the holes too: it reads only the data extents (counted by the plugin, whose
+    # stats file ends with the final counts), and the copy is whole.
+    stats = tmp_path / "stats.json"
+    copier = disk.export(extra_env={"BLOCKSTORE_STATS_FILE": str(stats)}).start()
+    copy = tmp_path / "copy.img"
+    r = run(["nbdcopy", copier.uri, str(copy)])
+    assert r.returncode == 0, r.stderr
+    copier.stop()
+    read = json.loads(stats.read_text())["io"]["read"]["bytes"]
+    assert MiB + 64 * 1024 <= read < SIZE // 4
+    with copy.open("rb") as f:
+        image = f.read()
+    assert len(image) == SIZE
+    assert image[4 * MiB : 5 * MiB] == b"\xab" * MiB
+    assert image[12 * MiB : 12 * MiB + 64 * 1024] == b"\xcd" * 64 * 1024
+    assert image.count(0) == SIZE - MiB - 64 * 1024
     again = reopen_uncached(disk)
     try:
         r = run(["qemu-io", "-r", "-f", "raw", again.uri, "-c", "read -P 0xab 4M 1M",
