@@ -102,9 +102,11 @@ def test_nbd_qemu_io_qemu_img_map_and_nbdcopy(serve: Serve, mode: str, tmp_path:
     stats = tmp_path / "stats.json"
     copier = disk.export(extra_env={"BLOCKSTORE_STATS_FILE": str(stats)}).start()
     copy = tmp_path / "copy.img"
-    r = run(["nbdcopy", copier.uri, str(copy)])
-    assert r.returncode == 0, r.stderr
-    copier.stop()
+    try:
+        r = run(["nbdcopy", copier.uri, str(copy)])
+        assert r.returncode == 0, r.stderr
+    finally:
+        copier.stop()
     read = json.loads(stats.read_text())["io"]["read"]["bytes"]
     assert MiB + 64 * 1024 <= read < SIZE // 4
     with copy.open("rb") as f:
