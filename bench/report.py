@@ -21,7 +21,7 @@ import argparse
 import json
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,8 @@ class Row:
     iops: float | None = None
     mbps: float | None = None
     error: str | None = None
+    # QD1 write jobs: the median of the single 4 KiB PUTs timed right before and after the job
+    adjacent_put_us: float | None = None
 
     @property
     def label(self) -> str:
@@ -123,7 +125,11 @@ def rows(raw: dict[str, Any]) -> list[Row]:
         if "error" in rec:
             out.append(Row(rec["target"], rec["workload"], rec["cache"], error=rec["error"]))
         elif "fio" in rec:
-            out.append(_from_fio(rec, flush.get(rec["workload"], False)))
+            row = _from_fio(rec, flush.get(rec["workload"], False))
+            adjacent = rec.get("put_4k_before_ns", []) + rec.get("put_4k_after_ns", [])
+            if adjacent:
+                row = replace(row, adjacent_put_us=statistics.median(adjacent) / 1000)
+            out.append(row)
         elif "ioping_ns" in rec:
             out.append(
                 _from_samples(rec["target"], rec["workload"], rec["cache"], rec["ioping_ns"], 4096)
@@ -193,18 +199,22 @@ def durability(raw: dict[str, Any]) -> dict[str, str]:
 def workload_table(raw: dict[str, Any], all_rows: list[Row], workload: str) -> str:
     kind = METRIC[workload]
     fl = floors(raw, all_rows, workload)
-    lines = [
-        "| target | cache | median | p99 | IOPS | MB/s | x file floor | x Python floor "
-        "| x store floor |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
     sfr = fl["store"]
     these = [r for r in all_rows if r.workload == workload]
+    # QD1 write jobs also compare with the PUTs timed right before and after them.
+    adjacent = any(r.adjacent_put_us for r in these)
+    head = "| target | cache | median | p99 | IOPS | MB/s | x file floor | x Python floor "
+    head += "| x store floor | x PUT next to it |" if adjacent else "| x store floor |"
+    lines = [head, "| --- | --- |" + " ---: |" * (8 if adjacent else 7)]
     for r in [*these, *([sfr] if sfr else [])]:
         if r.error:
-            lines.append(f"| {r.target} | {r.cache} | failed: {r.error[:80]} | | | | | | |")
+            empty = " |" * (7 if adjacent else 6)
+            lines.append(f"| {r.target} | {r.cache} | failed: {r.error[:80]} |{empty}")
             continue
         cells = [fmt_ratio(ratio(r, fl[k], kind)) for k in ("file", "python", "store")]
+        if adjacent:
+            next_to = r.median_us / r.adjacent_put_us if r.median_us and r.adjacent_put_us else None
+            cells.append(fmt_ratio(next_to))
         lines.append(
             f"| {r.target} | {r.cache} | {fmt_us(r.median_us)} | {fmt_us(r.p99_us)} | "
             f"{fmt_num(r.iops)} | {fmt_num(r.mbps, 1)} | {' | '.join(cells)} |"

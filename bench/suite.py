@@ -78,6 +78,7 @@ class SuiteConfig:
     ioping_count: int = 1000
     cold_ios: int = 2000  # requests of a cold random-read fio job
     store_samples: int = 400  # single 4 KiB PUTs and GETs
+    adjacent_puts: int = 100  # single 4 KiB PUTs right before and after each QD1 write job
     store_seconds: float = 8.0  # each multi-threaded store floor
     s3: S3Config | None = None  # None: start an embedded SeaweedFS
     keep_work: bool = False  # keep the temporary directory (debugging)
@@ -95,6 +96,7 @@ class SuiteConfig:
                 ioping_count=150,
                 cold_ios=300,
                 store_samples=100,
+                adjacent_puts=40,
                 store_seconds=2.0,
                 s3=s3,
             )
@@ -820,9 +822,34 @@ def _job(
         # Write back what the previous workload left dirty first, so that a write+flush job
         # does not pay for it (its time is recorded: it is what a flush after a burst costs).
         flushed = nbd_flush(exp.uri)
-        return {**fio(exp.uri, w, run.config), "flush_before_seconds": flushed}
+        if w.qd != 1:
+            return {**fio(exp.uri, w, run.config), "flush_before_seconds": flushed}
+        # A QD1 write's floor is one PUT, and this store's PUT latency drifts by up to 1.4x
+        # within a minute: time single PUTs right before and right after the job too.
+        before = put_samples(run.s3, run.config.adjacent_puts)
+        job = fio(exp.uri, w, run.config)
+        after = put_samples(run.s3, run.config.adjacent_puts)
+        return {**job, "flush_before_seconds": flushed, "put_4k_before_ns": before,
+                "put_4k_after_ns": after}  # fmt: skip
 
     return write_job
+
+
+def put_samples(s3: S3Config, n: int) -> list[int]:
+    """Nanoseconds of `n` single 4 KiB PUTs (new keys, one at a time), as the store floor's."""
+    st = S3Store(replace(s3, prefix=f"{s3.prefix}floor/adjacent/"))
+    try:
+        small = os.urandom(4 * KiB)
+        tag = os.urandom(4).hex()
+        st.put(f"{tag}-warm", small)  # the connection
+        out = []
+        for i in range(n):
+            t = time.perf_counter_ns()
+            st.put(f"{tag}-{i}", small)
+            out.append(time.perf_counter_ns() - t)
+        return out
+    finally:
+        st.close()
 
 
 def nbd_flush(uri: str) -> float:

@@ -154,3 +154,23 @@ def test_peer_table_ratios(raw: dict[str, Any]) -> None:
     )
     assert ours.mbps and peer.mbps
     assert cells[7] == report.fmt_ratio(ours.mbps / peer.mbps)  # throughput: ours / peer
+
+
+def test_qd1_writes_compare_with_the_puts_timed_next_to_them(raw: dict[str, Any]) -> None:
+    """The suite times single 4 KiB PUTs right before and after each QD1 write job; the report
+    divides the job's median by their median. (The recorded run predates those samples: the
+    test adds some to one job.)"""
+    w = "fio 4k randwrite QD1"
+    rec = next(r for r in raw["runs"] if r["workload"] == w and r["target"] == "blockstore none")
+    rec["put_4k_before_ns"] = [900_000, 1_000_000, 1_100_000]
+    rec["put_4k_after_ns"] = [1_200_000, 1_300_000]
+    rows = report.rows(raw)
+    row = next(r for r in rows if (r.target, r.workload) == ("blockstore none", w))
+    assert row.adjacent_put_us == pytest.approx(1100.0)
+    cells = _table_line(report.markdown(raw), w, "blockstore none", "-")
+    assert row.median_us is not None
+    assert cells[9] == report.fmt_ratio(row.median_us / 1100.0)
+    other = next(
+        r for r in rows if r.workload == w and r.target != "blockstore none" and r.error is None
+    )
+    assert _table_line(report.markdown(raw), w, other.target, other.cache)[9] == "-"
