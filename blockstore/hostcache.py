@@ -757,13 +757,13 @@ class HostCache:
                     self._partial[b] = ivs
                 self._resident[b] = None
             self._pending.append(rec)
+            # Wake the uploader only when it would not look by itself soon (see
+            # `_upload_loop`): each wake-up cost a write+flush pair CPU the flush needed.
+            wake = self.stats.dirty_bytes >= self.config.dirty_limit // 2
             if len(self._pending) == 1:
                 self._pending_since = time.monotonic()
-            if (
-                len(self._pending) == 1 and self._uploader_asleep
-            ) or self.stats.dirty_bytes >= self.config.dirty_limit // 2:
-                # Wake the uploader only when it would not look by itself soon (see
-                # `_upload_loop`): each wake-up cost a write+flush pair CPU the flush needed.
+                wake = wake or self._uploader_asleep
+            if wake:
                 self._cond.notify_all()
             self._make_room_locked()
         if fua:
