@@ -341,6 +341,9 @@ class _State:
     segments: dict[str, int]  # segment key -> data bytes, for every segment the map may name
     log_epoch: int = 0  # highest epoch of any segment applied so far
     fences: list[int] = field(default_factory=list)  # seq of the first segment of each epoch
+    # A writer's open: the epoch that held the log just before this writer's first fence took
+    # it (0: none). A write journal of that epoch may still be made durable; any other is stale.
+    prior_epoch: int = 0
 
     def replay(self, hdr: SegmentHeader, key: str, stats: VolumeStats) -> None:
         """Take the segment at position seq + 1 into the state: apply it, or skip it when an
@@ -615,17 +618,27 @@ class Volume:
         disk_id: str,
         *,
         writable: bool = True,
+        epoch: int | None = None,
         config: VolumeConfig | None = None,
         clock: Clock | None = None,
     ) -> Volume:
-        """Open a volume. A writable open takes a new epoch, fencing every older writer."""
+        """Open a volume. A writable open takes a new epoch, fencing every older writer.
+
+        `epoch` is the writer epoch to claim; the control plane hands out epochs from the disk
+        record (blockstore/control.py), so that only the holder the record names can fence.
+        Without it, the next free epoch is claimed (tools, tests, the detached-disk paths).
+        A given epoch that is taken already raises `Conflict`; one below an epoch already
+        claimed raises `Fenced` (a newer writer was authorised meanwhile)."""
         config = config or VolumeConfig()
         stats = VolumeStats()
         io = _Io(store, stats)
         meta = _read_meta(io, disk_id)
-        epoch = 0
+        if epoch is not None and not writable:
+            raise InvalidArgument("a read-only open claims no writer epoch")
         if writable:
-            epoch = cls._claim_epoch(io, disk_id)
+            epoch = cls._claim_epoch(io, disk_id, epoch)
+        else:
+            epoch = 0
         state = _load_state(io, disk_id, meta, config.header_read_bytes)
         if writable:
             if state.log_epoch > epoch:
@@ -694,6 +707,7 @@ class Volume:
                 assert isinstance(hdr, SegmentHeader)
                 state.replay(hdr, keys.segment_key(disk_id, state.seq + 1), io.stats)
         state.seq += 1
+        state.prior_epoch = state.log_epoch
         state.log_epoch = epoch
         state.fences.append(state.seq)
         # The rest of the window, in parallel: whatever is already there is void (it is an
@@ -709,7 +723,21 @@ class Volume:
                     state.seq += 1  # our fence, or a torn object: void either way
 
     @staticmethod
-    def _claim_epoch(io: _Io, disk_id: str) -> int:
+    def _claim_epoch(io: _Io, disk_id: str, wanted: int | None = None) -> int:
+        if wanted is not None:
+            if not 1 <= wanted <= keys.MAX_EPOCH:
+                raise InvalidArgument(f"writer epoch {wanted} is out of range")
+            try:
+                io.put(keys.epoch_key(disk_id, wanted), b"", if_none_match=True)
+            except PreconditionFailed:
+                raise Conflict(f"disk {disk_id!r}: writer epoch {wanted} is taken") from None
+            top = _top_epoch(io, disk_id)
+            if top > wanted:
+                raise Fenced(
+                    f"disk {disk_id!r}: epoch {top} was claimed before epoch {wanted} could "
+                    "take the log"
+                )
+            return wanted
         epoch = _top_epoch(io, disk_id) + 1
         for _ in range(1000):
             if epoch > keys.MAX_EPOCH:
@@ -812,6 +840,7 @@ class Volume:
         self._segments = state.segments
         self._segment_acked_at: dict[str, float] = {}  # segments this handle wrote (GC merge age)
         self._log_epoch = state.log_epoch
+        self._prior_epoch = state.prior_epoch
         self._fences = state.fences  # never deleted by GC: they keep fenced writers fenced
         self._last_ckpt_seq = state.ckpt_seq
         self._last_ckpt_refs = state.ckpt_refs
@@ -859,6 +888,22 @@ class Volume:
     @property
     def epoch(self) -> int:
         return self._epoch
+
+    @property
+    def prior_epoch(self) -> int:
+        """The epoch that held the log until this writer took it (0: none, or read-only)."""
+        return self._prior_epoch
+
+    def newer_epoch(self) -> int | None:
+        """The newest writer epoch claimed after this writer's, or None: one LIST. A newer claim
+        means the control plane authorised another writer, whose fence will stop this one."""
+        start = keys.epoch_key(self.disk_id, self._epoch)
+        newer = [
+            e
+            for key, _size in self._io.list(keys.epoch_prefix(self.disk_id), start)
+            if (e := keys.parse_epoch_key(key)) is not None and e > self._epoch
+        ]
+        return max(newer, default=None)
 
     @property
     def config(self) -> VolumeConfig:
@@ -1696,7 +1741,7 @@ class Volume:
         if not doomed:
             return
         # A superseded writer must not delete anything on the strength of a stale view.
-        if self._io.exists(keys.epoch_key(self.disk_id, self._epoch + 1)):
+        if self.newer_epoch() is not None:
             with self._lock:
                 self._fatal = Fenced(
                     f"disk {self.disk_id!r}: writer epoch {self._epoch} superseded"
