@@ -635,10 +635,7 @@ class Volume:
         meta = _read_meta(io, disk_id)
         if epoch is not None and not writable:
             raise InvalidArgument("a read-only open claims no writer epoch")
-        if writable:
-            epoch = cls._claim_epoch(io, disk_id, epoch)
-        else:
-            epoch = 0
+        epoch = cls._claim_epoch(io, disk_id, epoch) if writable else 0
         state = _load_state(io, disk_id, meta, config.header_read_bytes)
         if writable:
             if state.log_epoch > epoch:
