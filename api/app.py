@@ -17,7 +17,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 import blockstore
 from api import errors
-from api.models import NAME_PATTERN, AttachRequest, DiskCreate, DiskUpdate, SnapshotCreate
+from api.models import (
+    NAME_PATTERN,
+    AttachRequest,
+    DetachRequest,
+    DiskCreate,
+    DiskUpdate,
+    SnapshotCreate,
+)
 from blockstore.config import Settings
 from blockstore.control import ControlService, DiskSpec
 from blockstore.errors import BlockstoreError, Unauthorized, Unavailable
@@ -181,9 +188,11 @@ def create_app(context: AppContext) -> FastAPI:
         return context.service().attach(name, body.vm, force=body.force)
 
     @v1.post("/disks/{name}/detach", tags=["attachments"])
-    def detach(name: DiskName) -> dict[str, Any]:
+    def detach(name: DiskName, body: DetachRequest | None = None) -> dict[str, Any]:
+        """409 while NBD clients are connected, unless force (the guest's next I/O fails);
+        503 when acknowledged writes could not be made durable (the disk stays attached)."""
         svc = context.service()
-        return svc.describe(svc.detach(name))
+        return svc.describe(svc.detach(name, force=bool(body and body.force)))
 
     @v1.post("/disks/{name}/snapshots", tags=["snapshots"], status_code=201)
     def create_snapshot(name: DiskName, body: SnapshotCreate, response: Response) -> dict[str, Any]:

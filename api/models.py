@@ -58,5 +58,10 @@ class AttachRequest(Strict):
     force: bool = False
 
 
+class DetachRequest(Strict):
+    # True pulls the disk out from under a guest that is still connected: its next I/O fails.
+    force: bool = False
+
+
 class SnapshotCreate(Strict):
     name: Name

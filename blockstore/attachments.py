@@ -7,9 +7,19 @@ starts exports through `blockstore/exports.py`. Layout under the service home:
     <home>/cache/<volume-id>/   the host cache of a readonly/readwrite disk (journal included)
     <home>/ephemeral/<id>.img   an ephemeral (resource) disk: a sparse local file, never uploaded
 
-A supervisor thread restarts an export whose nbdkit died (a readwrite disk's journal is replayed
-before the socket accepts again, so acknowledged writes survive). Exports die with the service
-(nbdkit --exit-with-parent) and are started again when it restarts.
+Ownership (DESIGN.md, "Ownership, stated as invariants"): every export runs with the writer
+epoch its disk record issued to this host's attachment. A watcher thread looks at every export
+each `check_interval`: one whose nbdkit died, or that reports itself fenced, is restarted only
+after the control plane's `authority` has renewed the attachment in the bucket (the record still
+names this host with the epoch the export ran with; a new epoch is issued in the same record
+version). When the record names another holder, the export is stopped and forgotten, never
+restarted: a fenced host cannot take the disk back. A journal the dead export left is replayed by
+the restarted one only if its epoch still held the log (blockstore/hostcache.py).
+
+One export per disk per host at any moment: starting, stopping and restarting a disk's export
+happen under that disk's lock, and an export removes only the socket it created itself
+(blockstore/exports.py), so the socket an attach returned exists until that export is stopped.
+Exports die with the service (nbdkit --exit-with-parent) and are started again when it restarts.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,11 +37,16 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from blockstore.errors import Unavailable
+from blockstore.errors import BlockstoreError, Unavailable
 from blockstore.exports import Export, ExportConfig
+from blockstore.hostcache import journal_files, read_journal
 from blockstore.s3store import S3Config
 
 log = logging.getLogger("blockstore.exports")
+
+# Asked before a dead or fenced export is started again: the disk record with a newly issued
+# writer epoch if this host still holds the disk, else None (the export is then dropped).
+Authority = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,7 @@ class SupervisorConfig:
     retry_seconds: float = 30.0
     cache_size: str = "1G"
     check_interval: float = 1.0
+    fence_check_seconds: float = 1.0  # how often each export looks for a newer writer
     secondary: S3Config | None = None  # a grs disk that failed over is served from here
 
 
@@ -57,6 +73,10 @@ class EphemeralExport(Export):
         if c.exit_with_parent:
             cmd.append("--exit-with-parent")
         return [*cmd, "file", f"file={self.image}", "cache=none"]
+
+
+def _alive(export: Export) -> bool:
+    return export.process is not None and export.process.poll() is None
 
 
 def _size_request_path(socket: Path) -> Path:
@@ -91,14 +111,21 @@ class ExportSupervisor:
         os.chmod(self.run_dir, 0o700)
         self._exports: dict[str, Export] = {}
         self._disks: dict[str, dict[str, Any]] = {}  # the record each export was started from
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the two maps and `_disk_locks`
+        self._disk_locks: dict[str, threading.RLock] = {}
+        self.authority: Authority | None = None  # set by the control plane
         self.restarts = 0
+        self.dropped = 0  # exports stopped for good because another holder took the disk
         # nbdkit runs with --exit-with-parent, which Linux ties to the *thread* that forked it:
         # every export is started from this one long-lived thread, never from a request thread.
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-spawn")
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="export-watch", daemon=True)
         self._watcher.start()
+
+    def _disk_lock(self, name: str) -> threading.RLock:
+        with self._lock:
+            return self._disk_locks.setdefault(name, threading.RLock())
 
     def socket_of(self, disk: dict[str, Any]) -> Path:
         return self.run_dir / f"{disk['volume_id']}.sock"
@@ -130,15 +157,17 @@ class ExportSupervisor:
                     f.truncate(disk["size_bytes"])
             config = ExportConfig(disk_id=disk["volume_id"], socket=sock, s3=self.config.s3)
             return EphemeralExport(config, image)
-        caching = disk["caching"]
         config = ExportConfig(
             disk_id=disk["volume_id"],
             socket=sock,
             s3=self.s3_of(disk),
-            cache_mode=caching,
-            cache_dir=self._cache_dir_of(disk) if caching != "none" else None,
+            cache_mode=disk["caching"],
+            # In every mode: a journal an earlier export left there is dealt with first.
+            cache_dir=self._cache_dir_of(disk),
             cache_size=self.config.cache_size,
             retry_seconds=self.config.retry_seconds,
+            epoch=(disk.get("attachment") or {}).get("epoch"),
+            fence_check_seconds=self.config.fence_check_seconds,
             extra_env={
                 "BLOCKSTORE_SIZE_REQUEST": str(_size_request_path(sock)),
                 "BLOCKSTORE_STATS_FILE": str(_stats_path(sock)),
@@ -164,17 +193,34 @@ class ExportSupervisor:
         }
 
     def serve(self, disk: dict[str, Any]) -> dict[str, Any]:
+        """Serve `disk` with the writer epoch its record's attachment carries. A running export
+        of another epoch (an earlier attachment here) is stopped first, gracefully: what it
+        acknowledged becomes durable before the new epoch takes the log."""
         name = disk["name"]
-        with self._lock:
+        with self._disk_lock(name):
             current = self._exports.get(name)
-            if current is not None and current.process and current.process.poll() is None:
-                return self.details(disk)
-            export = self._make(disk)
-            self._spawner.submit(export.start).result()
-            self._exports[name] = export
-            self._disks[name] = disk
-        log.info("serving disk %s on %s (pid %d)", name, export.config.socket, export.pid)
+            if current is not None and _alive(current):
+                if current.config.epoch == (disk.get("attachment") or {}).get("epoch"):
+                    return self.details(disk)
+                self._stop_locked(name, graceful=True)
+            elif current is not None:
+                self._forget_locked(name)
+            self._start_locked(disk)
         return self.details(disk)
+
+    def _start_locked(self, disk: dict[str, Any]) -> Export:
+        export = self._make(disk)
+        self._spawner.submit(export.start).result()
+        with self._lock:
+            self._exports[disk["name"]] = export
+            self._disks[disk["name"]] = disk
+        log.info("serving disk %s on %s (pid %d)", disk["name"], export.config.socket, export.pid)
+        return export
+
+    def _forget_locked(self, name: str) -> Export | None:
+        with self._lock:
+            self._disks.pop(name, None)
+            return self._exports.pop(name, None)
 
     def details(self, disk: dict[str, Any]) -> dict[str, Any]:
         """How a hypervisor connects: NBD URI, QEMU -blockdev, libvirt <disk> XML."""
@@ -203,15 +249,28 @@ class ExportSupervisor:
         }
 
     def serving(self, disk: dict[str, Any]) -> bool:
+        """Whether an export of the disk runs here and is not fenced."""
         export = self._exports.get(disk["name"])
-        return bool(export and export.process and export.process.poll() is None)
+        return bool(export and _alive(export) and not self._fenced(export))
+
+    def clients(self, disk: dict[str, Any]) -> int:
+        """NBD clients connected to the disk's export now (0 when none runs)."""
+        export = self._exports.get(disk["name"])
+        return export.clients() if export is not None else 0
+
+    def journal_records(self, disk: dict[str, Any]) -> int:
+        """Acknowledged writes left in this host's write journal of the disk, not yet durable."""
+        cache = self._cache_dir_of(disk) / disk["volume_id"]
+        return len(read_journal(cache)) if cache.is_dir() else 0
 
     def stop(self, disk: dict[str, Any], *, graceful: bool = True) -> None:
         """Stop a disk's export: gracefully (it uploads what is dirty first), or at once when
         what it holds is to be dropped anyway (a failover away from a store that is down)."""
-        with self._lock:
-            export = self._exports.pop(disk["name"], None)
-            self._disks.pop(disk["name"], None)
+        with self._disk_lock(disk["name"]):
+            self._stop_locked(disk["name"], graceful=graceful)
+
+    def _stop_locked(self, name: str, *, graceful: bool) -> None:
+        export = self._forget_locked(name)
         if export is None:
             return
         if not graceful:
@@ -219,7 +278,7 @@ class ExportSupervisor:
             return
         status = export.stop()
         if status not in (0, None):
-            log.warning("nbdkit for %s exited with %s on stop", disk["name"], status)
+            log.warning("nbdkit for %s exited with %s on stop", name, status)
 
     def flush(self, disk: dict[str, Any]) -> None:
         """An NBD flush through the export: everything acknowledged so far becomes durable."""
@@ -259,34 +318,72 @@ class ExportSupervisor:
         """Remove what this host keeps of a disk (an ephemeral image, a host cache and its
         write journal); returns the bytes of write journal that went with it."""
         cache = self._cache_dir_of(disk)
-        journal = sum(p.stat().st_size for p in cache.rglob("journal-*"))
+        journal = 0
+        for d in (cache / disk["volume_id"], cache):
+            if d.is_dir():
+                journal += sum((d / f"journal-{n:08d}").stat().st_size for n in journal_files(d))
         self._image_of(disk).unlink(missing_ok=True)
         shutil.rmtree(cache, ignore_errors=True)
         return journal
 
+    def _fenced(self, export: Export) -> bool:
+        """The export said (in its stats file) that a newer writer took the disk."""
+        stats = self.stats_of(export)
+        return bool(stats and stats.get("fenced") and stats.get("epoch") == export.config.epoch)
+
+    def stats_of(self, export: Export) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(_stats_path(export.config.socket).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data
+
     def _watch(self) -> None:
         while not self._stop.wait(self.config.check_interval):
             with self._lock:
-                dead = [
-                    (n, e)
-                    for n, e in self._exports.items()
-                    if e.process is not None and e.process.poll() is not None
-                ]
-            for name, export in dead:
-                status = export.process.returncode if export.process else None
-                log.warning("nbdkit for disk %s died (status %s); restarting", name, status)
+                names = list(self._exports)
+            for name in names:
                 try:
-                    restarted = self._make(self._disks[name])
-                    self._spawner.submit(restarted.start).result()
-                except (Unavailable, KeyError) as exc:
-                    log.error("restarting the export of %s failed: %s", name, exc)
-                    continue
-                with self._lock:
-                    if self._exports.get(name) is export:
-                        self._exports[name] = restarted
-                        self.restarts += 1
-                    else:
-                        restarted.stop()
+                    self.check(name)
+                except Exception:  # a bug must not stop the watcher of every other disk
+                    log.exception("checking the export of %s failed", name)
+
+    def check(self, name: str) -> None:
+        """Restart the disk's export if it died or was fenced and this host still holds the
+        disk (asking the authority, which issues the new epoch); else stop and forget it."""
+        with self._disk_lock(name):
+            export = self._exports.get(name)
+            if export is None:
+                return
+            dead = not _alive(export)
+            if not dead and not self._fenced(export):
+                return
+            disk = self._disks[name]
+            try:
+                renewed = self.authority(disk) if self.authority is not None else disk
+            except BlockstoreError as exc:
+                log.warning("export of %s is down and its holder unknown: %s", name, exc)
+                return  # asked again at the next check
+            if renewed is None:
+                log.warning(
+                    "export of disk %s %s and another holder has it now: stopped, not restarted",
+                    name,
+                    "died" if dead else "was fenced",
+                )
+                self._stop_locked(name, graceful=False)
+                self.dropped += 1
+                return
+            log.warning("export of disk %s %s; restarting", name, "died" if dead else "was fenced")
+            self._stop_locked(name, graceful=False)
+            try:
+                self._start_locked(renewed)
+            except Unavailable as exc:
+                log.error("restarting the export of %s failed: %s", name, exc)
+                with self._lock:  # watched again, so the next check retries with a new epoch
+                    self._exports[name] = self._make(renewed)
+                    self._disks[name] = renewed
+                return
+            self.restarts += 1
 
     def close(self) -> None:
         """Stop watching and stop every export (their disks stay attached in the records)."""

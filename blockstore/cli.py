@@ -265,11 +265,19 @@ def disk_detach(
     url: UrlOption = None,
     token: TokenOption = None,
     home: HomeOption = None,
+    force: Annotated[
+        bool,
+        typer.Option(help="Detach even while a VM is connected (its next I/O fails)"),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Flush and detach a disk; it keeps its data."""
+    """Flush and detach a disk; it keeps its data. Refused while a VM is connected to it."""
     c = _client(url, token, home)
-    _run(lambda: c.post(f"/v1/disks/{name}/detach"), as_json, _kv(f"disk {name}"))
+    _run(
+        lambda: c.post(f"/v1/disks/{name}/detach", {"force": force}),
+        as_json,
+        _kv(f"disk {name}"),
+    )
 
 
 @disk_app.command("failover")

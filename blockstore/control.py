@@ -10,6 +10,14 @@ Records live in the bucket and nowhere else, so any number of `blockstore serve`
 serves it again. A disk's data lives under a volume id that is new for every disk, so a name
 can be reused while the objects of a deleted disk of that name are still being removed.
 
+Ownership: a disk record carries `writer_epoch`, the last writer epoch issued for it, and its
+attachment carries the epoch its export runs with. Every start of an export (attach, a restart
+after a crash, the service resuming) first creates a new record version that issues the next
+epoch, conditionally on who holds the disk; record versions are created with If-None-Match, so of
+a force-attach on one host and a restart on another exactly one wins, and the epochs the volume
+sees are ordered as the record versions are. A host that lost the disk can never fence its new
+owner (docs/format.md, "Ownership").
+
 Failure behaviour: a request that cannot be met raises from the `blockstore.errors` hierarchy
 with a message that says what to do (NotFound, Conflict, InvalidArgument); store outages raise
 Unavailable. A crash part-way leaves records that say what was under way: a disk in state
@@ -33,7 +41,7 @@ from typing import Any, Protocol
 
 from blockstore import keys, volume
 from blockstore.clock import SYSTEM_CLOCK, Clock
-from blockstore.errors import BlockstoreError, Conflict, InvalidArgument, NotFound
+from blockstore.errors import BlockstoreError, Conflict, InvalidArgument, NotFound, Unavailable
 from blockstore.objectstore import ObjectStore
 from blockstore.records import MirroredRecords, Record, Records, RecordStore
 from blockstore.replication import (
@@ -113,6 +121,12 @@ class Exports(Protocol):
     def resize(self, disk: Record, size_bytes: int) -> None: ...
 
     def serving(self, disk: Record) -> bool: ...
+
+    def clients(self, disk: Record) -> int: ...
+
+    def journal_records(self, disk: Record) -> int: ...
+
+    authority: Callable[[Record], Record | None] | None
 
     def stats(self, disk: Record) -> dict[str, Any] | None: ...
 
@@ -281,6 +295,7 @@ class ControlService:
             )
         self.operations = OperationService(store, host_id, clock)
         self._attach_lock = threading.Lock()
+        exports.authority = self.renew_attachment
 
     # -- where a disk's data lives --------------------------------------------------------
 
@@ -541,16 +556,44 @@ class ControlService:
 
     # -- attachments ---------------------------------------------------------------------
 
+    def _issue_epoch(self, name: str, holds: Callable[[Record], Record], new: Record) -> Record:
+        """Create the record version that makes `new` the attachment, with the next writer
+        epoch, if `holds(current)` accepts the current record (it raises to refuse). The epoch
+        is above the last one issued and above every epoch claimed in the disk's log (a
+        detached-disk open claims one without the record), so the export's claim of it is
+        the newest; ordering by record version orders the epochs."""
+        disk = self.get_disk(name)
+        top = 0
+        if disk["kind"] != DiskKind.ephemeral:
+            top = volume.top_epoch(self.data_store(disk), disk["volume_id"])
+
+        def change(rec: Record | None) -> Record:
+            rec = holds(self._visible(rec, name))
+            epoch = max(int(rec.get("writer_epoch") or 0), top) + 1
+            return {**rec, "writer_epoch": epoch, "attachment": {**new, "epoch": epoch}}
+
+        result = self.disks.update(name, change)
+        assert result is not None
+        return result
+
     def attach(self, name: str, vm: str, *, force: bool = False) -> Record:
-        """Attach the disk to `vm` on this host and serve it; returns the attachment."""
+        """Attach the disk to `vm` on this host and serve it; returns the attachment.
+
+        With `force`, a disk attached elsewhere is taken over: the record names this host with
+        a new writer epoch, and the export's open fences the old writer (its next commit fails;
+        its export then fails every request and is stopped by its host). If serving fails, the
+        record's attachment is put back as it was."""
         keys.validate_disk_id(vm)
         with self._attach_lock:
             disk = self.get_disk(name)
             current = disk.get("attachment")
             if current and current["vm"] == vm and current["host"] == self.host_id:
-                if not self.exports.serving(disk):
-                    return self._serve(disk)["attachment"]
-                return current
+                if self.exports.serving(disk):
+                    return dict(current)
+                renewed = self.renew_attachment(disk)
+                if renewed is None:
+                    raise Conflict(f"disk {name!r} was attached elsewhere meanwhile; try again")
+                return self._serve(renewed)["attachment"]
             if current and not force:
                 raise Conflict(
                     f"disk {name!r} is attached to VM {current['vm']!r} on host "
@@ -558,51 +601,96 @@ class ControlService:
                     "(which fences the old writer)"
                 )
             if current and current["host"] == self.host_id:
-                self.exports.stop(disk)
-            elif disk["kind"] != DiskKind.ephemeral:
-                self.exports.stop(disk)  # an export left from an earlier attachment here
-                self._drop_stale_cache(disk)
-            attachment = {
-                "vm": vm,
-                "host": self.host_id,
-                "attached_at": now_iso(self.clock),
-            }
+                self.exports.stop(disk)  # another VM of this host: its writes go first
+            attachment = {"vm": vm, "host": self.host_id, "attached_at": now_iso(self.clock)}
 
-            def change(rec: Record | None) -> Record:
-                rec = self._visible(rec, name)
+            def unchanged(rec: Record) -> Record:
                 if rec.get("attachment") != current:
                     raise Conflict(f"disk {name!r} was attached elsewhere meanwhile; try again")
-                return {**rec, "attachment": attachment}
+                return rec
 
-            disk = self.disks.update(name, change) or disk
+            disk = self._issue_epoch(name, unchanged, attachment)
             try:
                 return self._serve(disk)["attachment"]
             except BlockstoreError:
-                self._set_fields(name, attachment=None)
+                self._put_back(name, disk["attachment"]["epoch"], current)
                 raise
 
-    def _drop_stale_cache(self, disk: Record) -> None:
-        """Attaching a disk that this host was not serving: a host cache left here from an
-        earlier attachment (a crash, a detach whose flush failed) belongs to a state of the
-        disk that other writers may have moved past since. Replaying its journal would put old
-        writes on top of newer ones, so it goes."""
-        dropped = self.exports.discard_local(disk)
-        if dropped:
-            log.warning(
-                "disk %s: dropped %d bytes of stale write journal from an earlier attachment",
-                disk["name"],
-                dropped,
-            )
+    def _put_back(self, name: str, epoch: int, previous: Record | None) -> None:
+        """Undo a failed attach: the attachment it made goes, the one before comes back (the
+        issued epoch stays used). Nothing changes if someone attached meanwhile."""
+
+        def change(rec: Record | None) -> Record:
+            rec = self._visible(rec, name)
+            if (rec.get("attachment") or {}).get("epoch") != epoch:
+                return rec
+            return {**rec, "attachment": previous}
+
+        # An export that did start serves no VM yet (the attach did not return): it goes.
+        self.exports.stop({"name": name}, graceful=False)
+        with contextlib.suppress(BlockstoreError):
+            self.disks.update(name, change)
+
+    def renew_attachment(self, disk: Record) -> Record | None:
+        """Before an export of `disk` starts again (it died, it was fenced, the service
+        restarted): a new writer epoch for this host's attachment, if the record still names
+        this host and the epoch that export had; None when another holder (or none) has the
+        disk now, and the export must not come back."""
+        name, old = disk["name"], disk.get("attachment") or {}
+
+        class _NotHeld(Exception):
+            pass
+
+        def still_ours(rec: Record) -> Record:
+            att = rec.get("attachment")
+            if not att or att["host"] != self.host_id or att.get("epoch") != old.get("epoch"):
+                raise _NotHeld
+            return rec
+
+        try:
+            current = self.get_disk(name)
+            att = current.get("attachment")
+            if not att or att["host"] != self.host_id:
+                return None
+            fresh = {k: v for k, v in att.items() if k in ("vm", "host", "attached_at")}
+            return self._issue_epoch(name, still_ours, fresh)
+        except (_NotHeld, NotFound):
+            return None
 
     def _serve(self, disk: Record) -> Record:
-        """Start (or restart) this host's export of an attached disk; the new writer epoch
-        fences any older writer of the disk, wherever it runs."""
+        """Start (or restart) this host's export of an attached disk with the epoch its record
+        issued; that epoch's open fences any older writer of the disk, wherever it runs."""
         details = self.exports.serve(disk)
-        attachment = {**disk["attachment"], **details}
-        return self._set_fields(disk["name"], attachment=attachment)
+        epoch = disk["attachment"].get("epoch")
 
-    def detach(self, name: str) -> Record:
-        """Flush, stop the export, release the writer; the disk keeps its data."""
+        def change(rec: Record | None) -> Record:
+            rec = self._visible(rec, disk["name"])
+            att = rec.get("attachment") or {}
+            if att.get("host") != self.host_id or att.get("epoch") != epoch:
+                raise Conflict(f"disk {disk['name']!r} was attached elsewhere meanwhile")
+            return {**rec, "attachment": {**att, **details, "caching": disk["caching"]}}
+
+        result = self.disks.update(disk["name"], change)
+        assert result is not None
+        return result
+
+    def _serve_again(self, disk: Record) -> Record:
+        """Serve an attached disk from where its record now says its data is (after a failover
+        or failback), with a new epoch of that store."""
+        renewed = self.renew_attachment(disk)
+        if renewed is None:
+            raise Conflict(f"disk {disk['name']!r} was attached elsewhere meanwhile")
+        return self._serve(renewed)
+
+    def detach(self, name: str, *, force: bool = False) -> Record:
+        """Make everything acknowledged durable, stop the export, release the writer.
+
+        Refused (Conflict) while NBD clients are connected, unless `force`, which pulls the
+        disk out from under a running guest (its next I/O fails). Whatever mode the export
+        runs in, it is flushed through NBD before it stops (an export that died is started
+        again first, and replays its journal); the detach succeeds only when no acknowledged
+        write is left in this host's journal. Otherwise it fails and the disk stays attached
+        here, journal kept, to be detached again once the store answers."""
         with self._attach_lock:
             disk = self.get_disk(name)
             attachment = disk.get("attachment")
@@ -613,18 +701,44 @@ class ControlService:
                     f"disk {name!r} is attached on host {attachment['host']}: detach it there, "
                     "or attach it here with force: true"
                 )
-            if disk.get("caching") == Caching.readwrite:
-                # Everything acknowledged becomes durable before the export goes (in the other
-                # modes it is at acknowledgement); an export that died is started again first
-                # (it replays its journal). When that fails (the store is down), the detach
-                # fails and the disk stays attached here.
-                self.exports.serve(disk)
+            clients = self.exports.clients(disk)
+            if clients and not force:
+                raise Conflict(
+                    f"disk {name!r} is in use: {clients} NBD client(s) connected (VM "
+                    f"{attachment['vm']!r}). Shut the VM down or unplug the disk in the guest "
+                    "first; detach with force: true pulls it out from under the running guest, "
+                    "whose next I/O fails"
+                )
+            if disk["kind"] != DiskKind.ephemeral:
+                if not self.exports.serving(disk):
+                    renewed = self.renew_attachment(disk)
+                    if renewed is None:
+                        raise Conflict(f"disk {name!r} was attached elsewhere meanwhile")
+                    disk = self._serve(renewed)
                 self.exports.flush(disk)
             self.exports.stop(disk)
-            return self._set_fields(name, attachment=None)
+            if disk["kind"] != DiskKind.ephemeral:
+                left = self.exports.journal_records(disk)
+                if left:
+                    raise Unavailable(
+                        f"disk {name!r}: {left} acknowledged writes are still only in this "
+                        "host's write journal (the store did not take them): the disk stays "
+                        "attached here; detach again once the store answers"
+                    )
+
+            def change(rec: Record | None) -> Record:
+                rec = self._visible(rec, name)
+                if (rec.get("attachment") or {}).get("host") != self.host_id:
+                    raise Conflict(f"disk {name!r} was attached elsewhere meanwhile")
+                return {**rec, "attachment": None}
+
+            result = self.disks.update(name, change)
+            assert result is not None
+            return result
 
     def resume(self) -> list[str]:
-        """At start-up: serve again every disk this host had attached, finish deletes (in a
+        """At start-up: serve again every disk this host had attached (each with a newly
+        issued epoch; a disk another host took meanwhile is left alone), finish deletes (in a
         new operation; the interrupted one is marked failed)."""
         for op_id in self.operations.tidy():
             log.warning("operation %s was interrupted by a restart", op_id)
@@ -635,8 +749,13 @@ class ControlService:
                 continue
             attachment = disk.get("attachment")
             if disk.get("state") == "ready" and attachment and attachment["host"] == self.host_id:
-                self._serve(disk)
-                served.append(name)
+                try:
+                    renewed = self.renew_attachment(disk)
+                    if renewed is not None:
+                        self._serve(renewed)
+                        served.append(name)
+                except BlockstoreError as exc:
+                    log.error("disk %s is attached here but cannot be served: %s", name, exc)
         return served
 
     def disk_stats(self) -> list[tuple[str, dict[str, Any]]]:
@@ -908,7 +1027,7 @@ class ControlService:
             if self.replication is not None:
                 self.replication.forget(vid)
             if disk.get("attachment"):
-                disk = self._serve(disk)
+                disk = self._serve_again(disk)
             return disk
 
     def failback(self, name: str) -> Record:
@@ -949,7 +1068,7 @@ class ControlService:
                     self.store.delete(progress_key(vid))
                 disk = self._set_fields(name, primary="primary", failover=None)
                 if attached:
-                    self._serve(disk)
+                    self._serve_again(disk)
         finally:
             back.close()
         if self.replication is not None:

@@ -11,6 +11,10 @@ Failure behaviour: `start()` returns once the socket accepts connections (the pl
 the volume and replayed any journal by then), or raises `Unavailable` with the tail of nbdkit's
 log if it exits or does not get there in time. `stop()` sends SIGTERM (nbdkit's cleanup uploads
 what is dirty), waits, then SIGKILL. `kill()` is SIGKILL at once, as a crash (tests).
+
+One socket path serves one export at a time: `start()` takes the path over, and `stop()` and
+`kill()` remove the socket only if it is still the one this export's nbdkit created, so an
+export that stops late never takes away the socket of the export that replaced it.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class ExportConfig:
     request_timeout: float | None = None  # one S3 request (connect and read); None: S3Config's
     write_wait_seconds: float = 30.0
     readonly: bool = False
+    epoch: int | None = None  # writer epoch issued by the control plane; None: the next free one
+    fence_check_seconds: float = 1.0  # how often the plugin looks for a newer writer
     threads: int = 16
     nbdkit: str = "nbdkit"
     verbose: bool = False
@@ -77,6 +83,7 @@ class Export:
         self.config = config
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = config.log_path or Path(f"{config.socket}.log")
+        self._socket_ino: int | None = None  # the socket our nbdkit bound, once it accepts
 
     @property
     def uri(self) -> str:
@@ -104,6 +111,9 @@ class Export:
         cmd += [f"write-wait={c.write_wait_seconds:g}", f"readonly={str(c.readonly).lower()}"]
         if c.request_timeout is not None:
             cmd.append(f"request-timeout={c.request_timeout:g}")
+        if c.epoch is not None:
+            cmd.append(f"epoch={c.epoch}")
+        cmd.append(f"fence-check={c.fence_check_seconds:g}")
         if c.cache_dir is not None:
             cmd += [f"cache-dir={c.cache_dir}", f"cache-size={c.cache_size}"]
             cmd += [f"cache-block={c.cache_block}", f"dirty-limit={c.dirty_limit}"]
@@ -146,6 +156,7 @@ class Export:
                     f"{self.process.returncode}: {self.log_tail()}"
                 )
             if sock.exists() and _accepts(sock):
+                self._socket_ino = _inode(sock)
                 return self
             time.sleep(0.02)
         self.kill()
@@ -163,7 +174,7 @@ class Export:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.config.socket.unlink(missing_ok=True)
+        self._unlink_socket()
         return self.process.returncode
 
     def kill(self) -> None:
@@ -171,7 +182,20 @@ class Export:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        self.config.socket.unlink(missing_ok=True)
+        self._unlink_socket()
+
+    def _unlink_socket(self) -> None:
+        """Remove the socket if it is still ours (not one a later export bound since)."""
+        if self._socket_ino is not None and _inode(self.config.socket) == self._socket_ino:
+            self.config.socket.unlink(missing_ok=True)
+        self._socket_ino = None
+
+    def clients(self) -> int:
+        """NBD clients connected now: the accepted connections of our socket
+        (/proc/net/unix lists each under the listening socket's path, state 03)."""
+        if self._socket_ino is None or self.process is None or self.process.poll() is not None:
+            return 0
+        return connected_clients(self.config.socket)
 
     def log_tail(self, n: int = 2000) -> str:
         try:
@@ -184,6 +208,27 @@ class Export:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def connected_clients(path: Path) -> int:
+    """Connected (state 03) Unix sockets bound to `path`, but the listener: the connections a
+    server at `path` has accepted and not closed."""
+    want = str(path)
+    n = 0
+    with open("/proc/net/unix") as f:
+        next(f)  # header
+        for line in f:
+            parts = line.split(None, 7)
+            if len(parts) == 8 and parts[7].rstrip("\n") == want and parts[5] == "03":
+                n += 1
+    return n
 
 
 def _accepts(path: Path) -> bool:

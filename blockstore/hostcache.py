@@ -24,6 +24,15 @@ Failure guarantees
   volume and flushes it *before* anything is served, whatever the mode (a disk can be re-opened
   in another mode after a crash). A torn record at the tail (the crash hit mid-append, so the
   write was never acknowledged) ends the replay; every record carries CRCs of header and data.
+- A journal belongs to one writer epoch (the file ``journal.epoch``, written before any record).
+  It is replayed only when that epoch is the one the new writer took the log from
+  (``volume.prior_epoch``): nobody wrote the disk in between, so its records go on top of exactly
+  the state they were acknowledged over. Any other journal was fenced (another host, or another
+  export lifetime, wrote the disk since): replaying it would put old writes over newer ones, so
+  it is discarded and counted (``journal_discarded``). Its writes were never durable: they are the
+  writes after the last flush that readwrite may lose when the disk changes owner.
+- Fenced (``fence()``, or a ``Fenced`` from the volume): every later call fails with `Fenced`,
+  reads included, since the cache may hold bytes older than the new owner's.
 - Losing the host (the cache directory) in ``readwrite`` loses the writes after the last
   successful upload+flush; the store still holds a prefix of the writes.
 - Store errors surface as the volume raises them (`Unavailable` after the bounded retry time of
@@ -90,6 +99,15 @@ class VolumeLike(Protocol):
     @property
     def size(self) -> int: ...
 
+    @property
+    def epoch(self) -> int: ...
+
+    @property
+    def prior_epoch(self) -> int: ...
+
+    @property
+    def writable(self) -> bool: ...
+
     def readinto(self, offset: int, buf: memoryview) -> None: ...
 
     def write(self, offset: int, data: Buffer, *, durable: bool = False) -> None: ...
@@ -149,6 +167,7 @@ class HostCacheStats:
     uploads: int = 0  # journal records applied to the volume
     syncs: int = 0  # successful upload+volume.flush rounds
     replayed: int = 0  # journal records replayed at open
+    journal_discarded: int = 0  # records of a fenced epoch's journal dropped at open
     write_waits: int = 0  # writes that had to wait for dirty room
     upload_errors: int = 0  # failed upload rounds (the uploader retries)
 
@@ -253,6 +272,34 @@ class Journal:
         self._fds.clear()
 
 
+JOURNAL_EPOCH_FILE = "journal.epoch"  # the writer epoch whose acknowledgements the journal holds
+
+
+def write_journal_epoch(directory: Path, epoch: int) -> None:
+    """Say, durably and before any record exists, which writer epoch the journal belongs to."""
+    tmp = directory / (JOURNAL_EPOCH_FILE + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, f"{epoch}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, directory / JOURNAL_EPOCH_FILE)
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def read_journal_epoch(directory: Path) -> int | None:
+    """The epoch a journal belongs to; None when unknown (then it cannot be proven current)."""
+    try:
+        return int((directory / JOURNAL_EPOCH_FILE).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def journal_files(directory: Path) -> list[int]:
     out = []
     for p in directory.glob("journal-*"):
@@ -343,6 +390,7 @@ class HostCache:
         self._journal: Journal | None = None
         self._uploader: threading.Thread | None = None
         self._closed = False
+        self._fenced: Fenced | None = None  # set once: every later call fails with it
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
             # Acknowledged writes of a crashed process: into the store before anything else.
@@ -370,6 +418,7 @@ class HostCache:
         self._evict_seq = 0
         self._last_read_end = -1
         if cfg.mode == "readwrite":
+            write_journal_epoch(self.dir, volume.epoch)
             self._journal = Journal(self.dir, cfg.journal_file_size)
             self._seq = 0  # last record appended
             self._uploaded_seq = 0  # last record applied to the volume
@@ -446,6 +495,8 @@ class HostCache:
 
     def flush(self) -> None:
         """Return once every write acknowledged before the call is durable in the store."""
+        if self._fenced is not None:
+            raise self._fenced
         if self.mode == "readwrite":
             self._sync()
         else:
@@ -464,6 +515,19 @@ class HostCache:
             except BlockstoreError:
                 return [(offset, length, False)]  # "data" is always a safe answer
         return self.volume.extents(offset, length)
+
+    def fence(self, exc: Fenced) -> None:
+        """A newer writer owns the disk: fail every later call, reads included (the cache may
+        hold bytes the new owner has overwritten), and stop uploading."""
+        self._fenced = exc
+        if self.mode == "readwrite":
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+
+    @property
+    def fenced(self) -> Fenced | None:
+        return self._fenced
 
     def close(self) -> None:
         """Upload and flush what is dirty (best effort: a journal left behind is replayed at the
@@ -897,9 +961,7 @@ class HostCache:
                 self._sync()
                 delay = 0.05
             except Fenced as exc:
-                with self._cond:
-                    self._error = exc  # a newer writer owns the disk: stop for good
-                    self._cond.notify_all()
+                self.fence(exc)  # a newer writer owns the disk: stop for good
                 return
             except BlockstoreError:
                 self.stats.upload_errors += 1
@@ -909,16 +971,24 @@ class HostCache:
     # --- open / close --------------------------------------------------------------------------
 
     def _replay(self) -> None:
+        """A journal left by an earlier export: made durable if its epoch still held the log
+        when this writer took it, else discarded (see the module docstring)."""
         assert self.dir is not None
         files = journal_files(self.dir)
         if not files:
             return
         records = read_journal(self.dir)
-        for kind, offset, length, data in records:
-            self._volume_op(kind, offset, length, data, False)
-        if records:
-            self.volume.flush()
-        self.stats.replayed = len(records)
+        owner = read_journal_epoch(self.dir)
+        if records and not self.volume.writable:
+            return  # a read-only export cannot store it: it stays for the next writer
+        if records and (owner is None or owner != self.volume.prior_epoch):
+            self.stats.journal_discarded = len(records)
+        else:
+            for kind, offset, length, data in records:
+                self._volume_op(kind, offset, length, data, False)
+            if records:
+                self.volume.flush()
+            self.stats.replayed = len(records)
         for n in files:
             os.unlink(self.dir / f"journal-{n:08d}")
 
@@ -930,6 +1000,8 @@ class HostCache:
             self._fd = -1
 
     def _check(self, offset: int, length: int) -> None:
+        if self._fenced is not None:
+            raise self._fenced
         if self._closed:
             raise InvalidArgument("host cache is closed")
         if (offset | length) & (SECTOR - 1):

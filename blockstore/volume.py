@@ -1844,3 +1844,9 @@ def delete_snapshot(store: ObjectStore, disk_id: str, name: str) -> None:
         raise Conflict(f"snapshot {disk_id}/{name} is the source of clone(s) {names}")
     io.delete(key)
     io.delete(tomb)
+
+
+def top_epoch(store: ObjectStore, disk_id: str) -> int:
+    """The highest writer epoch claimed on the disk (0: none): the control plane issues the
+    next one above both this and the last it recorded."""
+    return _top_epoch(_Io(store, VolumeStats()), disk_id)

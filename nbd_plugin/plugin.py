@@ -3,7 +3,8 @@
     nbdkit --unix SOCK --foreground python nbd_plugin/plugin.py disk=ID endpoint=URL \
         bucket=B [region=R] [prefix=P] [credentials=FILE] cache=none|readonly|readwrite \
         cache-dir=DIR [cache-size=1G] [cache-block=64K] [dirty-limit=256M] [readahead=1M] \
-        [retry-seconds=30] [request-timeout=10] [write-wait=30] [readonly=false]
+        [retry-seconds=30] [request-timeout=10] [write-wait=30] [readonly=false] \
+        [epoch=N] [fence-check=1]
 
 `blockstore/exports.py` is the launcher to use; it sets PATH so that nbdkit's embedded Python
 (Debian's 3.11) finds the project's virtualenv, and hands credentials over in the environment.
@@ -16,6 +17,13 @@ is a thin call into `HostCache`; errors are mapped to errno in one place (`_fail
 Secrets never appear on the command line (so not in `ps`): the S3 keys come from
 BLOCKSTORE_S3_ACCESS_KEY / BLOCKSTORE_S3_SECRET_KEY or from a file named by `credentials=`
 (two lines `access_key=...` and `secret_key=...`, or `KEY=value` with the env names).
+
+Ownership: `epoch=` is the writer epoch the control plane issued with the disk record (without
+it the next free one is claimed). `cache-dir=` is given in every mode, because a write journal
+left there by an earlier export must be made durable (or, if its epoch was fenced, discarded)
+before this one serves anything, whatever mode it runs in. Every `fence-check` seconds a thread
+looks for a newer epoch claim; from then on every request fails with EPERM (reads too: the cache
+may hold bytes the new owner has overwritten), and so it does once a commit meets a newer fence.
 
 Multi-conn is advertised: every connection of this process shares one HostCache, and its
 flush makes every write acknowledged before it durable, whichever connection carried it.
@@ -58,6 +66,7 @@ from blockstore.errors import (  # noqa: E402
 )
 from blockstore.hostcache import HostCache, HostCacheConfig  # noqa: E402
 from blockstore.iostats import IoStats  # noqa: E402
+from blockstore.volume import Volume  # noqa: E402
 
 API_VERSION = 2
 
@@ -74,11 +83,12 @@ _settings: dict[str, str] = {
     "dirty-limit": "256M",
     "readahead": "1M",
     "readonly": "false",
+    "fence-check": "1",
 }
 _KNOWN = {
     "disk", "endpoint", "bucket", "region", "prefix", "credentials", "cache", "cache-dir",
     "cache-size", "cache-block", "dirty-limit", "readahead", "retry-seconds", "write-wait",
-    "readonly", "request-timeout",
+    "readonly", "request-timeout", "epoch", "fence-check",
 }  # fmt: skip
 
 _store = None
@@ -87,6 +97,7 @@ _resize_lock = threading.Lock()
 _io = IoStats()
 _stats_stop = threading.Event()
 _stats_thread: threading.Thread | None = None
+_fence_thread: threading.Thread | None = None
 # Set in after_fork, before nbdkit accepts any connection; callbacks use it without a check.
 _cache: HostCache = None  # type: ignore[assignment]
 
@@ -109,6 +120,13 @@ def config_complete():
     if _settings["cache"] != "none" and "cache-dir" not in _settings:
         raise RuntimeError("cache-dir= is needed unless cache=none")
     _cache_config()  # validate now, so a bad setting fails before nbdkit starts serving
+    try:
+        epoch = int(_settings.get("epoch", "1"))
+        check = float(_settings["fence-check"])
+    except ValueError as exc:
+        raise RuntimeError(f"epoch= and fence-check= must be numbers: {exc}") from None
+    if epoch < 1 or check < 0:
+        raise RuntimeError("epoch= must be a positive integer and fence-check= >= 0 seconds")
 
 
 def _cache_config() -> HostCacheConfig:
@@ -153,11 +171,10 @@ def after_fork():
     """Build store -> Volume -> HostCache. Threads (uploader, group commit) start here, after
     nbdkit forked. A journal left by a crashed process is replayed inside HostCache() before
     this returns, so nothing is served until the store holds every acknowledged write."""
-    global _store, _volume, _cache, _stats_thread
+    global _store, _volume, _cache, _stats_thread, _fence_thread
     from blockstore.retry import RetryConfig
     from blockstore.s3store import S3Config
     from blockstore.stack import build_store
-    from blockstore.volume import Volume
 
     s = _settings
     access, secret = _credentials()
@@ -178,7 +195,8 @@ def after_fork():
         s3, RetryConfig(deadline_seconds=float(s["retry-seconds"])), secondary=_repair_source(s3)
     )
     writable = s["readonly"].lower() not in ("true", "1", "yes", "on")
-    _volume = Volume.open(_store, s["disk"], writable=writable)
+    epoch = int(s["epoch"]) if "epoch" in s and writable else None
+    _volume = Volume.open(_store, s["disk"], writable=writable, epoch=epoch)
     cache_dir = Path(s["cache-dir"]) / s["disk"] if "cache-dir" in s else None
     _cache = HostCache(_volume, _cache_config(), cache_dir)
     nbdkit.debug(f"blockstore: disk {s['disk']} size {_volume.size} cache {s['cache']}")
@@ -188,6 +206,34 @@ def after_fork():
             target=_write_stats, args=(Path(stats_path),), name="stats", daemon=True
         )
         _stats_thread.start()
+    if writable and float(s["fence-check"]) > 0:
+        _fence_thread = threading.Thread(
+            target=_watch_fence,
+            args=(_volume, float(s["fence-check"])),
+            name="fence-check",
+            daemon=True,
+        )
+        _fence_thread.start()
+
+
+def _watch_fence(volume: Volume, interval: float) -> None:
+    """Stop serving as soon as a newer writer is authorised (one LIST per `interval`), rather
+    than only when a commit meets its fence: a readwrite export would otherwise go on
+    acknowledging writes into its cache and serving reads the new owner has overwritten."""
+    while not _stats_stop.wait(interval):
+        try:
+            newer = volume.newer_epoch()
+        except BlockstoreError:
+            continue  # the store is away: the commits will tell
+        if newer is not None:
+            _cache.fence(
+                Fenced(
+                    f"disk {_settings['disk']}: writer epoch {volume.epoch} was superseded by "
+                    f"epoch {newer}"
+                )
+            )
+            nbdkit.debug(f"blockstore: fenced by epoch {newer}; every request now fails")
+            return
 
 
 def _write_stats(path: Path, interval: float = 2.0) -> None:
@@ -204,6 +250,8 @@ def _write_stats(path: Path, interval: float = 2.0) -> None:
             "size": _cache.size,
             "io": _io.to_dict(),
             "cache": _cache.stats.snapshot(),
+            "epoch": _volume.epoch if _volume else None,
+            "fenced": _cache.fenced is not None,
             "volume": _volume.stats.snapshot() if _volume else {},
             "store": _store.stats.snapshot() if _store else {},
         }
@@ -258,7 +306,7 @@ def cleanup():
 _ERRNO = (
     (InvalidArgument, errno.EINVAL),
     (NotFound, errno.ENOENT),
-    (Fenced, errno.EROFS),  # a newer writer owns the disk: this export may not write again
+    (Fenced, errno.EPERM),  # a newer writer owns the disk: this export serves nothing more
     (Unavailable, errno.EIO),
     (IntegrityError, errno.EIO),
 )

@@ -40,6 +40,9 @@ class ByteVolume:
         self.durable = bytearray(size)
         self.fail = False
         self.fenced = False
+        self.writable = True
+        self.epoch = 1  # the writer epoch of this "open"; the journal is tagged with it
+        self.prior_epoch = 1  # the epoch it took the log from: replays a journal of epoch 1
         self.gate: threading.Event | None = None
         self.gate_entered = threading.Event()
         self.reads = 0
