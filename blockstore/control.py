@@ -126,6 +126,8 @@ class Exports(Protocol):
 
     def journal_records(self, disk: Record) -> int: ...
 
+    def check(self, name: str) -> None: ...
+
     authority: Callable[[Record], Record | None] | None
 
     def stats(self, disk: Record) -> dict[str, Any] | None: ...
@@ -588,12 +590,7 @@ class ControlService:
             disk = self.get_disk(name)
             current = disk.get("attachment")
             if current and current["vm"] == vm and current["host"] == self.host_id:
-                if self.exports.serving(disk):
-                    return dict(current)
-                renewed = self.renew_attachment(disk)
-                if renewed is None:
-                    raise Conflict(f"disk {name!r} was attached elsewhere meanwhile; try again")
-                return self._serve(renewed)["attachment"]
+                return dict(self._ensure_served(name)["attachment"])
             if current and not force:
                 raise Conflict(
                     f"disk {name!r} is attached to VM {current['vm']!r} on host "
@@ -674,6 +671,22 @@ class ControlService:
         assert result is not None
         return result
 
+    def _ensure_served(self, name: str) -> Record:
+        """The record of a disk attached here, once its export runs (started again with a new
+        epoch if it had died or been fenced, and this host still holds the disk)."""
+        for _ in range(3):
+            self.exports.check(name)  # waits for, or does, the watcher's restart
+            disk = self.get_disk(name)
+            if self.exports.serving(disk):
+                return disk
+            attachment = disk.get("attachment")
+            if not attachment or attachment["host"] != self.host_id:
+                break
+            renewed = self.renew_attachment(disk)
+            if renewed is not None:
+                return self._serve(renewed)
+        raise Conflict(f"disk {name!r} was attached elsewhere meanwhile")
+
     def _serve_again(self, disk: Record) -> Record:
         """Serve an attached disk from where its record now says its data is (after a failover
         or failback), with a new epoch of that store."""
@@ -710,11 +723,7 @@ class ControlService:
                     "whose next I/O fails"
                 )
             if disk["kind"] != DiskKind.ephemeral:
-                if not self.exports.serving(disk):
-                    renewed = self.renew_attachment(disk)
-                    if renewed is None:
-                        raise Conflict(f"disk {name!r} was attached elsewhere meanwhile")
-                    disk = self._serve(renewed)
+                disk = self._ensure_served(name)
                 self.exports.flush(disk)
             self.exports.stop(disk)
             if disk["kind"] != DiskKind.ephemeral:

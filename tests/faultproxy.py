@@ -12,10 +12,10 @@ Host header included, so SigV4 signatures still match) until a fault is armed:
 - ``"stall"``: hold the request until the fault is cleared (or `stall_seconds`), then forward.
 - ``"down"``: reset the connection without forwarding or answering: the store is gone.
 
-`methods` limits a fault to some HTTP methods (e.g. ``{"GET"}``), `count` to the next N matching
-requests (None: until cleared). `stats` counts what happened (also "requests" and client
-"connections"). Only the test that started it
-stops it (`close()`).
+`methods` limits a fault to some HTTP methods (e.g. ``{"GET"}``), `path` to requests whose
+path holds that text (e.g. ``"/seg/"``: the data path of a disk, not its records), `count` to
+the next N matching requests (None: until cleared). `stats` counts what happened (also
+"requests" and client "connections"). Only the test that started it stops it (`close()`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._fault: str | None = None
         self._methods: frozenset[str] | None = None
+        self._path: str | None = None
         self._count: int | None = None
         self._cleared = threading.Event()
         self._cleared.set()
@@ -72,11 +73,19 @@ class FaultProxy:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def arm(self, fault: str, *, methods: set[str] | None = None, count: int | None = None) -> None:
+    def arm(
+        self,
+        fault: str,
+        *,
+        methods: set[str] | None = None,
+        path: str | None = None,
+        count: int | None = None,
+    ) -> None:
         assert fault in FAULTS, fault
         with self._lock:
             self._fault = fault
             self._methods = frozenset(methods) if methods else None
+            self._path = path
             self._count = count
             if fault == "stall":
                 self._cleared.clear()
@@ -91,9 +100,11 @@ class FaultProxy:
         self.server.shutdown()
         self.server.server_close()
 
-    def _take(self, method: str) -> str | None:
+    def _take(self, method: str, path: str) -> str | None:
         with self._lock:
             if self._fault is None or (self._methods and method not in self._methods):
+                return None
+            if self._path is not None and self._path not in path:
                 return None
             fault = self._fault
             if self._count is not None:
@@ -107,7 +118,7 @@ class FaultProxy:
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
-        fault = self._take(h.command)
+        fault = self._take(h.command, h.path)
         self.stats["requests"] += 1
         if fault == "down":
             h.close_connection = True
