@@ -25,6 +25,7 @@ import nbd
 from blockstore.embedded import free_ports
 
 BIN = str(Path(sys.executable).parent / "blockstore")
+REPO = Path(__file__).resolve().parent.parent  # the tree under test, also in a git worktree
 TOKEN = "servehost-test-token"
 
 
@@ -53,6 +54,7 @@ class ServeHost:
             BLOCKSTORE_S3_SECRET_KEY=secret_key,
             BLOCKSTORE_API_TOKEN=TOKEN,
             BLOCKSTORE_RETRY_SECONDS=f"{retry_seconds:g}",
+            PYTHONPATH=str(REPO),
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = home.parent / f"{home.name}-serve.log"
