@@ -7,9 +7,9 @@ an NBD client sees EIO after a bounded time and never a false success.
 
 Inside an NBD request the request's own deadline (blockstore/deadline.py) bounds the call too,
 whichever comes first: a call made once it has passed raises `Unavailable` without asking the
-store, and no attempt starts and no backoff sleeps past it. The attempt in flight at the
-deadline ends within one request timeout (`S3Store`), so the request's EIO comes within its
-deadline plus one request timeout of being issued.
+store; no backoff sleeps past it, so the last attempt starts at it at the latest. The attempt
+in flight at the deadline ends within one request timeout (`S3Store`), so the request's EIO
+comes within its deadline plus one request timeout of being issued.
 
 A create-if-absent PUT whose first attempt failed in transit may have been stored anyway; the
 retry then gets 412. That is resolved here by comparing the stored object's ETag with the MD5 of
@@ -67,16 +67,18 @@ class RetryingStore(ObjectStore):
             except Unavailable as exc:
                 attempt += 1
                 now = self._clock.monotonic()
-                delay = self._rng.uniform(
-                    0, min(self.config.max_delay, self.config.base_delay * 2**attempt)
-                )
-                if now + delay >= deadline:  # the next attempt would start at or past it
+                if now >= deadline:
                     raise Unavailable(
                         f"{exc} (gave up after {attempt} attempts at the deadline, "
                         f"at most {self.config.deadline_seconds:g} s)"
                     ) from exc
+                delay = self._rng.uniform(
+                    0, min(self.config.max_delay, self.config.base_delay * 2**attempt)
+                )
                 self.stats.retries += 1
-                self._clock.sleep(delay)
+                # Never sleep past the deadline; the last attempt starts at it at the latest
+                # (giving up a whole backoff early turned a short outage into EIO).
+                self._clock.sleep(min(delay, deadline - now))
 
     def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         return self._call(lambda: self.inner.get(key, start, length))

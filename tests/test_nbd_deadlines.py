@@ -2,8 +2,10 @@
 the retry deadline plus one request timeout of being issued, and a request issued once the
 store answers again succeeds (DESIGN.md: "object store unreachable"; blockstore/deadline.py).
 
-Real parts only: the shared SeaweedFS stopped with SIGSTOP (`pause()`) and continued with
-SIGCONT (`resume()`), the plugin under nbdkit, libnbd as the client. Requests are issued on a
+Real parts only: the shared SeaweedFS stopped with SIGSTOP (`pause()`: requests hang) and
+continued with SIGCONT (`resume()`), or the fault proxy in front of it resetting every
+connection (`down`: requests fail at once and are retried), the plugin under nbdkit, libnbd as
+the client. Requests are issued on a
 schedule with libnbd's asynchronous calls, so later ones find earlier ones still waiting: a
 write joining or queued behind a PUT that started before it, a read waiting for another
 read's cache fill, a flush behind the background uploader. Every latency is measured in the
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import nbd
 import pytest
 
 from blockstore.errors import NotFound, Unavailable
+from tests.faultproxy import FaultProxy
 from tests.nbdtools import MiB, connect, create_disk, pattern, prefill
 
 RETRY = 3.0  # the export's retry-seconds: each request's deadline
@@ -146,17 +149,24 @@ def stopped_store(seaweed: Any) -> Iterator[Any]:
     seaweed.resume()  # never leave the shared store stopped, whatever happened
 
 
-def serve(seaweed: Any, tmp_path: Path, mode: str, **changes: Any) -> Any:
+def serve(
+    seaweed: Any, tmp_path: Path, mode: str, endpoint: str | None = None, **changes: Any
+) -> Any:
     disk = create_disk(seaweed.s3_config(), tmp_path, mode, SIZE, **{**DEADLINES, **changes})
     prefill(disk, COLD)
+    if endpoint is not None:
+        disk.config = replace(disk.config, s3=replace(disk.config.s3, endpoint=endpoint))
     return disk.export().start()
 
 
-def after_recovery(seaweed: Any, h: nbd.NBD, mode: str) -> None:
-    """Resume the store; as soon as it answers, a burst of writes, cold reads and a flush:
-    every one must succeed (nothing left over from the outage)."""
-    seaweed.resume()
-    wait_until_store_answers(seaweed)
+def after_recovery(seaweed: Any, h: nbd.NBD, mode: str, proxy: FaultProxy | None = None) -> None:
+    """End the outage; as soon as the store answers, a burst of writes, cold reads and a
+    flush: every one must succeed (nothing left over from the outage)."""
+    if proxy is not None:
+        proxy.clear()
+    else:
+        seaweed.resume()
+        wait_until_store_answers(seaweed)
     cold = list(COLD)
     burst: list[tuple[float, str, Start]] = [
         (0.0, "write", write(20 * MiB, pattern(50, 4096))),
@@ -170,25 +180,32 @@ def after_recovery(seaweed: Any, h: nbd.NBD, mode: str) -> None:
     assert h.pread(4096, 21 * MiB) == pattern(51, 4096)
 
 
+@pytest.mark.parametrize("outage", ["sigstop", "down"])
 def test_none_writes_and_reads_fail_in_time_then_recover(
-    stopped_store: Any, tmp_path: Path
+    stopped_store: Any, tmp_path: Path, outage: str
 ) -> None:
     seaweed = stopped_store
-    exp = serve(seaweed, tmp_path, "none")
+    proxy = FaultProxy(seaweed.endpoint) if outage == "down" else None
+    exp = serve(seaweed, tmp_path, "none", endpoint=proxy.endpoint if proxy else None)
     try:
         h = connect(exp)
         h.pwrite(pattern(1, 4096), 0)
         cold = list(COLD)
-        seaweed.pause()
+        if proxy is not None:
+            proxy.arm("down")
+        else:
+            seaweed.pause()
         schedule: list[tuple[float, str, Start]] = []
         for i, at in enumerate(STAGGER):
             schedule.append((at, f"write {i}", write(1 * MiB + i * BLOCK, pattern(10 + i, 4096))))
             schedule.append((at + 0.1, f"cold read {i}", read(cold[i % 4], 4096)))
         assert_eio_in_time(run_schedule(h, schedule))
-        after_recovery(seaweed, h, "none")
+        after_recovery(seaweed, h, "none", proxy)
         h.shutdown()
     finally:
         exp.kill()
+        if proxy is not None:
+            proxy.close()
 
 
 def test_readonly_writes_and_misses_fail_in_time_then_recover(
