@@ -39,6 +39,9 @@ Failure guarantees
   the store stack, `IntegrityError`, `Fenced`); nothing is reported as done that was not. In
   ``readwrite`` writes keep being accepted while the store is down until ``dirty_limit`` bytes are
   waiting; then a write waits ``write_wait_seconds`` for room and fails with `Unavailable`.
+- Inside an NBD request every wait here (another read's fill, dirty room, the journal applier)
+  also ends at the request's own deadline (blockstore/deadline.py), so ``write_wait_seconds``
+  longer than the deadline has no effect on a request.
   The uploader retries with backoff for ever, so I/O resumes by itself when the store returns.
 
 Block states and invariants (``readonly`` and ``readwrite``)
@@ -82,6 +85,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from blockstore import deadline as request_deadline
 from blockstore.clock import SYSTEM_CLOCK, Clock
 from blockstore.errors import BlockstoreError, Fenced, IntegrityError, InvalidArgument, Unavailable
 
@@ -509,11 +513,15 @@ class HostCache:
             return []
         if self.mode == "readwrite":
             # Holes are the volume's to tell, and it knows only the writes applied to it.
-            try:
-                with self._apply_lock:
-                    self._upload(self._seq)
-            except BlockstoreError:
+            left = request_deadline.remaining(self._clock)
+            if not self._apply_lock.acquire(timeout=-1 if left is None else max(0.0, left)):
                 return [(offset, length, False)]  # "data" is always a safe answer
+            try:
+                self._upload(self._seq)
+            except BlockstoreError:
+                return [(offset, length, False)]
+            finally:
+                self._apply_lock.release()
         return self.volume.extents(offset, length)
 
     def fence(self, exc: Fenced) -> None:
@@ -598,7 +606,10 @@ class HostCache:
                     mine = {b: threading.Event() for b in range(lo, hi) if b not in self._filling}
                     self._filling.update(mine)
             if busy is not None:
-                busy.wait(FILL_WAIT_SECONDS)  # then look again: filled, or that fill failed
+                # Then look again: filled, or that fill failed. Never past this request's
+                # deadline: the fill may have started long before it (blockstore/deadline.py).
+                left = request_deadline.check(self._clock, "cache fill of another read")
+                busy.wait(FILL_WAIT_SECONDS if left is None else min(FILL_WAIT_SECONDS, left))
                 continue
             try:
                 start = lo << shift
@@ -842,6 +853,9 @@ class HostCache:
             if self.stats.dirty_bytes and self.stats.dirty_bytes + cost > limit:
                 self.stats.write_waits += 1
                 deadline = self._clock.monotonic() + self.config.write_wait_seconds
+                left = request_deadline.remaining(self._clock)
+                if left is not None:  # and never past the request's own deadline
+                    deadline = min(deadline, self._clock.monotonic() + left)
                 self._room_waiters += 1
                 self._cond.notify_all()  # the uploader: send now
                 try:
@@ -852,7 +866,8 @@ class HostCache:
                         if left <= 0:
                             raise Unavailable(
                                 f"host cache dirty limit ({limit} bytes) reached and the store "
-                                f"did not take the data within {self.config.write_wait_seconds:g} s"
+                                "did not take the data in time (write-wait "
+                                f"{self.config.write_wait_seconds:g} s or the request's deadline)"
                             )
                         self._cond.wait(left)
                 finally:
@@ -902,8 +917,15 @@ class HostCache:
             target = self._seq
             if self._durable_seq >= target:
                 return
-        with self._apply_lock:
+        # The uploader may hold the applier while it waits for the store: wait for it no longer
+        # than this request's deadline (blockstore/deadline.py).
+        left = request_deadline.check(self._clock, "flush")
+        if not self._apply_lock.acquire(timeout=-1 if left is None else left):
+            raise Unavailable("flush: the journal applier stayed busy past the request's deadline")
+        try:
             self._upload(target)
+        finally:
+            self._apply_lock.release()
         self.volume.flush()
         assert self._journal is not None
         with self._cond:

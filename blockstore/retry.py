@@ -5,6 +5,12 @@ resets, timeouts, short bodies); `NotFound`, `PreconditionFailed` and `StoreReje
 and returned at once. Every call gives up after `deadline_seconds` and raises `Unavailable`, so
 an NBD client sees EIO after a bounded time and never a false success.
 
+Inside an NBD request the request's own deadline (blockstore/deadline.py) bounds the call too,
+whichever comes first: a call made once it has passed raises `Unavailable` without asking the
+store; no backoff sleeps past it, so the last attempt starts at it at the latest. The attempt
+in flight at the deadline ends within one request timeout (`S3Store`), so the request's EIO
+comes within its deadline plus one request timeout of being issued.
+
 A create-if-absent PUT whose first attempt failed in transit may have been stored anyway; the
 retry then gets 412. That is resolved here by comparing the stored object's ETag with the MD5 of
 our body: equal means the object is ours and the PUT succeeded.
@@ -17,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
+from blockstore import deadline as request_deadline
 from blockstore.clock import SYSTEM_CLOCK, Clock
 from blockstore.errors import NotFound, PreconditionFailed, Unavailable
 from blockstore.objectstore import Buffer, ObjectInfo, ObjectStore, etag_of
@@ -50,6 +57,9 @@ class RetryingStore(ObjectStore):
 
     def _call(self, fn: Callable[[], T]) -> T:
         deadline = self._clock.monotonic() + self.config.deadline_seconds
+        left = request_deadline.check(self._clock, "object store call not started")
+        if left is not None:
+            deadline = min(deadline, self._clock.monotonic() + left)
         attempt = 0
         while True:
             try:
@@ -57,16 +67,18 @@ class RetryingStore(ObjectStore):
             except Unavailable as exc:
                 attempt += 1
                 now = self._clock.monotonic()
+                if now >= deadline:
+                    raise Unavailable(
+                        f"{exc} (gave up after {attempt} attempts at the deadline, "
+                        f"at most {self.config.deadline_seconds:g} s)"
+                    ) from exc
                 delay = self._rng.uniform(
                     0, min(self.config.max_delay, self.config.base_delay * 2**attempt)
                 )
-                if now + delay >= deadline:
-                    raise Unavailable(
-                        f"{exc} (gave up after {attempt} attempts in "
-                        f"{self.config.deadline_seconds:g} s)"
-                    ) from exc
                 self.stats.retries += 1
-                self._clock.sleep(delay)
+                # Never sleep past the deadline; the last attempt starts at it at the latest
+                # (giving up a whole backoff early turned a short outage into EIO).
+                self._clock.sleep(min(delay, deadline - now))
 
     def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         return self._call(lambda: self.inner.get(key, start, length))

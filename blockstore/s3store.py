@@ -9,6 +9,9 @@ the MinIO SDK (its XML parsing; not on the data path). `Boto3Store` keeps the sa
 for comparison.
 
 Failure behaviour: nothing is retried here (`RetryingStore` owns retries and their deadline).
+One request takes at most the connect and read timeouts (a PUT: the read timeout plus 1 ms per
+KiB of body); inside an NBD request, also at most one read timeout past the request's deadline
+(blockstore/deadline.py).
 Transient failures (5xx, SlowDown, resets, timeouts, a body shorter than its Content-Length)
 raise `Unavailable`; 404 raises `NotFound`; 412 raises `PreconditionFailed`; access and bucket
 errors raise `StoreRejected`.
@@ -30,6 +33,8 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
+from blockstore import deadline as request_deadline
+from blockstore.clock import SYSTEM_CLOCK
 from blockstore.errors import NotFound, PreconditionFailed, StoreRejected, Unavailable
 from blockstore.objectstore import Buffer, ObjectInfo, ObjectStore, StoreStats
 
@@ -273,13 +278,22 @@ class S3Store(ObjectStore):
         fixed = ["Expect:", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]
         c.setopt(pycurl.HEADERFUNCTION, reply.lines.append)
         c.setopt(pycurl.WRITEFUNCTION, reply.write)
+        cap = None  # ms the whole request may take
         if method == "PUT":
             assert body is not None
             # The low-speed check cannot see a server that stalls after taking the body (the
             # bytes just sent keep the measured speed up): cap the whole request instead, at
             # the read timeout plus 1 ms per KiB of body (1 MiB/s at the least).
             cap = 1000 * self.config.read_timeout + len(body) / 1024
+        left = request_deadline.remaining(SYSTEM_CLOCK)
+        if left is not None:
+            # Inside an NBD request: at most one request timeout past the request's deadline
+            # (blockstore/deadline.py), whatever the body's size.
+            past = 1000 * (max(left, 0.0) + self.config.read_timeout)
+            cap = past if cap is None else min(cap, past)
+        if cap is not None:
             c.setopt(pycurl.TIMEOUT_MS, max(1, int(cap)))
+        if method == "PUT":
             # The body straight from our bytes (pycurl keeps a reference, libcurl sends from
             # it): no read callback per 64 KiB. The empty Content-Type drops POST's default.
             c.setopt(pycurl.CUSTOMREQUEST, "PUT")

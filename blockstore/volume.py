@@ -37,11 +37,16 @@ Guarantees:
 - A failed segment PUT is not retried in a loop here (`RetryingStore` below does bounded
   retries): the waiting flush/durable write gets the error, the batch stays queued and is
   re-sent on the next flush. Nothing is acknowledged that the store did not acknowledge.
+  Inside an NBD request the request's own deadline rules instead (blockstore/deadline.py): a
+  durable write or flush waits for its segments until that deadline and no longer, and a
+  transient PUT failure re-sends the batch rather than failing a request whose deadline is
+  still ahead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
 import json
 import threading
@@ -51,6 +56,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from blockstore import deadline as request_deadline
 from blockstore import keys
 from blockstore.clock import SYSTEM_CLOCK, Clock
 from blockstore.errors import (
@@ -1006,7 +1012,10 @@ class Volume:
                         _READ_PARALLEL - 1, thread_name_prefix=f"seg-get-{self.disk_id}"
                     )
                 pool = self._read_pool
-        futures = [pool.submit(self._fetch_group, g) for g in groups[1:]]
+        # Each GET carries the request's deadline along (blockstore/deadline.py): one queued
+        # behind other reads' GETs starts no attempt past it.
+        futures = [pool.submit(contextvars.copy_context().run, self._fetch_group, g)
+                   for g in groups[1:]]  # fmt: skip
         try:
             self._fetch_group(groups[0])
         finally:
@@ -1231,20 +1240,35 @@ class Volume:
 
     def _await_locked(self, target: int, my_gen: int) -> None:
         """Wait until segment `target` and all before it are acknowledged; raise the commit
-        error of a request made at or after `my_gen`."""
+        error of a request made at or after `my_gen`.
+
+        Inside an NBD request (blockstore/deadline.py) the wait ends at the request's deadline,
+        and a transient failure (`Unavailable`) of a PUT is not the request's while its deadline
+        is ahead: it asks again, so the batch is re-sent. A PUT that began before the request
+        (or before the store came back) cannot fail it; only its own deadline can."""
         while self._acked_seq < target:
             if self._fatal is not None:
                 raise self._fatal
+            left = request_deadline.remaining(self._clock)
             err = self._error
             if err is not None and self._error_gen >= my_gen:
+                if left is not None and left > 0 and isinstance(err, Unavailable):
+                    my_gen = self._request_locked(target, own_put=False)[0]
+                    continue
                 if isinstance(err, BlockstoreError):
                     raise type(err)(f"disk {self.disk_id}: segment not stored: {err}") from err
                 raise Unavailable(f"disk {self.disk_id}: segment not stored: {err!r}") from err
+            if left is not None and left <= 0:
+                last = f" (last error: {err})" if err is not None else ""
+                raise Unavailable(
+                    f"disk {self.disk_id}: segment {target} not stored by the request's "
+                    f"deadline{last}"
+                )
             if self._abandoned or (self._stopping and not self._threads_alive()):
                 raise Conflict(f"disk {self.disk_id!r} is closed")
             self._ack_waiters += 1
             try:
-                self._cv.wait()
+                self._cv.wait(left)
             finally:
                 self._ack_waiters -= 1
 

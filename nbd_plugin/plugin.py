@@ -25,6 +25,10 @@ before this one serves anything, whatever mode it runs in. Every `fence-check` s
 looks for a newer epoch claim; from then on every request fails with EPERM (reads too: the cache
 may hold bytes the new owner has overwritten), and so it does once a commit meets a newer fence.
 
+Every data call runs under its own deadline, `retry-seconds` after the call began
+(blockstore/deadline.py): a request the store cannot serve fails with EIO within that plus one
+`request-timeout`, however long the requests before it have been waiting.
+
 Multi-conn is advertised: every connection of this process shares one HostCache, and its
 flush makes every write acknowledged before it durable, whichever connection carried it.
 
@@ -56,6 +60,8 @@ _VENV_SITE = _REPO / ".venv" / "lib" / f"python{sys.version_info[0]}.{sys.versio
 if (_VENV_SITE / "site-packages").is_dir():
     site.addsitedir(str(_VENV_SITE / "site-packages"))
 
+from blockstore import deadline  # noqa: E402
+from blockstore.clock import SYSTEM_CLOCK  # noqa: E402
 from blockstore.errors import (  # noqa: E402
     BlockstoreError,
     Fenced,
@@ -93,6 +99,7 @@ _KNOWN = {
 
 _store = None
 _volume = None
+_retry_seconds = 30.0  # each data call's deadline (retry-seconds=), set in after_fork
 _resize_lock = threading.Lock()
 _io = IoStats()
 _stats_stop = threading.Event()
@@ -171,7 +178,7 @@ def after_fork():
     """Build store -> Volume -> HostCache. Threads (uploader, group commit) start here, after
     nbdkit forked. A journal left by a crashed process is replayed inside HostCache() before
     this returns, so nothing is served until the store holds every acknowledged write."""
-    global _store, _volume, _cache, _stats_thread, _fence_thread
+    global _store, _volume, _cache, _stats_thread, _fence_thread, _retry_seconds
     from blockstore.retry import RetryConfig
     from blockstore.s3store import S3Config
     from blockstore.stack import build_store
@@ -191,8 +198,9 @@ def after_fork():
         # accepts TCP connections and then never answers).
         t = float(s["request-timeout"])
         s3 = replace(s3, connect_timeout=t, read_timeout=t)
+    _retry_seconds = float(s["retry-seconds"])
     _store = build_store(
-        s3, RetryConfig(deadline_seconds=float(s["retry-seconds"])), secondary=_repair_source(s3)
+        s3, RetryConfig(deadline_seconds=_retry_seconds), secondary=_repair_source(s3)
     )
     writable = s["readonly"].lower() not in ("true", "1", "yes", "on")
     epoch = int(s["epoch"]) if "epoch" in s and writable else None
@@ -414,10 +422,16 @@ def can_extents(h):
 # --- data calls --------------------------------------------------------------------------------
 
 
+def _request():
+    """The deadline of a request issued now: `retry-seconds` from now."""
+    return deadline.scope(SYSTEM_CLOCK.monotonic() + _retry_seconds)
+
+
 def pread(h, buf, offset, flags):
     t = perf_counter()
     try:
-        _cache.pread(buf, offset)
+        with _request():
+            _cache.pread(buf, offset)
     except Exception as exc:
         _io.observe("read", 0, perf_counter() - t, ok=False)
         _fail(exc)
@@ -427,7 +441,8 @@ def pread(h, buf, offset, flags):
 def pwrite(h, buf, offset, flags):
     t = perf_counter()
     try:
-        _cache.pwrite(buf, offset, fua=bool(flags & nbdkit.FLAG_FUA))
+        with _request():
+            _cache.pwrite(buf, offset, fua=bool(flags & nbdkit.FLAG_FUA))
     except Exception as exc:
         _io.observe("write", 0, perf_counter() - t, ok=False)
         _fail(exc)
@@ -437,7 +452,8 @@ def pwrite(h, buf, offset, flags):
 def flush(h, flags):
     t = perf_counter()
     try:
-        _cache.flush()
+        with _request():
+            _cache.flush()
     except Exception as exc:
         _io.observe("flush", 0, perf_counter() - t, ok=False)
         _fail(exc)
@@ -447,7 +463,8 @@ def flush(h, flags):
 def trim(h, count, offset, flags):
     t = perf_counter()
     try:
-        _cache.trim(offset, count, fua=bool(flags & nbdkit.FLAG_FUA))
+        with _request():
+            _cache.trim(offset, count, fua=bool(flags & nbdkit.FLAG_FUA))
     except Exception as exc:
         _io.observe("trim", 0, perf_counter() - t, ok=False)
         _fail(exc)
@@ -458,10 +475,11 @@ def zero(h, count, offset, flags):
     t = perf_counter()
     try:
         fua = bool(flags & nbdkit.FLAG_FUA)
-        if flags & nbdkit.FLAG_MAY_TRIM:
-            _cache.trim(offset, count, fua=fua)
-        else:
-            _cache.zero(offset, count, fua=fua)
+        with _request():
+            if flags & nbdkit.FLAG_MAY_TRIM:
+                _cache.trim(offset, count, fua=fua)
+            else:
+                _cache.zero(offset, count, fua=fua)
     except Exception as exc:
         _io.observe("zero", 0, perf_counter() - t, ok=False)
         _fail(exc)
@@ -470,7 +488,8 @@ def zero(h, count, offset, flags):
 
 def extents(h, count, offset, flags):
     try:
-        runs = _cache.extents(offset, count)
+        with _request():
+            runs = _cache.extents(offset, count)
     except Exception as exc:
         _fail(exc)
     hole = nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO

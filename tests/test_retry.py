@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from blockstore import deadline
 from blockstore.clock import FakeClock
 from blockstore.errors import NotFound, PreconditionFailed, Unavailable
 from blockstore.faults import FaultRule, FaultyStore
@@ -64,3 +65,21 @@ def test_create_if_absent_lost_to_someone_else_still_fails() -> None:
     faulty.add(FaultRule(op="put", times=1))
     with pytest.raises(PreconditionFailed):
         store.put("seg", b"ours", if_none_match=True)
+
+
+def test_a_request_deadline_bounds_the_retries() -> None:
+    _, faulty, store, clock = make(deadline=30.0)
+    faulty.add(FaultRule(op="get", times=10**9))
+    start = clock.monotonic()
+    with deadline.scope(start + 1.0), pytest.raises(Unavailable, match="gave up"):
+        store.get("k")
+    assert clock.monotonic() - start <= 1.0
+
+
+def test_no_attempt_once_the_request_deadline_has_passed() -> None:
+    _, faulty, store, clock = make()
+    store.put("k", b"v")
+    calls = faulty.calls
+    with deadline.scope(clock.monotonic()), pytest.raises(Unavailable, match="deadline"):
+        store.get("k")
+    assert faulty.calls == calls
