@@ -19,7 +19,7 @@ import pytest
 
 from blockstore import hostcache
 from blockstore.errors import Fenced, InvalidArgument, Unavailable
-from blockstore.hostcache import HostCache, HostCacheConfig, journal_files
+from blockstore.hostcache import JOURNAL_EPOCH_FILE, HostCache, HostCacheConfig, journal_files
 from blockstore.objectstore import Buffer, MemoryStore
 
 MiB = 1 << 20
@@ -559,3 +559,56 @@ def test_readwrite_flush_joins_the_round_in_flight_or_sends_its_own_at_once(
     vol.close()
     r = Volume.open(store, "d1", writable=False)
     assert r.read(0, 8192) == b"a" * 4096 + b"b" * 4096
+
+
+def test_a_journal_of_a_fenced_epoch_is_discarded_not_replayed(tmp_path: Path) -> None:
+    """A journal is replayed only over the state it was acknowledged on: when the epoch that
+    wrote it is not the one the new writer took the log from, another writer came between."""
+    vol = ByteVolume()
+    cache = make_cache(vol, tmp_path, "readwrite")
+    vol.fail = True
+    cache.pwrite(pattern(1, 4096), 0)  # acknowledged from the journal only
+    cache.abandon()
+    vol.fail = False
+    vol.image[0:4096] = pattern(2, 4096)  # epoch 2 wrote the disk meanwhile
+    vol.epoch, vol.prior_epoch = 3, 2
+    again = make_cache(vol, tmp_path, "none")
+    assert again.stats.replayed == 0
+    assert again.stats.journal_discarded == 1
+    assert vol.image[0:4096] == pattern(2, 4096)
+    assert not journal_files(tmp_path / "cache")
+    again.close()
+
+
+def test_a_journal_without_its_epoch_is_not_trusted(tmp_path: Path) -> None:
+    vol = ByteVolume()
+    cache = make_cache(vol, tmp_path, "readwrite")
+    vol.fail = True
+    cache.pwrite(pattern(1, 4096), 0)
+    cache.abandon()
+    vol.fail = False
+    (tmp_path / "cache" / JOURNAL_EPOCH_FILE).unlink()
+    again = make_cache(vol, tmp_path, "readonly")
+    assert again.stats.journal_discarded == 1 and vol.image[0:4096] == bytes(4096)
+    again.close()
+
+
+@pytest.mark.parametrize("mode", ["none", "readonly", "readwrite"])
+def test_a_fenced_cache_fails_every_call(tmp_path: Path, mode: str) -> None:
+    vol = ByteVolume()
+    cache = make_cache(vol, tmp_path, mode)
+    cache.pwrite(pattern(1, 4096), 0)
+    cache.flush()
+    buf = bytearray(4096)
+    cache.pread(buf, 0)  # a hit from here on in the modes with a cache
+    cache.fence(Fenced("epoch 2 took the disk"))
+    for call in (
+        lambda: cache.pread(buf, 0),
+        lambda: cache.pwrite(pattern(2, 4096), 0),
+        cache.flush,
+        lambda: cache.trim(0, 4096),
+        lambda: cache.extents(0, 4096),
+    ):
+        with pytest.raises(Fenced):
+            call()
+    cache.close()
