@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ log = logging.getLogger("blockstore.exports")
 # Asked before a dead or fenced export is started again: the disk record with a newly issued
 # writer epoch if this host still holds the disk, else None (the export is then dropped).
 Authority = Callable[[dict[str, Any]], dict[str, Any] | None]
+LOST_GRACE_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,11 @@ class ExportSupervisor:
         self._disk_locks: dict[str, threading.RLock] = {}
         self.authority: Authority | None = None  # set by the control plane
         self.restarts = 0
-        self.dropped = 0  # exports stopped for good because another holder took the disk
+        self.dropped = 0  # exports stopped because another holder took the disk
+        # Disks whose export was stopped because the record named another holder, with when:
+        # asked about again for LOST_GRACE_SECONDS, since a force-attach that fails puts the
+        # record back as it was, and then this host serves the disk again.
+        self._lost: dict[str, tuple[dict[str, Any], float]] = {}
         # nbdkit runs with --exit-with-parent, which Linux ties to the *thread* that forked it:
         # every export is started from this one long-lived thread, never from a request thread.
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-spawn")
@@ -219,6 +225,7 @@ class ExportSupervisor:
 
     def _forget_locked(self, name: str) -> Export | None:
         with self._lock:
+            self._lost.pop(name, None)
             self._disks.pop(name, None)
             return self._exports.pop(name, None)
 
@@ -341,7 +348,7 @@ class ExportSupervisor:
     def _watch(self) -> None:
         while not self._stop.wait(self.config.check_interval):
             with self._lock:
-                names = list(self._exports)
+                names = list(self._exports) + list(self._lost)
             for name in names:
                 try:
                     self.check(name)
@@ -354,6 +361,7 @@ class ExportSupervisor:
         with self._disk_lock(name):
             export = self._exports.get(name)
             if export is None:
+                self._check_lost_locked(name)
                 return
             dead = not _alive(export)
             if not dead and not self._fenced(export):
@@ -372,6 +380,8 @@ class ExportSupervisor:
                 )
                 self._stop_locked(name, graceful=False)
                 self.dropped += 1
+                with self._lock:
+                    self._lost[name] = (disk, time.monotonic())
                 return
             log.warning("export of disk %s %s; restarting", name, "died" if dead else "was fenced")
             self._stop_locked(name, graceful=False)
@@ -384,6 +394,34 @@ class ExportSupervisor:
                     self._disks[name] = renewed
                 return
             self.restarts += 1
+
+    def _check_lost_locked(self, name: str) -> None:
+        """A disk this host lost: serve it again if the record names this host with the epoch
+        it had (a failed force-attach put it back); forget it after LOST_GRACE_SECONDS."""
+        with self._lock:
+            lost = self._lost.get(name)
+        if lost is None or self.authority is None:
+            return
+        disk, since = lost
+        try:
+            renewed = self.authority(disk)
+        except BlockstoreError:
+            return
+        if renewed is None:
+            if time.monotonic() - since > LOST_GRACE_SECONDS:
+                with self._lock:
+                    self._lost.pop(name, None)
+            return
+        with self._lock:
+            self._lost.pop(name, None)
+        log.warning("disk %s is attached here again (a takeover failed); serving it", name)
+        try:
+            self._start_locked(renewed)
+        except Unavailable as exc:
+            log.error("serving %s again failed: %s", name, exc)
+            with self._lock:
+                self._exports[name] = self._make(renewed)
+                self._disks[name] = renewed
 
     def close(self) -> None:
         """Stop watching and stop every export (their disks stay attached in the records)."""

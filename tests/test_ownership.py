@@ -149,6 +149,43 @@ def test_a_fenced_export_fails_every_request_and_is_stopped(
     assert hb.pread(8192, 0) == _block(b"1") + bytes(4096)
 
 
+def _serves(socket: str) -> bool:
+    try:
+        h = connect(socket)
+        h.pread(4096, 0)
+        h.shutdown()
+    except nbd.Error:
+        return False
+    return True
+
+
+def test_a_failed_force_attach_leaves_the_record_as_it_was(
+    hosts: tuple[ServeHost, ServeHost], proxy: FaultProxy
+) -> None:
+    """Item 2's failure half: a force-attach whose export cannot start (A's data path to the
+    store is away) answers 503 and leaves the record naming the old holder, never "no
+    attachment"; the old holder serves the disk on the socket it returned, with its data."""
+    a, b = hosts
+    _create(b, "os5")
+    att_b = b.ok("POST", "/v1/disks/os5/attach", {"vm": "vm-b"})
+    hb = connect(att_b["socket"])
+    hb.pwrite(_block(b"X"), 0)
+    hb.flush()
+    hb.shutdown()
+    proxy.arm("down", path="/seg/")
+    status, body = a.call("POST", "/v1/disks/os5/attach", {"vm": "vm-a", "force": True})
+    assert status == 503, body
+    proxy.clear()
+    att = b.ok("GET", "/v1/disks/os5")["attachment"]
+    assert (att["host"], att["vm"]) == (att_b["host"], "vm-b"), att
+    wait_for(lambda: _serves(att_b["socket"]), 20, "B to serve the disk again")
+    hb = connect(att_b["socket"])
+    assert hb.pread(4096, 0) == _block(b"X")
+    hb.pwrite(_block(b"Y"), 4096)
+    hb.flush()
+    hb.shutdown()
+
+
 def test_a_journal_is_dealt_with_before_a_restart_in_another_mode(
     hosts: tuple[ServeHost, ServeHost], proxy: FaultProxy
 ) -> None:
