@@ -214,6 +214,14 @@ class ExportSupervisor:
             self._start_locked(disk)
         return self.details(disk)
 
+    def watch(self, disk: dict[str, Any]) -> None:
+        """Have the watcher start the disk's export (asking the authority first), again and
+        again until it runs: for a disk attached here that could not be served now."""
+        with self._disk_lock(disk["name"]), self._lock:
+            if disk["name"] not in self._exports:
+                self._exports[disk["name"]] = self._make(disk)
+                self._disks[disk["name"]] = disk
+
     def _start_locked(self, disk: dict[str, Any]) -> Export:
         export = self._make(disk)
         self._spawner.submit(export.start).result()

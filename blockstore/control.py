@@ -128,6 +128,8 @@ class Exports(Protocol):
 
     def check(self, name: str) -> None: ...
 
+    def watch(self, disk: Record) -> None: ...
+
     authority: Callable[[Record], Record | None] | None
 
     def stats(self, disk: Record) -> dict[str, Any] | None: ...
@@ -758,13 +760,16 @@ class ControlService:
                 continue
             attachment = disk.get("attachment")
             if disk.get("state") == "ready" and attachment and attachment["host"] == self.host_id:
+                renewed: Record | None = disk
                 try:
                     renewed = self.renew_attachment(disk)
                     if renewed is not None:
                         self._serve(renewed)
                         served.append(name)
                 except BlockstoreError as exc:
-                    log.error("disk %s is attached here but cannot be served: %s", name, exc)
+                    log.error("disk %s is attached here, not served yet: %s", name, exc)
+                    if renewed is not None:
+                        self.exports.watch(renewed)  # the watcher tries again
         return served
 
     def disk_stats(self) -> list[tuple[str, dict[str, Any]]]:
