@@ -24,6 +24,7 @@ Exports die with the service (nbdkit --exit-with-parent) and are started again w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -75,6 +76,20 @@ class EphemeralExport(Export):
         if c.exit_with_parent:
             cmd.append("--exit-with-parent")
         return [*cmd, "file", f"file={self.image}", "cache=none"]
+
+
+QEMU_NODE_NAME_MAX = 31  # QEMU refuses longer node names ("Node name too long")
+
+
+def qemu_node_name(disk_name: str) -> str:
+    """A QEMU node name for the disk: `bs-<name>`, or, when that is too long, a prefix of the
+    name and a hash of all of it, so that every valid disk name (up to 63 characters) gives a
+    valid node name (a letter first, at most 31 characters) and different disks differ."""
+    node = f"bs-{disk_name}"
+    if len(node) <= QEMU_NODE_NAME_MAX:
+        return node
+    digest = hashlib.blake2s(disk_name.encode(), digest_size=4).hexdigest()
+    return f"{node[: QEMU_NODE_NAME_MAX - len(digest) - 1]}-{digest}"
 
 
 def _alive(export: Export) -> bool:
@@ -240,8 +255,10 @@ class ExportSupervisor:
     def details(self, disk: dict[str, Any]) -> dict[str, Any]:
         """How a hypervisor connects: NBD URI, QEMU -blockdev, libvirt <disk> XML."""
         name, sock = disk["name"], self.socket_of(disk)
-        node = f"bs-{name}"
-        target = "vda" if disk["kind"] == "os" else "vdb"
+        node = qemu_node_name(name)
+        target = (disk.get("attachment") or {}).get("target") or (
+            "vda" if disk["kind"] == "os" else "vdb"
+        )
         xml = (
             "<disk type='network' device='disk'>\n"
             "  <driver name='qemu' type='raw' cache='none' discard='unmap'/>\n"

@@ -27,9 +27,11 @@ Unavailable. A crash part-way leaves records that say what was under way: a disk
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import secrets
+import string
 import threading
 import traceback
 from collections.abc import Callable
@@ -601,7 +603,12 @@ class ControlService:
                 )
             if current and current["host"] == self.host_id:
                 self.exports.stop(disk)  # another VM of this host: its writes go first
-            attachment = {"vm": vm, "host": self.host_id, "attached_at": now_iso(self.clock)}
+            attachment = {
+                "vm": vm,
+                "host": self.host_id,
+                "attached_at": now_iso(self.clock),
+                "target": self._free_target(name, vm, disk["kind"]),
+            }
 
             def unchanged(rec: Record) -> Record:
                 if rec.get("attachment") != current:
@@ -614,6 +621,23 @@ class ControlService:
             except BlockstoreError:
                 self._put_back(name, disk["attachment"]["epoch"], current)
                 raise
+
+    def _free_target(self, name: str, vm: str, kind: str) -> str:
+        """The libvirt target device for a new attachment to `vm`: `vda` for an OS disk when
+        free, else the first of vdb, vdc, ... that no other disk attached to the VM has. It is
+        kept in the attachment, so it stays the same for the attachment's life."""
+        taken = {
+            (d.get("attachment") or {}).get("target")
+            for n, d in self.disks.items()
+            if n != name and (d.get("attachment") or {}).get("vm") == vm
+        }
+        letters = string.ascii_lowercase
+        candidates = itertools.chain(
+            ["vda"] if kind == DiskKind.os else [],
+            (f"vd{c}" for c in letters[1:]),
+            (f"vd{a}{b}" for a in letters for b in letters),  # as Linux names them after vdz
+        )
+        return next(t for t in candidates if t not in taken)
 
     def _put_back(self, name: str, epoch: int, previous: Record | None) -> None:
         """Undo a failed attach: the attachment it made goes, the one before comes back (the
@@ -651,7 +675,7 @@ class ControlService:
             att = current.get("attachment")
             if not att or att["host"] != self.host_id:
                 return None
-            fresh = {k: v for k, v in att.items() if k in ("vm", "host", "attached_at")}
+            fresh = {k: v for k, v in att.items() if k in ("vm", "host", "attached_at", "target")}
             return self._issue_epoch(name, still_ours, fresh)
         except (_NotHeld, NotFound):
             return None

@@ -315,3 +315,31 @@ def test_metrics_show_per_disk_io(api: Host) -> None:
     assert 'blockstore_disk_dirty_bytes{disk="m1"}' in text
     assert 'blockstore_store_requests_total{op="put"}' in text
     api("POST", "/v1/disks/m1/detach")
+
+
+def test_each_disk_of_a_vm_gets_its_own_target_and_a_valid_node_name(api: Host) -> None:
+    """libvirt refuses two disks with one target, QEMU node names over 31 characters: every
+    attachment of a VM has its own target for its life, and every valid disk name (up to 63
+    characters) gives a valid node name."""
+    long_a, long_b = "d" * 62 + "a", "d" * 62 + "b"
+    for name, kind in (("root1", "os"), (long_a, "data"), (long_b, "data"), ("extra", "data")):
+        assert api("POST", "/v1/disks", json={"name": name, "size_gib": 1, "kind": kind}).is_success
+    got = {}
+    for name in ("root1", long_a, long_b):
+        att = api("POST", f"/v1/disks/{name}/attach", json={"vm": "vm-t"}).json()
+        got[name] = att
+    assert [got[n]["target"] for n in ("root1", long_a, long_b)] == ["vda", "vdb", "vdc"]
+    nodes = set()
+    for att in got.values():
+        node = att["qemu_blockdev"].split("node-name=")[1]
+        assert len(node) <= 31 and node[0].isalpha(), node
+        assert all(c.isalnum() or c in "-_." for c in node), node
+        assert f"<target dev='{att['target']}' bus='virtio'/>" in att["libvirt_xml"]
+        nodes.add(node)
+    assert len(nodes) == 3
+    # Re-attaching (an export restart renews the epoch) keeps the target; a freed one is reused.
+    assert api("POST", f"/v1/disks/{long_a}/attach", json={"vm": "vm-t"}).json()["target"] == "vdb"
+    assert api("POST", f"/v1/disks/{long_a}/detach").status_code == 200
+    assert api("POST", "/v1/disks/extra/attach", json={"vm": "vm-t"}).json()["target"] == "vdb"
+    for name in ("root1", long_b, "extra"):
+        assert api("POST", f"/v1/disks/{name}/detach").status_code == 200
