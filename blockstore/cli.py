@@ -50,7 +50,12 @@ def serve(
     <home>/config.toml."""
     from blockstore.server import serve as run
 
-    run(load_settings(home, port))
+    try:
+        run(load_settings(home, port))
+    except BlockstoreError as exc:
+        # A configuration or store problem at start-up: one line that says what to do.
+        typer.secho(f"blockstore serve: error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from blockstore.errors import InvalidArgument
 from blockstore.retry import RetryConfig
@@ -46,6 +47,11 @@ def _s3_from(prefix: str, env: dict[str, str], file: dict[str, Any]) -> S3Config
     endpoint = pick("endpoint")
     if not endpoint:
         return None
+    url = urlsplit(str(endpoint))
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise InvalidArgument(
+            f"{prefix}_ENDPOINT must look like http(s)://host:port, not {endpoint!r}"
+        )
     access, secret = pick("access_key"), pick("secret_key")
     if not access or not secret:
         raise InvalidArgument(
@@ -72,14 +78,40 @@ def load_settings(home: Path | None = None, port: int | None = None) -> Settings
         except tomllib.TOMLDecodeError as exc:
             raise InvalidArgument(f"{config_path}: {exc}") from exc
     env = dict(os.environ)
-    retry_seconds = float(env.get("BLOCKSTORE_RETRY_SECONDS", file.get("retry_seconds", 30)))
+
+    def number(name: str, default: float, kind: type[float] | type[int], low: float) -> Any:
+        """`BLOCKSTORE_<NAME>`, else `name` in config.toml, else `default`, as `kind` >= low."""
+        var = f"BLOCKSTORE_{name.upper()}"
+        raw = env[var] if var in env else file.get(name, default)
+        where = var if var in env else f"{name} in {config_path}"
+        try:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            value = kind(raw)
+            if kind is int and value != raw and not isinstance(raw, str):
+                raise ValueError(raw)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"{where} must be a number, not {raw!r}") from None
+        if not value >= low:  # also refuses NaN
+            raise InvalidArgument(f"{where} must be at least {low:g}, not {raw!r}")
+        return value
+
+    def table(name: str) -> dict[str, Any]:
+        value = file.get(name, {})
+        if not isinstance(value, dict):
+            raise InvalidArgument(f"{config_path}: [{name}] must be a table, not {value!r}")
+        return value
+
+    port = port or number("port", DEFAULT_PORT, int, 1)
+    if port > 65535:
+        raise InvalidArgument(f"port must be 1-65535, not {port}")
     return Settings(
         home=home,
-        port=port or int(env.get("BLOCKSTORE_PORT", file.get("port", DEFAULT_PORT))),
-        s3=_s3_from("BLOCKSTORE_S3", env, file.get("s3", {})),
-        secondary=_s3_from("BLOCKSTORE_SECONDARY", env, file.get("secondary", {})),
-        retry=RetryConfig(deadline_seconds=retry_seconds),
-        rpo_seconds=float(env.get("BLOCKSTORE_RPO_SECONDS", file.get("rpo_seconds", 300))),
+        port=port,
+        s3=_s3_from("BLOCKSTORE_S3", env, table("s3")),
+        secondary=_s3_from("BLOCKSTORE_SECONDARY", env, table("secondary")),
+        retry=RetryConfig(deadline_seconds=number("retry_seconds", 30, float, 0.1)),
+        rpo_seconds=number("rpo_seconds", 300, float, 1),
     )
 
 

@@ -37,7 +37,13 @@ class Unavailable(BlockstoreError):
 
 
 class StoreRejected(BlockstoreError):
-    """The object store refused a request for good (access denied, no such bucket): not retried."""
+    """The object store refused a request for good (access denied, no such bucket): not retried.
+
+    `code` is the store's S3 error code (``NoSuchBucket``, ``AccessDenied``...), "" if none."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class IntegrityError(BlockstoreError):

@@ -143,7 +143,9 @@ def _classify(exc: BaseException, key: str) -> NoReturn:
             raise PreconditionFailed(f"object {key!r}: precondition failed") from None
         if status >= 500 or code in TRANSIENT_CODES:
             raise Unavailable(f"object store busy or failing ({status} {code}) on {key!r}") from exc
-        raise StoreRejected(f"object store refused {key!r}: {status} {code}: {message}") from exc
+        raise StoreRejected(
+            f"object store refused {key!r}: {status} {code}: {message}", code=code
+        ) from exc
     if isinstance(exc, pycurl.error):
         errno, text = exc.args if len(exc.args) == 2 else (0, str(exc))
         raise Unavailable(
@@ -215,7 +217,15 @@ class S3Store(ObjectStore):
         """Create the bucket when it is missing (embedded store and tests)."""
         try:
             if not self._client.bucket_exists(self._bucket):
-                self._client.make_bucket(self._bucket)
+                self.create_bucket()
+        except Exception as exc:
+            self._error(exc, self._bucket)
+
+    def create_bucket(self) -> None:
+        """Create the bucket (one that exists already is fine). `StoreRejected` when the
+        credentials may not create buckets."""
+        try:
+            self._client.make_bucket(self._bucket)
         except S3Error as exc:
             if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 self._error(exc, self._bucket)

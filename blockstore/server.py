@@ -22,6 +22,7 @@ from blockstore.embedded import Credentials, EmbeddedSeaweed
 from blockstore.replication import ReplicationConfig
 from blockstore.s3store import S3Config, S3Store
 from blockstore.stack import build_store
+from blockstore.storecheck import check_store
 
 log = logging.getLogger("blockstore")
 
@@ -49,6 +50,18 @@ def start_store(settings: Settings, stack: ExitStack) -> Settings:
     return settings
 
 
+def check_configured_store(settings: Settings) -> None:
+    """Before anything else uses it, check that a configured (external) store answers,
+    takes the credentials and has the bucket (created when allowed): a configuration error
+    ends the start with one line (blockstore/storecheck.py), not a traceback."""
+    if settings.s3 is None or settings.embedded:
+        return
+    log.info("checking the object store at %s, bucket %r", settings.s3.endpoint, settings.s3.bucket)
+    note = check_store(settings.s3, settings.retry.deadline_seconds)
+    if note:
+        log.info("%s", note)
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM; stop everything started here on the way out."""
     from api.app import AppContext, create_app  # the core imports no web framework at load
@@ -58,6 +71,7 @@ def serve(settings: Settings) -> None:
     token = api_token(settings.home)
     with ExitStack() as stack:
         settings = start_store(settings, stack)
+        check_configured_store(settings)
         assert settings.s3 is not None
         store = build_store(settings.s3, settings.retry)
         stack.callback(store.close)
