@@ -44,7 +44,7 @@ def status_of(exc: BlockstoreError) -> int:
     return 500
 
 
-def _body(kind: str, detail: object) -> dict[str, object]:
+def error_body(kind: str, detail: object) -> dict[str, object]:
     return {"error": kind, "detail": detail}
 
 
@@ -54,7 +54,7 @@ def install(app: FastAPI) -> None:
         status = status_of(exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return JSONResponse(
-            _body(type(exc).__name__, str(exc)), status_code=status, headers=headers
+            error_body(type(exc).__name__, str(exc)), status_code=status, headers=headers
         )
 
     @app.exception_handler(RequestValidationError)
@@ -62,13 +62,18 @@ def install(app: FastAPI) -> None:
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-            problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-        return JSONResponse(_body("InvalidArgument", "; ".join(problems)), status_code=422)
+            msg = str(err.get("msg"))
+            given = err.get("input")
+            if err.get("type") != "missing" and isinstance(given, str | int | float | bool):
+                # Say what was sent: '"1048576" (a string)' is clearer than the rule alone.
+                msg += f", got {given!r:.40} ({type(given).__name__})"
+            problems.append(f"{where}: {msg}" if where else msg)
+        return JSONResponse(error_body("InvalidArgument", "; ".join(problems)), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(
-            _body("HTTPError", exc.detail),
+            error_body("HTTPError", exc.detail),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
@@ -77,5 +82,5 @@ def install(app: FastAPI) -> None:
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
         return JSONResponse(
-            _body("InternalError", "internal error; see the server log"), status_code=500
+            error_body("InternalError", "internal error; see the server log"), status_code=500
         )

@@ -1,4 +1,8 @@
-"""Request bodies of the API: types and bounds, checked before any service code runs."""
+"""Request bodies of the API: types and bounds, checked before any service code runs.
+
+Strict: a field takes its JSON type only (`"1048576"`, `1048576.0`, `true` for a size; `1`,
+`"yes"`, `"true"` for a flag are 422, not guessed at). Enumerations take their JSON string.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,20 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from blockstore.control import GIB, Caching, DiskKind, Redundancy
 
+# pydantic matches patterns with Rust's regex engine, where `$` is the end of the text only:
+# "name\n" does not match (tests/test_api_limits.py checks it in bodies, paths and queries).
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1-63 of a-z, 0-9, '-'")]
 MAX_GIB = 64 * 1024
+# FastAPI validates a body as Python objects, where a strict enum field takes only enum
+# instances; these take the enum's string value (and nothing else: no coercion from numbers).
+KindField = Annotated[DiskKind, Field(strict=False)]
+CachingField = Annotated[Caching, Field(strict=False)]
+RedundancyField = Annotated[Redundancy, Field(strict=False)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Sized(Strict):
@@ -35,9 +46,9 @@ class Sized(Strict):
 
 class DiskCreate(Sized):
     name: Name
-    kind: DiskKind
-    caching: Caching | None = None
-    redundancy: Redundancy = Redundancy.lrs
+    kind: KindField
+    caching: CachingField | None = None
+    redundancy: RedundancyField = Redundancy.lrs
     source_snapshot: Annotated[
         str | None,
         Field(
@@ -48,9 +59,9 @@ class DiskCreate(Sized):
 
 
 class DiskUpdate(Sized):
-    caching: Caching | None = None
+    caching: CachingField | None = None
     allow_shrink: bool = False
-    redundancy: Redundancy | None = None  # a change runs as an operation (202)
+    redundancy: RedundancyField | None = None  # a change runs as an operation (202)
 
 
 class AttachRequest(Strict):

@@ -25,15 +25,18 @@ import re
 
 from blockstore.errors import InvalidArgument
 
-DISK_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-SNAPSHOT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# Whole-string matches: `$` also matches before a trailing newline ("name\n" passed), so the
+# patterns end in `\Z` (end of string), which keeps even a caller's `.match()` exact, and
+# this module uses `fullmatch`.
+DISK_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
+SNAPSHOT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
 
-_SEG_RE = re.compile(r"^disks/([a-z0-9][a-z0-9-]{0,62})/seg/([0-9a-f]{16})$")
-_CKPT_RE = re.compile(r"^disks/([a-z0-9][a-z0-9-]{0,62})/ckpt/([0-9a-f]{16})$")
-_EPOCH_RE = re.compile(r"^disks/[a-z0-9][a-z0-9-]{0,62}/epoch/([0-9a-f]{8})$")
-_SNAP_RE = re.compile(r"^disks/[a-z0-9][a-z0-9-]{0,62}/snap/([a-z0-9][a-z0-9-]{0,62})\.json$")
+_SEG_RE = re.compile(r"disks/([a-z0-9][a-z0-9-]{0,62})/seg/([0-9a-f]{16})\Z")
+_CKPT_RE = re.compile(r"disks/([a-z0-9][a-z0-9-]{0,62})/ckpt/([0-9a-f]{16})\Z")
+_EPOCH_RE = re.compile(r"disks/[a-z0-9][a-z0-9-]{0,62}/epoch/([0-9a-f]{8})\Z")
+_SNAP_RE = re.compile(r"disks/[a-z0-9][a-z0-9-]{0,62}/snap/([a-z0-9][a-z0-9-]{0,62})\.json\Z")
 _CLONE_RE = re.compile(
-    r"^disks/[a-z0-9][a-z0-9-]{0,62}/snap/([a-z0-9][a-z0-9-]{0,62})\.clones/([a-z0-9][a-z0-9-]{0,62})$"
+    r"disks/[a-z0-9][a-z0-9-]{0,62}/snap/([a-z0-9][a-z0-9-]{0,62})\.clones/([a-z0-9][a-z0-9-]{0,62})\Z"
 )
 
 CONTROL_DISKS_PREFIX = "control/disks/"
@@ -44,8 +47,8 @@ MAX_EPOCH = (1 << 32) - 1
 
 
 def validate_disk_id(disk_id: str) -> str:
-    """Return `disk_id` if it is a valid disk id (`^[a-z0-9][a-z0-9-]{0,62}$`)."""
-    if not isinstance(disk_id, str) or not DISK_ID_RE.match(disk_id):
+    """Return `disk_id` if it is a valid disk id (all of it `[a-z0-9][a-z0-9-]{0,62}`)."""
+    if not isinstance(disk_id, str) or not DISK_ID_RE.fullmatch(disk_id):
         raise InvalidArgument(
             f"invalid disk id {disk_id!r}: use 1-63 characters of a-z, 0-9 and '-', "
             "starting with a letter or digit"
@@ -55,7 +58,7 @@ def validate_disk_id(disk_id: str) -> str:
 
 def validate_snapshot_name(name: str) -> str:
     """Return `name` if it is a valid snapshot name (same rule as disk ids)."""
-    if not isinstance(name, str) or not SNAPSHOT_NAME_RE.match(name):
+    if not isinstance(name, str) or not SNAPSHOT_NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"invalid snapshot name {name!r}: use 1-63 characters of a-z, 0-9 and '-', "
             "starting with a letter or digit"
@@ -87,7 +90,7 @@ def epoch_key(disk_id: str, epoch: int) -> str:
 
 def parse_epoch_key(key: str) -> int | None:
     """The epoch of a claim key, or None if `key` is not one."""
-    m = _EPOCH_RE.match(key)
+    m = _EPOCH_RE.fullmatch(key)
     return int(m.group(1), 16) if m else None
 
 
@@ -103,7 +106,7 @@ def segment_key(disk_id: str, seq: int) -> str:
 
 def parse_segment_key(key: str) -> tuple[str, int] | None:
     """(disk id, seq), or None if `key` is not a segment key."""
-    m = _SEG_RE.match(key)
+    m = _SEG_RE.fullmatch(key)
     if not m:
         return None
     return m.group(1), int(m.group(2), 16)
@@ -119,7 +122,7 @@ def checkpoint_key(disk_id: str, seq: int) -> str:
 
 def parse_checkpoint_key(key: str) -> tuple[str, int] | None:
     """(disk id, seq), or None if `key` is not a checkpoint key."""
-    m = _CKPT_RE.match(key)
+    m = _CKPT_RE.fullmatch(key)
     if not m:
         return None
     return m.group(1), int(m.group(2), 16)
@@ -139,7 +142,7 @@ def snapshot_deleting_key(disk_id: str, name: str) -> str:
 
 def parse_snapshot_key(key: str) -> str | None:
     """The snapshot name if `key` is a snapshot record key, else None."""
-    m = _SNAP_RE.match(key)
+    m = _SNAP_RE.fullmatch(key)
     return m.group(1) if m else None
 
 
@@ -153,5 +156,5 @@ def clone_ref_key(disk_id: str, name: str, clone_id: str) -> str:
 
 def parse_clone_ref_key(key: str) -> tuple[str, str] | None:
     """(snapshot name, clone disk id) if `key` is a clone registration, else None."""
-    m = _CLONE_RE.match(key)
+    m = _CLONE_RE.fullmatch(key)
     return (m.group(1), m.group(2)) if m else None

@@ -19,6 +19,7 @@ from blockstore.attachments import ExportSupervisor, SupervisorConfig
 from blockstore.config import DEFAULT_BUCKET, Settings, api_token
 from blockstore.control import ControlService, host_id_of
 from blockstore.embedded import Credentials, EmbeddedSeaweed
+from blockstore.health import StoreProbe
 from blockstore.replication import ReplicationConfig
 from blockstore.s3store import S3Config, S3Store
 from blockstore.stack import build_store
@@ -101,7 +102,11 @@ def serve(settings: Settings) -> None:
         served = control.resume()
         if served:
             log.info("serving again the disks attached here: %s", ", ".join(served))
-        context = AppContext(settings=settings, store=store, token=token, control=control)
+        health = StoreProbe(store).start()  # /healthz answers from it, never from the store
+        stack.callback(health.close)
+        context = AppContext(
+            settings=settings, store=store, token=token, control=control, health=health
+        )
         app = create_app(context)
         log.info(
             "API on http://127.0.0.1:%d (bearer token in %s or $BLOCKSTORE_API_TOKEN)",

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from api.app import AppContext, create_app
 from blockstore.config import Settings
 from blockstore.faults import FaultRule, FaultyStore
+from blockstore.health import StoreProbe
 from blockstore.objectstore import MemoryStore
 
 TOKEN = "test-token-123"
@@ -21,8 +22,16 @@ def faulty(tmp_path: Path) -> FaultyStore:
 
 
 @pytest.fixture
-def client(tmp_path: Path, faulty: FaultyStore) -> TestClient:
-    ctx = AppContext(settings=Settings(home=tmp_path), store=faulty, token=TOKEN)
+def probe(faulty: FaultyStore) -> StoreProbe:
+    """Probed by hand (no thread), so a test decides when the store is looked at."""
+    p = StoreProbe(faulty)
+    p.probe()
+    return p
+
+
+@pytest.fixture
+def client(tmp_path: Path, faulty: FaultyStore, probe: StoreProbe) -> TestClient:
+    ctx = AppContext(settings=Settings(home=tmp_path), store=faulty, token=TOKEN, health=probe)
     return TestClient(create_app(ctx))
 
 
@@ -38,19 +47,25 @@ def test_v1_requires_the_bearer_token(client: TestClient) -> None:
     assert r.json()["version"]
 
 
-def test_healthz_reports_the_store(client: TestClient, faulty: FaultyStore) -> None:
+def test_healthz_reports_the_last_probe(
+    client: TestClient, faulty: FaultyStore, probe: StoreProbe
+) -> None:
     r = client.get("/healthz")
     assert r.status_code == 200
     assert r.json()["store"]["reachable"] is True
+    assert r.json()["store"]["age_s"] >= 0
     faulty.add(FaultRule(op="list", times=1))
+    assert client.get("/healthz").status_code == 200  # answered from the last probe
+    probe.probe()
     r = client.get("/healthz")
     assert r.status_code == 503
     assert r.json()["store"]["reachable"] is False
     assert "injected outage" in r.json()["store"]["error"]
+    probe.probe()
+    assert client.get("/healthz").status_code == 200
 
 
 def test_metrics_are_prometheus_text(client: TestClient) -> None:
-    client.get("/healthz")
     r = client.get("/metrics")
     assert r.status_code == 200
     assert 'blockstore_store_requests_total{op="list"}' in r.text
