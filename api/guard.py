@@ -114,9 +114,7 @@ class Guard:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = JSONResponse(
-            error_body(
-                "PayloadTooLarge", f"request body over the limit of {self.max_body} bytes"
-            ),
+            error_body("PayloadTooLarge", f"request body over the limit of {self.max_body} bytes"),
             status_code=413,
             headers={"Connection": "close"},
         )
