@@ -110,7 +110,14 @@ SinceOption = Annotated[
 
 
 def _client(url: str | None, token: str | None, home: Path | None) -> ApiClient:
-    return ApiClient(url=url, token=token, home=home)
+    try:
+        client = ApiClient(url=url, token=token, home=home)
+    except BlockstoreError as exc:  # no token, a malformed config.toml...
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    if client.notice:
+        typer.secho(f"note: {client.notice}", fg="yellow", err=True)
+    return client
 
 
 def _run(fn: Callable[[], Any], as_json: bool, table: Callable[[Any], None] | None = None) -> Any:
@@ -156,6 +163,8 @@ def _disk_table(disks: list[dict[str, Any]]) -> None:
 def _kv(title: str) -> Callable[[dict[str, Any]], None]:
     def show(obj: dict[str, Any]) -> None:
         t = Table(title=title, show_header=False)
+        t.add_column(no_wrap=True)
+        t.add_column(overflow="fold")  # a long value wraps onto more lines, never cut off
         for k, v in obj.items():
             t.add_row(k, json.dumps(v) if isinstance(v, dict | list) else str(v))
         Console().print(t)
@@ -260,8 +269,21 @@ def disk_attach(
     _run(
         lambda: c.post(f"/v1/disks/{name}/attach", {"vm": vm, "force": force}),
         as_json,
-        _kv(f"attachment of {name}"),
+        _whole_lines,
     )
+
+
+def _whole_lines(obj: dict[str, Any]) -> None:
+    """`key: value`, one per line, never wrapped or cut whatever the terminal's width, so a
+    URI or a -blockdev argument can be copied as printed; a multi-line value (the libvirt
+    XML) follows its key as is."""
+    for key, value in obj.items():
+        if isinstance(value, dict | list):
+            typer.echo(f"{key}: {json.dumps(value, separators=(',', ':'))}")
+        elif isinstance(value, str) and "\n" in value:
+            typer.echo(f"{key}:\n{value}")
+        else:
+            typer.echo(f"{key}: {value}")
 
 
 @disk_app.command("detach")

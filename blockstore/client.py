@@ -1,8 +1,10 @@
 """A small HTTP client of the blockstore API, used by the CLI (and handy in scripts).
 
 It finds the service and its token the way the CLI documents: flags, then
-`$BLOCKSTORE_URL` / `$BLOCKSTORE_API_TOKEN`, then the home directory (`<home>/api-token`, and the
-port from the settings). API errors come back as the core's exceptions, rebuilt from the JSON
+`$BLOCKSTORE_URL` / `$BLOCKSTORE_API_TOKEN`, then the home directory: the URL the running
+service recorded in `<home>/service.json` (blockstore/servicefile.py; a file left by a service
+that is gone is ignored, with a `notice`), else the port from the settings; the token in
+`<home>/api-token`. API errors come back as the core's exceptions, rebuilt from the JSON
 error body, so the CLI prints the server's own message.
 """
 
@@ -14,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from blockstore import servicefile
 from blockstore.config import load_settings
 from blockstore.errors import (
     BlockstoreError,
@@ -42,9 +45,13 @@ class ApiClient:
         timeout: float = 120.0,
     ) -> None:
         settings = load_settings(home)
-        self.url = (
-            url or os.environ.get("BLOCKSTORE_URL") or f"http://127.0.0.1:{settings.port}"
-        ).rstrip("/")
+        self.notice: str | None = None  # for the user: e.g. a stale service.json was ignored
+        url = url or os.environ.get("BLOCKSTORE_URL")
+        if not url:
+            url, self.notice = servicefile.find(settings.home)
+        self.url = (url or f"http://127.0.0.1:{settings.port}").rstrip("/")
+        if self.notice:
+            self.notice += f"; trying {self.url}"
         token = token or os.environ.get("BLOCKSTORE_API_TOKEN")
         if not token:
             path = settings.home / "api-token"

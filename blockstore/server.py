@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import uvicorn
 
+from blockstore import servicefile
 from blockstore.attachments import ExportSupervisor, SupervisorConfig
 from blockstore.config import DEFAULT_BUCKET, Settings, api_token
 from blockstore.control import ControlService, host_id_of
@@ -61,6 +62,12 @@ def check_configured_store(settings: Settings) -> None:
     note = check_store(settings.s3, settings.retry.deadline_seconds)
     if note:
         log.info("%s", note)
+
+
+def record_service(settings: Settings, stack: ExitStack) -> None:
+    """Write `<home>/service.json` (the URL, this pid) for the CLI, removed at a clean stop."""
+    servicefile.write(settings.home, f"http://127.0.0.1:{settings.port}")
+    stack.callback(servicefile.remove, settings.home)
 
 
 def serve(settings: Settings) -> None:
@@ -118,6 +125,7 @@ def serve(settings: Settings) -> None:
         # on to stop the exports (flushing them) before the store they flush to.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: None)
+        record_service(settings, stack)
         uvicorn.run(
             app, host="127.0.0.1", port=settings.port, log_level="warning", access_log=False
         )
