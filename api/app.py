@@ -46,7 +46,7 @@ class AppContext:
     store: ObjectStore
     token: str
     control: ControlService | None = None
-    health: StoreProbe | None = None  # None: create_app starts one on `store`
+    health: StoreProbe | None = None  # None: create_app makes one on `store`
 
     def service(self) -> ControlService:
         if self.control is None:
@@ -66,8 +66,8 @@ def create_app(context: AppContext) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(Guard, token=context.token)  # the token before any body is read
-    if context.health is None:
-        context.health = StoreProbe(context.store).start()
+    if context.health is None:  # started at the first /healthz (`blockstore serve` starts it)
+        context.health = StoreProbe(context.store)
     probe = context.health
     registry = CollectorRegistry()
     registry.register(StoreCollector(context.store))
@@ -87,7 +87,7 @@ def create_app(context: AppContext) -> FastAPI:
     async def healthz() -> JSONResponse:
         """Whether the object store answered the last background probe (every few seconds),
         how fast, and how long ago (`age_s`). Never waits for the store."""
-        h = probe.health()
+        h = probe.start().health()
         body = {
             "status": "ok" if h.reachable else "degraded",
             "store": {

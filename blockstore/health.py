@@ -41,7 +41,7 @@ class StoreProbe:
         self,
         store: ObjectStore,
         *,
-        interval: float = 5.0,
+        interval: float | None = 5.0,  # None: only explicit probe() calls (tests)
         timeout: float = 3.0,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
@@ -76,13 +76,14 @@ class StoreProbe:
     def start(self) -> StoreProbe:
         """Start probing in the background (the first probe at once); idempotent."""
         with self._lock:
-            if self._thread is not None:
+            if self._thread is not None or self.interval is None:
                 return self
             self._thread = threading.Thread(target=self._run, name="store-probe", daemon=True)
         self._thread.start()
         return self
 
     def _run(self) -> None:
+        assert self.interval is not None
         while not self._stop.is_set():
             self.probe()
             self._stop.wait(self.interval)

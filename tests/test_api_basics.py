@@ -24,7 +24,7 @@ def faulty(tmp_path: Path) -> FaultyStore:
 @pytest.fixture
 def probe(faulty: FaultyStore) -> StoreProbe:
     """Probed by hand (no thread), so a test decides when the store is looked at."""
-    p = StoreProbe(faulty)
+    p = StoreProbe(faulty, interval=None)
     p.probe()
     return p
 
