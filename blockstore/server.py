@@ -9,6 +9,7 @@ embedded store also gets PR_SET_PDEATHSIG, so even a `kill -9` of this process l
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from contextlib import ExitStack
 from dataclasses import replace
@@ -64,6 +65,12 @@ def check_configured_store(settings: Settings) -> None:
         log.info("%s", note)
 
 
+def claim_home(settings: Settings, stack: ExitStack) -> None:
+    """One service per home (blockstore/servicefile.py): refuse to start beside another."""
+    fd = servicefile.claim(settings.home)
+    stack.callback(os.close, fd)
+
+
 def record_service(settings: Settings, stack: ExitStack) -> None:
     """Write `<home>/service.json` (the URL, this pid) for the CLI, removed at a clean stop."""
     servicefile.write(settings.home, f"http://127.0.0.1:{settings.port}")
@@ -78,6 +85,7 @@ def serve(settings: Settings) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
     token = api_token(settings.home)
     with ExitStack() as stack:
+        claim_home(settings, stack)
         settings = start_store(settings, stack)
         check_configured_store(settings)
         assert settings.s3 is not None

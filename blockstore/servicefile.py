@@ -1,4 +1,5 @@
-"""`<home>/service.json`: where the running service listens, for the CLI on the same host.
+"""`<home>/service.json`: where the running service listens, for the CLI on the same host;
+`<home>/service.lock`: one service per home.
 
 The contract between `blockstore serve` (the writer) and the CLI (the reader), defined once:
 
@@ -8,19 +9,27 @@ The service writes it at start (mode 0600, replaced atomically) and removes it a
 A service that was killed leaves it behind: the reader then finds the pid gone (or reused by
 another process: `pid_started`, the process's start time in clock ticks since boot from
 /proc/<pid>/stat, no longer matches) and ignores the file with a notice saying so.
+
+Two services on one home would be one host twice (the same host id, the same sockets and
+caches), each serving the disks attached "here". So the service holds an exclusive `flock` on
+`service.lock` for its whole life; the kernel drops it when the process ends, `kill -9`
+included, so a dead service never blocks the next one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import blockstore
+from blockstore.errors import InvalidArgument
 
 FILE_NAME = "service.json"
+LOCK_NAME = "service.lock"
 
 
 @dataclass(frozen=True)
@@ -119,3 +128,21 @@ def find(home: Path) -> tuple[str | None, str | None]:
             f"{record.url}) is not running any more"
         )
     return record.url, None
+
+
+def claim(home: Path) -> int:
+    """Take the home for this process: an exclusive lock on `<home>/service.lock`, held
+    until the returned descriptor is closed or the process ends. `InvalidArgument` (naming
+    the service that runs) when another process holds it."""
+    fd = os.open(home / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by children
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        url, _ = find(home)
+        raise InvalidArgument(
+            f"another blockstore serve already runs with home {home}"
+            + (f" (at {url})" if url else "")
+            + ": stop it first, or give this one its own --home"
+        ) from None
+    return fd

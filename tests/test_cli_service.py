@@ -35,6 +35,7 @@ class Service:
     one it generates into the home (no $BLOCKSTORE_API_TOKEN)."""
 
     def __init__(self, seaweed: SeaweedServer, home: Path) -> None:
+        self.seaweed = seaweed
         self.home = home
         self.port = free_ports(1)[0]
         self.env = _clean_env(
@@ -96,6 +97,33 @@ def test_cli_finds_the_service_from_home_alone(service: Service) -> None:
     service.proc.send_signal(signal.SIGTERM)
     service.proc.wait(60)
     assert not path.exists(), "service.json outlived a clean stop"
+
+
+def test_a_second_service_on_the_same_home_is_refused(service: Service) -> None:
+    proc = subprocess.run(
+        [BIN, "serve", "--home", str(service.home), "--port", str(free_ports(1)[0])],
+        env=service.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"blockstore serve: error: another blockstore serve already runs with home "
+        f"{service.home} (at http://127.0.0.1:{service.port}): stop it first, or give this "
+        "one its own --home"
+    ), proc.stderr
+    assert service.proc.poll() is None
+    assert service.cli("disk", "list").returncode == 0
+    # The lock goes with the process, even with kill -9: the next start is not blocked.
+    service.proc.kill()
+    service.proc.wait(30)
+    again = Service(service.seaweed, service.home)
+    try:
+        assert again.cli("disk", "list").returncode == 0
+    finally:
+        again.proc.send_signal(signal.SIGTERM)
+        again.proc.wait(60)
 
 
 def test_a_record_left_by_a_killed_service_is_ignored(service: Service) -> None:
