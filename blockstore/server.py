@@ -1,7 +1,10 @@
 """`blockstore serve`: the embedded object store (when none is configured) plus the API.
 
-Start order: settings -> the embedded SeaweedFS if no endpoint is configured (its data under
-`<home>/seaweedfs`, so a restart finds every disk again) -> the bucket -> the API on 127.0.0.1.
+Start order: settings -> the home, claimed (one service per home) -> the embedded SeaweedFS if
+no endpoint is configured (its data under `<home>/seaweedfs`, so a restart finds every disk
+again), else a check of the configured store -> the bucket -> the API on 127.0.0.1, its URL
+recorded in `<home>/service.json` for the CLI. A configuration error on the way raises a
+`BlockstoreError` whose message the CLI prints as one line.
 SIGINT and SIGTERM stop uvicorn, then everything this process started, in reverse order. The
 embedded store also gets PR_SET_PDEATHSIG, so even a `kill -9` of this process leaves no orphan.
 """
