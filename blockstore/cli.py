@@ -217,9 +217,9 @@ def disk_show(
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show one disk."""
+    """Show one disk (its attachment's URI and QEMU/libvirt snippets whole, one per line)."""
     c = _client(url, token, home)
-    _run(lambda: c.get(f"/v1/disks/{name}"), as_json, _kv(f"disk {name}"))
+    _run(lambda: c.get(f"/v1/disks/{name}"), as_json, _whole_lines)
 
 
 @disk_app.command("resize")
@@ -273,17 +273,20 @@ def disk_attach(
     )
 
 
-def _whole_lines(obj: dict[str, Any]) -> None:
+def _whole_lines(obj: dict[str, Any], parent: str = "") -> None:
     """`key: value`, one per line, never wrapped or cut whatever the terminal's width, so a
     URI or a -blockdev argument can be copied as printed; a multi-line value (the libvirt
-    XML) follows its key as is."""
+    XML) follows its key as is; a nested object's keys are `parent.key`."""
     for key, value in obj.items():
-        if isinstance(value, dict | list):
-            typer.echo(f"{key}: {json.dumps(value, separators=(',', ':'))}")
+        name = f"{parent}{key}"
+        if isinstance(value, dict):
+            _whole_lines(value, f"{name}.")
+        elif isinstance(value, list):
+            typer.echo(f"{name}: {json.dumps(value, separators=(',', ':'))}")
         elif isinstance(value, str) and "\n" in value:
-            typer.echo(f"{key}:\n{value}")
+            typer.echo(f"{name}:\n{value}")
         else:
-            typer.echo(f"{key}: {value}")
+            typer.echo(f"{name}: {value}")
 
 
 @disk_app.command("detach")

@@ -186,5 +186,11 @@ def test_attach_prints_uri_and_blockdev_whole_at_80_columns(service: Service) ->
     )
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["virtual-size"] == 16 << 20
+    # `disk show` prints the attachment the same way.
+    out = service.cli("disk", "show", name)
+    assert out.returncode == 0, out.stderr
+    assert f"attachment.nbd_uri: {fields['nbd_uri']}" in out.stdout.splitlines()
+    assert f"attachment.qemu_blockdev: {fields['qemu_blockdev']}" in out.stdout.splitlines()
+    assert f"name: {name}" in out.stdout.splitlines()
     out = service.cli("disk", "detach", name)
     assert out.returncode == 0, out.stderr
