@@ -16,6 +16,7 @@ from blockstore.embedded import free_ports
 from blockstore.s3store import S3Config, S3Store
 
 BIN = str(Path(sys.executable).parent / "blockstore")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _get(url: str, token: str | None = None) -> tuple[int, dict[str, object]]:
@@ -31,6 +32,7 @@ def _get(url: str, token: str | None = None) -> tuple[int, dict[str, object]]:
 
 def _start(home: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKSTORE_")}
+    env["PYTHONPATH"] = str(REPO)  # the tree under test, not wherever the venv installed it
     proc = subprocess.Popen(
         [BIN, "serve", "--home", str(home), "--port", str(port)],
         env=env,
@@ -84,6 +86,9 @@ def test_serve_embedded_store_auth_stop_and_restart(tmp_path: Path) -> None:
         status, body = _get(f"http://127.0.0.1:{port}/healthz", token)
         assert status == 200
         assert body["store"] == {**body["store"], "reachable": True, "embedded": True}
+        assert body["store"]["age_s"] is not None  # from the background probe
+        record = json.loads((home / "service.json").read_text())
+        assert record["url"] == f"http://127.0.0.1:{port}" and record["pid"] == proc.pid
         assert _get(f"http://127.0.0.1:{port}/v1/info")[0] == 401
         status, info = _get(f"http://127.0.0.1:{port}/v1/info", token)
         assert status == 200
@@ -99,6 +104,7 @@ def test_serve_embedded_store_auth_stop_and_restart(tmp_path: Path) -> None:
     finally:
         leftover = _stop(proc)
     assert leftover == [], f"processes left behind: {leftover}"
+    assert not (home / "service.json").exists()  # removed at a clean stop
 
     proc = _start(home, port)
     try:
