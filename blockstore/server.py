@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 from contextlib import ExitStack
 from dataclasses import replace
 
@@ -24,6 +25,7 @@ from blockstore.attachments import ExportSupervisor, SupervisorConfig
 from blockstore.config import DEFAULT_BUCKET, Settings, api_token
 from blockstore.control import ControlService, host_id_of
 from blockstore.embedded import Credentials, EmbeddedSeaweed
+from blockstore.errors import InvalidArgument
 from blockstore.health import StoreProbe
 from blockstore.replication import ReplicationConfig
 from blockstore.s3store import S3Config, S3Store
@@ -68,6 +70,20 @@ def check_configured_store(settings: Settings) -> None:
         log.info("%s", note)
 
 
+def check_port_free(settings: Settings) -> None:
+    """Say at once, before starting anything, when the API's port is taken (uvicorn would
+    only find out after the store and the exports are up)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            s.bind(("127.0.0.1", settings.port))
+        except OSError as exc:
+            raise InvalidArgument(
+                f"cannot listen on 127.0.0.1:{settings.port} ({exc.strerror}): choose another "
+                "port with --port or BLOCKSTORE_PORT"
+            ) from None
+
+
 def claim_home(settings: Settings, stack: ExitStack) -> None:
     """One service per home (blockstore/servicefile.py): refuse to start beside another."""
     fd = servicefile.claim(settings.home)
@@ -89,6 +105,7 @@ def serve(settings: Settings) -> None:
     token = api_token(settings.home)
     with ExitStack() as stack:
         claim_home(settings, stack)
+        check_port_free(settings)
         settings = start_store(settings, stack)
         check_configured_store(settings)
         assert settings.s3 is not None

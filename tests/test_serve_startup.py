@@ -189,6 +189,25 @@ def test_malformed_config_toml(tmp_path: Path, text: str, says: str) -> None:
     assert says in line
 
 
+def test_port_in_use_is_one_line(seaweed: SeaweedServer, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [BIN, "serve", "--home", str(tmp_path / "home"), "--port", str(port)],
+            env=_store_env(seaweed),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == (
+        f"blockstore serve: error: cannot listen on 127.0.0.1:{port} (Address already in "
+        "use): choose another port with --port or BLOCKSTORE_PORT"
+    )
+
+
 # -- a store whose credentials may not create buckets -------------------------------------------
 
 LIMITED = ("limited-key", "limited-secret-not-a-real-one")
