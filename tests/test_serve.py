@@ -85,8 +85,10 @@ def test_serve_embedded_store_auth_stop_and_restart(tmp_path: Path) -> None:
         assert oct((home / "api-token").stat().st_mode & 0o777) == "0o600"
         status, body = _get(f"http://127.0.0.1:{port}/healthz", token)
         assert status == 200
-        assert body["store"] == {**body["store"], "reachable": True, "embedded": True}
-        assert body["store"]["age_s"] is not None  # from the background probe
+        health = body["store"]
+        assert isinstance(health, dict)
+        assert health == {**health, "reachable": True, "embedded": True}
+        assert health["age_s"] is not None  # from the background probe
         record = json.loads((home / "service.json").read_text())
         assert record["url"] == f"http://127.0.0.1:{port}" and record["pid"] == proc.pid
         assert _get(f"http://127.0.0.1:{port}/v1/info")[0] == 401
