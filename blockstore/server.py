@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import uvicorn
 
-from blockstore import servicefile
+from blockstore import servicefile, storecheck
 from blockstore.attachments import ExportSupervisor, SupervisorConfig
 from blockstore.config import DEFAULT_BUCKET, Settings, api_token
 from blockstore.control import ControlService, host_id_of
@@ -30,7 +30,6 @@ from blockstore.health import StoreProbe
 from blockstore.replication import ReplicationConfig
 from blockstore.s3store import S3Config, S3Store
 from blockstore.stack import build_store
-from blockstore.storecheck import check_store
 
 log = logging.getLogger("blockstore")
 
@@ -65,7 +64,7 @@ def check_configured_store(settings: Settings) -> None:
     if settings.s3 is None or settings.embedded:
         return
     log.info("checking the object store at %s, bucket %r", settings.s3.endpoint, settings.s3.bucket)
-    note = check_store(settings.s3, settings.retry.deadline_seconds)
+    note = storecheck.check_store(settings.s3, settings.retry.deadline_seconds)
     if note:
         log.info("%s", note)
 
