@@ -59,6 +59,9 @@ class SupervisorConfig:
     retry_seconds: float = 30.0
     cache_size: str = "1G"
     check_interval: float = 1.0
+    # The group whose members (the hypervisor's user) may connect to the export sockets; None:
+    # root alone. The home and the run directory then let that group through, and no further.
+    socket_group: int | None = None
     fence_check_seconds: float = 1.0  # how often each export looks for a newer writer
     secondary: S3Config | None = None  # a grs disk that failed over is served from here
 
@@ -90,6 +93,20 @@ def qemu_node_name(disk_name: str) -> str:
         return node
     digest = hashlib.blake2s(disk_name.encode(), digest_size=4).hexdigest()
     return f"{node[: QEMU_NODE_NAME_MAX - len(digest) - 1]}-{digest}"
+
+
+def _restrict(home: Path, run_dir: Path, group: int | None) -> None:
+    """The home is the service's alone (0700). With a socket group, the group may pass through
+    the home (0710) and the run directory (02710: sockets made in it take its group) to reach a
+    socket, but may not list either, nor read anything else."""
+    if group is None:
+        os.chmod(home, 0o700)
+        os.chmod(run_dir, 0o700)
+        return
+    os.chown(home, -1, group)
+    os.chmod(home, 0o710)
+    os.chown(run_dir, -1, group)
+    os.chmod(run_dir, 0o2710)
 
 
 def _alive(export: Export) -> bool:
@@ -125,7 +142,8 @@ class ExportSupervisor:
         self.config = config
         self.run_dir = config.home / "run"
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.run_dir, 0o700)
+        _restrict(config.home, self.run_dir, config.socket_group)
+        (config.home / "cache").mkdir(mode=0o700, exist_ok=True)
         self._exports: dict[str, Export] = {}
         self._disks: dict[str, dict[str, Any]] = {}  # the record each export was started from
         self._lock = threading.Lock()  # guards the two maps and `_disk_locks`
@@ -172,11 +190,19 @@ class ExportSupervisor:
         sock = self.socket_of(disk)
         if disk["kind"] == "ephemeral":
             image = self._image_of(disk)
-            image.parent.mkdir(parents=True, exist_ok=True)
-            with open(image, "ab") as f:  # an empty disk on a host that does not hold it
+            image.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # An empty disk on a host that does not hold it; the guest's bytes: owner only.
+            fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "ab") as f:
+                os.fchmod(fd, 0o600)
                 if f.tell() < disk["size_bytes"]:
                     f.truncate(disk["size_bytes"])
-            config = ExportConfig(disk_id=disk["volume_id"], socket=sock, s3=self.config.s3)
+            config = ExportConfig(
+                disk_id=disk["volume_id"],
+                socket=sock,
+                s3=self.config.s3,
+                socket_group=self.config.socket_group is not None,
+            )
             return EphemeralExport(config, image)
         config = ExportConfig(
             disk_id=disk["volume_id"],
@@ -188,6 +214,7 @@ class ExportSupervisor:
             cache_size=self.config.cache_size,
             retry_seconds=self.config.retry_seconds,
             epoch=(disk.get("attachment") or {}).get("epoch"),
+            socket_group=self.config.socket_group is not None,
             fence_check_seconds=self.config.fence_check_seconds,
             extra_env={
                 "BLOCKSTORE_SIZE_REQUEST": str(_size_request_path(sock)),

@@ -8,6 +8,7 @@ dataclasses hide them in their repr so they never reach a log.
 
 from __future__ import annotations
 
+import grp
 import os
 import secrets
 import tomllib
@@ -32,6 +33,9 @@ class Settings:
     retry: RetryConfig = field(default_factory=RetryConfig)
     embedded: bool = False  # True once `s3` points at the SeaweedFS this host started
     rpo_seconds: float = 300.0  # a grs disk whose replication lag exceeds this is flagged
+    # The group (gid) whose members may connect to the NBD sockets: the hypervisor's user, e.g.
+    # Debian libvirt's `libvirt-qemu` (group `libvirt-qemu`). None: root alone.
+    socket_group: int | None = None
 
 
 def default_home() -> Path:
@@ -61,6 +65,19 @@ def _s3_from(prefix: str, env: dict[str, str], file: dict[str, Any]) -> S3Config
     )
 
 
+def _group(name: str | None) -> int | None:
+    """The gid of a group named in the settings, checked now (a typo fails at start-up)."""
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise InvalidArgument(
+            f"socket group {name!r} (BLOCKSTORE_SOCKET_GROUP / socket_group) does not exist on "
+            "this host: create it, or name the hypervisor's group (e.g. libvirt-qemu)"
+        ) from None
+
+
 def load_settings(home: Path | None = None, port: int | None = None) -> Settings:
     """Settings for `home` (default `$BLOCKSTORE_HOME` or ./.blockstore)."""
     home = (home or default_home()).resolve()
@@ -80,6 +97,7 @@ def load_settings(home: Path | None = None, port: int | None = None) -> Settings
         secondary=_s3_from("BLOCKSTORE_SECONDARY", env, file.get("secondary", {})),
         retry=RetryConfig(deadline_seconds=retry_seconds),
         rpo_seconds=float(env.get("BLOCKSTORE_RPO_SECONDS", file.get("rpo_seconds", 300))),
+        socket_group=_group(env.get("BLOCKSTORE_SOCKET_GROUP", file.get("socket_group"))),
     )
 
 

@@ -9,6 +9,7 @@ embedded store also gets PR_SET_PDEATHSIG, so even a `kill -9` of this process l
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from contextlib import ExitStack
 from dataclasses import replace
@@ -54,6 +55,7 @@ def serve(settings: Settings) -> None:
     from api.app import AppContext, create_app  # the core imports no web framework at load
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.umask(0o077)  # the home, the caches, the store's files: the service's alone
     settings.home.mkdir(parents=True, exist_ok=True)
     token = api_token(settings.home)
     with ExitStack() as stack:
@@ -71,6 +73,7 @@ def serve(settings: Settings) -> None:
                 s3=settings.s3,
                 retry_seconds=settings.retry.deadline_seconds,
                 secondary=settings.secondary,
+                socket_group=settings.socket_group,
             )
         )
         stack.callback(supervisor.close)
