@@ -31,12 +31,12 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from xml.sax.saxutils import quoteattr
 
 from blockstore.errors import BlockstoreError, Unavailable
@@ -46,9 +46,18 @@ from blockstore.s3store import S3Config
 
 log = logging.getLogger("blockstore.exports")
 
-# Asked before a dead or fenced export is started again: the disk record with a newly issued
-# writer epoch if this host still holds the disk, else None (the export is then dropped).
-Authority = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+class Authority(Protocol):
+    """The control plane, as the watcher asks it before and after it restarts an export."""
+
+    def renew_attachment(self, disk: dict[str, Any]) -> dict[str, Any] | None:
+        """The disk record with a newly issued writer epoch if this host still holds the disk
+        with the epoch `disk` has, else None (the export is then stopped, not restarted)."""
+
+    def record_served(self, disk: dict[str, Any], details: dict[str, Any]) -> None:
+        """Note in the record how the restarted export is reached (socket, pid...)."""
+
 LOST_GRACE_SECONDS = 120.0
 
 
@@ -420,7 +429,7 @@ class ExportSupervisor:
                 return
             disk = self._disks[name]
             try:
-                renewed = self.authority(disk) if self.authority is not None else disk
+                renewed = self._renew(disk)
             except BlockstoreError as exc:
                 log.warning("export of %s is down and its holder unknown: %s", name, exc)
                 return  # asked again at the next check
@@ -437,15 +446,29 @@ class ExportSupervisor:
                 return
             log.warning("export of disk %s %s; restarting", name, "died" if dead else "was fenced")
             self._stop_locked(name, graceful=False)
+            self._restart_locked(renewed)
+
+    def _renew(self, disk: dict[str, Any]) -> dict[str, Any] | None:
+        return self.authority.renew_attachment(disk) if self.authority is not None else disk
+
+    def _restart_locked(self, renewed: dict[str, Any]) -> None:
+        """Start the export with the renewed record and note in the record how it is reached;
+        if it does not start, leave it to the next check (which renews the epoch again)."""
+        name = renewed["name"]
+        try:
+            self._start_locked(renewed)
+        except Unavailable as exc:
+            log.error("restarting the export of %s failed: %s", name, exc)
+            with self._lock:
+                self._exports[name] = self._make(renewed)
+                self._disks[name] = renewed
+            return
+        self.restarts += 1
+        if self.authority is not None:
             try:
-                self._start_locked(renewed)
-            except Unavailable as exc:
-                log.error("restarting the export of %s failed: %s", name, exc)
-                with self._lock:  # watched again, so the next check retries with a new epoch
-                    self._exports[name] = self._make(renewed)
-                    self._disks[name] = renewed
-                return
-            self.restarts += 1
+                self.authority.record_served(renewed, self.details(renewed))
+            except BlockstoreError as exc:
+                log.warning("export of %s restarted; its record not updated: %s", name, exc)
 
     def _check_lost_locked(self, name: str) -> None:
         """A disk this host lost: serve it again if the record names this host with the epoch
@@ -456,7 +479,7 @@ class ExportSupervisor:
             return
         disk, since = lost
         try:
-            renewed = self.authority(disk)
+            renewed = self._renew(disk)
         except BlockstoreError:
             return
         if renewed is None:
@@ -467,13 +490,7 @@ class ExportSupervisor:
         with self._lock:
             self._lost.pop(name, None)
         log.warning("disk %s is attached here again (a takeover failed); serving it", name)
-        try:
-            self._start_locked(renewed)
-        except Unavailable as exc:
-            log.error("serving %s again failed: %s", name, exc)
-            with self._lock:
-                self._exports[name] = self._make(renewed)
-                self._disks[name] = renewed
+        self._restart_locked(renewed)
 
     def close(self) -> None:
         """Stop watching and stop every export (their disks stay attached in the records)."""
