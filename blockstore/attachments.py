@@ -31,12 +31,12 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from xml.sax.saxutils import quoteattr
 
 from blockstore.errors import BlockstoreError, Unavailable
@@ -46,9 +46,18 @@ from blockstore.s3store import S3Config
 
 log = logging.getLogger("blockstore.exports")
 
-# Asked before a dead or fenced export is started again: the disk record with a newly issued
-# writer epoch if this host still holds the disk, else None (the export is then dropped).
-Authority = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+class Authority(Protocol):
+    """The control plane, as the watcher asks it before and after it restarts an export."""
+
+    def renew_attachment(self, disk: dict[str, Any]) -> dict[str, Any] | None:
+        """The disk record with a newly issued writer epoch if this host still holds the disk
+        with the epoch `disk` has, else None (the export is then stopped, not restarted)."""
+
+    def record_served(self, disk: dict[str, Any], details: dict[str, Any]) -> None:
+        """Note in the record how the restarted export is reached (socket, pid...)."""
+
 LOST_GRACE_SECONDS = 120.0
 
 
@@ -59,6 +68,9 @@ class SupervisorConfig:
     retry_seconds: float = 30.0
     cache_size: str = "1G"
     check_interval: float = 1.0
+    # The group whose members (the hypervisor's user) may connect to the export sockets; None:
+    # root alone. The home and the run directory then let that group through, and no further.
+    socket_group: int | None = None
     fence_check_seconds: float = 1.0  # how often each export looks for a newer writer
     secondary: S3Config | None = None  # a grs disk that failed over is served from here
 
@@ -90,6 +102,20 @@ def qemu_node_name(disk_name: str) -> str:
         return node
     digest = hashlib.blake2s(disk_name.encode(), digest_size=4).hexdigest()
     return f"{node[: QEMU_NODE_NAME_MAX - len(digest) - 1]}-{digest}"
+
+
+def _restrict(home: Path, run_dir: Path, group: int | None) -> None:
+    """The home is the service's alone (0700). With a socket group, the group may pass through
+    the home (0710) and the run directory (02710: sockets made in it take its group) to reach a
+    socket, but may not list either, nor read anything else."""
+    if group is None:
+        os.chmod(home, 0o700)
+        os.chmod(run_dir, 0o700)
+        return
+    os.chown(home, -1, group)
+    os.chmod(home, 0o710)
+    os.chown(run_dir, -1, group)
+    os.chmod(run_dir, 0o2710)
 
 
 def _alive(export: Export) -> bool:
@@ -125,7 +151,8 @@ class ExportSupervisor:
         self.config = config
         self.run_dir = config.home / "run"
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.run_dir, 0o700)
+        _restrict(config.home, self.run_dir, config.socket_group)
+        (config.home / "cache").mkdir(mode=0o700, exist_ok=True)
         self._exports: dict[str, Export] = {}
         self._disks: dict[str, dict[str, Any]] = {}  # the record each export was started from
         self._lock = threading.Lock()  # guards the two maps and `_disk_locks`
@@ -172,11 +199,19 @@ class ExportSupervisor:
         sock = self.socket_of(disk)
         if disk["kind"] == "ephemeral":
             image = self._image_of(disk)
-            image.parent.mkdir(parents=True, exist_ok=True)
-            with open(image, "ab") as f:  # an empty disk on a host that does not hold it
+            image.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # An empty disk on a host that does not hold it; the guest's bytes: owner only.
+            fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "ab") as f:
+                os.fchmod(fd, 0o600)
                 if f.tell() < disk["size_bytes"]:
                     f.truncate(disk["size_bytes"])
-            config = ExportConfig(disk_id=disk["volume_id"], socket=sock, s3=self.config.s3)
+            config = ExportConfig(
+                disk_id=disk["volume_id"],
+                socket=sock,
+                s3=self.config.s3,
+                socket_group=self.config.socket_group is not None,
+            )
             return EphemeralExport(config, image)
         config = ExportConfig(
             disk_id=disk["volume_id"],
@@ -188,6 +223,7 @@ class ExportSupervisor:
             cache_size=self.config.cache_size,
             retry_seconds=self.config.retry_seconds,
             epoch=(disk.get("attachment") or {}).get("epoch"),
+            socket_group=self.config.socket_group is not None,
             fence_check_seconds=self.config.fence_check_seconds,
             extra_env={
                 "BLOCKSTORE_SIZE_REQUEST": str(_size_request_path(sock)),
@@ -393,7 +429,7 @@ class ExportSupervisor:
                 return
             disk = self._disks[name]
             try:
-                renewed = self.authority(disk) if self.authority is not None else disk
+                renewed = self._renew(disk)
             except BlockstoreError as exc:
                 log.warning("export of %s is down and its holder unknown: %s", name, exc)
                 return  # asked again at the next check
@@ -410,15 +446,29 @@ class ExportSupervisor:
                 return
             log.warning("export of disk %s %s; restarting", name, "died" if dead else "was fenced")
             self._stop_locked(name, graceful=False)
+            self._restart_locked(renewed)
+
+    def _renew(self, disk: dict[str, Any]) -> dict[str, Any] | None:
+        return self.authority.renew_attachment(disk) if self.authority is not None else disk
+
+    def _restart_locked(self, renewed: dict[str, Any]) -> None:
+        """Start the export with the renewed record and note in the record how it is reached;
+        if it does not start, leave it to the next check (which renews the epoch again)."""
+        name = renewed["name"]
+        try:
+            self._start_locked(renewed)
+        except Unavailable as exc:
+            log.error("restarting the export of %s failed: %s", name, exc)
+            with self._lock:
+                self._exports[name] = self._make(renewed)
+                self._disks[name] = renewed
+            return
+        self.restarts += 1
+        if self.authority is not None:
             try:
-                self._start_locked(renewed)
-            except Unavailable as exc:
-                log.error("restarting the export of %s failed: %s", name, exc)
-                with self._lock:  # watched again, so the next check retries with a new epoch
-                    self._exports[name] = self._make(renewed)
-                    self._disks[name] = renewed
-                return
-            self.restarts += 1
+                self.authority.record_served(renewed, self.details(renewed))
+            except BlockstoreError as exc:
+                log.warning("export of %s restarted; its record not updated: %s", name, exc)
 
     def _check_lost_locked(self, name: str) -> None:
         """A disk this host lost: serve it again if the record names this host with the epoch
@@ -429,7 +479,7 @@ class ExportSupervisor:
             return
         disk, since = lost
         try:
-            renewed = self.authority(disk)
+            renewed = self._renew(disk)
         except BlockstoreError:
             return
         if renewed is None:
@@ -440,13 +490,7 @@ class ExportSupervisor:
         with self._lock:
             self._lost.pop(name, None)
         log.warning("disk %s is attached here again (a takeover failed); serving it", name)
-        try:
-            self._start_locked(renewed)
-        except Unavailable as exc:
-            log.error("serving %s again failed: %s", name, exc)
-            with self._lock:
-                self._exports[name] = self._make(renewed)
-                self._disks[name] = renewed
+        self._restart_locked(renewed)
 
     def close(self) -> None:
         """Stop watching and stop every export (their disks stay attached in the records)."""

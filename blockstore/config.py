@@ -8,6 +8,7 @@ dataclasses hide them in their repr so they never reach a log.
 
 from __future__ import annotations
 
+import grp
 import os
 import secrets
 import tomllib
@@ -33,6 +34,9 @@ class Settings:
     retry: RetryConfig = field(default_factory=RetryConfig)
     embedded: bool = False  # True once `s3` points at the SeaweedFS this host started
     rpo_seconds: float = 300.0  # a grs disk whose replication lag exceeds this is flagged
+    # The group (gid) whose members may connect to the NBD sockets: the hypervisor's user, e.g.
+    # Debian libvirt's `libvirt-qemu` (group `libvirt-qemu`). None: root alone.
+    socket_group: int | None = None
 
 
 def default_home() -> Path:
@@ -65,6 +69,19 @@ def _s3_from(prefix: str, env: dict[str, str], file: dict[str, Any]) -> S3Config
         region=pick("region", "us-east-1") or "us-east-1",
         prefix=pick("prefix", "") or "",
     )
+
+
+def _group(name: str | None) -> int | None:
+    """The gid of a group named in the settings, checked now (a typo fails at start-up)."""
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise InvalidArgument(
+            f"socket group {name!r} (BLOCKSTORE_SOCKET_GROUP / socket_group) does not exist on "
+            "this host: create it, or name the hypervisor's group (e.g. libvirt-qemu)"
+        ) from None
 
 
 def load_settings(home: Path | None = None, port: int | None = None) -> Settings:
@@ -102,6 +119,7 @@ def load_settings(home: Path | None = None, port: int | None = None) -> Settings
             raise InvalidArgument(f"{config_path}: [{name}] must be a table, not {value!r}")
         return value
 
+    socket_group = env.get("BLOCKSTORE_SOCKET_GROUP", file.get("socket_group"))
     port = port or number("port", DEFAULT_PORT, int, 1)
     if port > 65535:
         raise InvalidArgument(f"port must be 1-65535, not {port}")
@@ -112,6 +130,7 @@ def load_settings(home: Path | None = None, port: int | None = None) -> Settings
         secondary=_s3_from("BLOCKSTORE_SECONDARY", env, table("secondary")),
         retry=RetryConfig(deadline_seconds=number("retry_seconds", 30, float, 0.1)),
         rpo_seconds=number("rpo_seconds", 300, float, 1),
+        socket_group=_group(socket_group and str(socket_group)),
     )
 
 

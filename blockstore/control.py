@@ -132,7 +132,7 @@ class Exports(Protocol):
 
     def watch(self, disk: Record) -> None: ...
 
-    authority: Callable[[Record], Record | None] | None
+    authority: Any  # blockstore.attachments.Authority: this service, set at construction
 
     def stats(self, disk: Record) -> dict[str, Any] | None: ...
 
@@ -301,7 +301,7 @@ class ControlService:
             )
         self.operations = OperationService(store, host_id, clock)
         self._attach_lock = threading.Lock()
-        exports.authority = self.renew_attachment
+        exports.authority = self
 
     # -- where a disk's data lives --------------------------------------------------------
 
@@ -675,7 +675,8 @@ class ControlService:
             att = current.get("attachment")
             if not att or att["host"] != self.host_id:
                 return None
-            fresh = {k: v for k, v in att.items() if k in ("vm", "host", "attached_at", "target")}
+            # The same attachment, with a new epoch; the pid goes until the export runs again.
+            fresh = {k: v for k, v in att.items() if k not in ("epoch", "pid")}
             return self._issue_epoch(name, still_ours, fresh)
         except (_NotHeld, NotFound):
             return None
@@ -683,7 +684,11 @@ class ControlService:
     def _serve(self, disk: Record) -> Record:
         """Start (or restart) this host's export of an attached disk with the epoch its record
         issued; that epoch's open fences any older writer of the disk, wherever it runs."""
-        details = self.exports.serve(disk)
+        return self.record_served(disk, self.exports.serve(disk))
+
+    def record_served(self, disk: Record, details: dict[str, Any]) -> Record:
+        """Note in the record how the export of `disk` (with the epoch its attachment has) is
+        reached, and the caching mode it runs in; Conflict if the attachment changed since."""
         epoch = disk["attachment"].get("epoch")
 
         def change(rec: Record | None) -> Record:

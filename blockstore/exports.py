@@ -54,6 +54,9 @@ class ExportConfig:
     readonly: bool = False
     epoch: int | None = None  # writer epoch issued by the control plane; None: the next free one
     fence_check_seconds: float = 1.0  # how often the plugin looks for a newer writer
+    # Whether a group may connect to the socket (the hypervisor's, e.g. libvirt-qemu's): it is
+    # made in a setgid run directory of that group, and opened to the group once it accepts.
+    socket_group: bool = False
     threads: int = 16
     nbdkit: str = "nbdkit"
     verbose: bool = False
@@ -157,6 +160,10 @@ class Export:
                 )
             if sock.exists() and _accepts(sock):
                 self._socket_ino = _inode(sock)
+                if self.config.socket_group:
+                    # nbdkit makes it 0755 whatever the umask; the setgid run directory gave it
+                    # the group, which may now connect. Others cannot reach the directory.
+                    os.chmod(sock, 0o660)
                 return self
             time.sleep(0.02)
         self.kill()

@@ -100,6 +100,7 @@ def serve(settings: Settings) -> None:
     from api.app import AppContext, create_app  # the core imports no web framework at load
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.umask(0o077)  # the home, the caches, the store's files: the service's alone
     settings.home.mkdir(parents=True, exist_ok=True)
     token = api_token(settings.home)
     with ExitStack() as stack:
@@ -120,6 +121,7 @@ def serve(settings: Settings) -> None:
                 s3=settings.s3,
                 retry_seconds=settings.retry.deadline_seconds,
                 secondary=settings.secondary,
+                socket_group=settings.socket_group,
             )
         )
         stack.callback(supervisor.close)

@@ -184,6 +184,7 @@ def after_fork():
     from blockstore.stack import build_store
 
     s = _settings
+    os.umask(0o077)  # nbdkit sets 022; the caches, journals and stats are the service's alone
     access, secret = _credentials()
     s3 = S3Config(
         endpoint=s["endpoint"],

@@ -152,12 +152,16 @@ class FaultProxy:
         finally:
             conn.close()
         h.send_response_only(resp.status, resp.reason)
+        # HEAD: the store's own Content-Length, the object's size (a HEAD has no body to count;
+        # saying 0 made every object look empty, which the engine reads as a torn segment).
+        head = h.command == "HEAD"
         for k, v in resp.getheaders():
-            if k.lower() not in _HOP and k.lower() != "content-length":
+            if k.lower() not in _HOP and (head or k.lower() != "content-length"):
                 h.send_header(k, v)
-        h.send_header("Content-Length", str(len(data)))
+        if not head:
+            h.send_header("Content-Length", str(len(data)))
         h.end_headers()
-        if h.command == "HEAD":
+        if head:
             return
         if fault in ("reset", "truncate") and data:
             h.wfile.write(data[: len(data) // 2])

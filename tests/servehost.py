@@ -42,6 +42,7 @@ class ServeHost:
         access_key: str,
         secret_key: str,
         retry_seconds: float = 5.0,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.home = home
         self.port = free_ports(1)[0]
@@ -56,6 +57,7 @@ class ServeHost:
             BLOCKSTORE_RETRY_SECONDS=f"{retry_seconds:g}",
             PYTHONPATH=str(REPO),
         )
+        self.env.update(extra_env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = home.parent / f"{home.name}-serve.log"
 

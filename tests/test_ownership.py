@@ -294,3 +294,25 @@ def test_kill_detach_attach_cycles_keep_the_returned_socket(
         os.kill(att["pid"], signal.SIGKILL)
         time.sleep(0.25 * i)  # before, during and after the supervisor's restart
         a.ok("POST", f"/v1/disks/{name}/detach")
+
+
+def test_a_restarted_export_is_in_the_record_whole(hosts: tuple[ServeHost, ServeHost]) -> None:
+    """After the supervisor restarts a killed export, the attachment still says how to reach
+    the disk (socket, URI, QEMU and libvirt snippets, target) and names the new process and
+    epoch (found by the thrasher: they were dropped)."""
+    a, _b = hosts
+    _create(a, "os7")
+    before = a.ok("POST", "/v1/disks/os7/attach", {"vm": "vm-a"})
+    os.kill(before["pid"], signal.SIGKILL)
+
+    def restarted() -> dict[str, object] | None:
+        att = a.ok("GET", "/v1/disks/os7")["attachment"]
+        pid = att.get("pid")
+        return att if pid and pid != before["pid"] and pid_alive(int(pid)) else None
+
+    after = wait_for(restarted, 15, "the restarted export in the record")
+    for key in ("socket", "nbd_uri", "qemu_blockdev", "libvirt_xml", "target", "caching"):
+        assert after[key] == before[key], key
+    assert after["epoch"] > before["epoch"]
+    assert a.ok("POST", "/v1/disks/os7/attach", {"vm": "vm-a"})["pid"] == after["pid"]
+    connect(after["socket"]).shutdown()
