@@ -29,6 +29,9 @@ ATTEMPT_TIMEOUT = 5.0
 CREDENTIAL_CODES = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken"}
 )
+REGION_CODES = frozenset(
+    {"AuthorizationHeaderMalformed", "PermanentRedirect", "IllegalLocationConstraintException"}
+)
 CREDENTIALS_HINT = (
     "check BLOCKSTORE_S3_ACCESS_KEY and BLOCKSTORE_S3_SECRET_KEY (or [s3] in <home>/config.toml)"
 )
@@ -93,6 +96,11 @@ def _rejected(exc: StoreRejected, s3: S3Config, where: str) -> InvalidArgument:
         return InvalidArgument(
             f"{where} refused these credentials for bucket {s3.bucket!r} ({_code(exc)}): "
             + CREDENTIALS_HINT
+        )
+    if exc.code in REGION_CODES:
+        return InvalidArgument(
+            f"{where} says bucket {s3.bucket!r} is not in region {s3.region!r} ({exc.code}): "
+            "set BLOCKSTORE_S3_REGION to the bucket's region"
         )
     return InvalidArgument(f"{where} refused access to bucket {s3.bucket!r}: {exc}")
 
