@@ -25,7 +25,7 @@ from blockstore.attachments import ExportSupervisor, SupervisorConfig
 from blockstore.config import DEFAULT_BUCKET, Settings, api_token
 from blockstore.control import ControlService, host_id_of
 from blockstore.embedded import Credentials, EmbeddedSeaweed
-from blockstore.errors import InvalidArgument
+from blockstore.errors import InvalidArgument, Unavailable
 from blockstore.health import StoreProbe
 from blockstore.replication import ReplicationConfig
 from blockstore.s3store import S3Config, S3Store
@@ -64,7 +64,15 @@ def check_configured_store(settings: Settings) -> None:
     if settings.s3 is None or settings.embedded:
         return
     log.info("checking the object store at %s, bucket %r", settings.s3.endpoint, settings.s3.bucket)
-    note = storecheck.check_store(settings.s3, settings.retry.deadline_seconds)
+    try:
+        note = storecheck.check_store(settings.s3, settings.retry.deadline_seconds)
+    except Unavailable as exc:
+        if settings.secondary is None:
+            raise
+        # With a second region the service must come up while the primary is down: that is
+        # when its grs disks are failed over (README, "Geo-redundant disks").
+        log.warning("%s; starting anyway, grs disks can fail over to the secondary region", exc)
+        return
     if note:
         log.info("%s", note)
 
