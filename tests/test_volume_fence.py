@@ -6,7 +6,7 @@ writing.
   real SeaweedFS).
 - The three-writer interleaving of issue #14 (a torn PUT, a fence past it, a writer opening
   from a listing taken before that fence) keeps every acknowledged write.
-- A stateful test drives three writers over one in-memory store with torn data and fence PUTs
+- A property test drives three writers over one in-memory store with torn data and fence PUTs
   and stale listings, and checks that every acknowledged write survives (for readers, and after
   a further writer's checkpoint) and that no write refused with `Fenced` is ever visible.
 - A new writer fences an old writer that keeps writing, and the old one's next commit fails.
@@ -14,14 +14,14 @@ writing.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from blockstore import keys
 from blockstore.errors import BlockstoreError, Fenced, Unavailable
@@ -218,139 +218,120 @@ def test_a_writer_opening_from_a_listing_before_a_fence_past_a_torn_put_keeps_it
     w2.abandon()
 
 
-class ThreeWriters(RuleBasedStateMachine):
-    """Up to three writers, opened in epoch order over one in-memory store, each behind its own
-    fault wrapper; torn data PUTs, torn fence PUTs (a dying opener) and openers whose LISTs
-    were answered at an earlier moment. Every write goes to its own block, so its visibility
-    says everything: acknowledged ones must be visible, ones refused with `Fenced` never."""
+TEARS = [0, 0, 0, 0, 0, 1, 2, FENCE_SPAN - 1, FENCE_SPAN, FENCE_SPAN + 1]
+WRITER_PLAN = st.tuples(
+    st.booleans(),  # stale: its LISTs are answered as of just before the previous opener
+    st.sampled_from(TEARS),  # > 0: its fence PUT that far past the log's end is torn
+    st.lists(st.tuples(st.booleans(), st.booleans()), max_size=3),  # writes: (by_older, torn)
+    st.booleans(),  # checkpoint at the end of its turn
+)
+
+
+class ThreeWriters:
+    """Three writers opened in epoch order over one in-memory store, each behind its own fault
+    wrapper: torn data PUTs, torn fence PUTs (a dying opener), and openers whose LISTs were
+    answered before the previous opener fenced (the race of issue #14). Between openings the
+    newest writer, or the one before it, writes. Every write goes to its own block, so its
+    visibility says everything: acknowledged ones must stay visible, to readers, to the newest
+    writer and after a later writer's checkpoint; ones refused with `Fenced`, never."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.store = MemoryStore()
         Volume.create(self.store, "d", 1 << 20)
-        self.writers: list[tuple[Volume, FaultyStore] | None] = []
+        self.writers: list[tuple[Volume, FaultyStore]] = []
         self.acked: set[int] = set()  # blocks whose write was acknowledged
         self.refused: set[int] = set()  # blocks whose write raised Fenced
-        self.unknown: dict[int, list[int]] = {}  # writer -> blocks with no answer yet
-        self.snaps: list[dict[str, list[ObjectInfo]]] = []
+        self.unknown: dict[int, list[int]] = {}  # id(volume) -> blocks with no answer yet
         self.next_block = 0
 
-    def _top_seq(self) -> int:
-        return max(
-            (p[1] for k in self.store.raw() if (p := keys.parse_segment_key(k))),
-            default=0,
-        )
+    def top_seq(self) -> int:
+        return max((p[1] for k in self.store.raw() if (p := keys.parse_segment_key(k))), default=0)
 
-    @rule()
-    def take_listing(self) -> None:
-        self.snaps.append(FrozenListing.take(self.store))
-
-    @precondition(lambda self: len(self.writers) < 3)
-    @rule(stale=st.integers(-1, 3), tear=st.integers(0, FENCE_SPAN + 3))
-    def open_writer(self, stale: int, tear: int) -> None:
-        """`stale` >= 0: LISTs answered at an earlier listing; `tear` > 0: the fence PUT that
-        many positions past the current end of the log is torn (the open fails)."""
+    def open(self, listing: dict[str, list[ObjectInfo]] | None, tear: int) -> None:
         faulty = FaultyStore(self.store)
-        store: ObjectStore = faulty
-        frozen = None
-        if 0 <= stale < len(self.snaps):
-            frozen = store = FrozenListing(faulty, self.snaps[stale])
+        store: ObjectStore = faulty if listing is None else FrozenListing(faulty, listing)
         if tear:
             faulty.add(
-                FaultRule(op="put", key_contains=keys.segment_key("d", self._top_seq() + tear),
+                FaultRule(op="put", key_contains=keys.segment_key("d", self.top_seq() + tear),
                           torn=True)
             )  # fmt: skip
         try:
             v = Volume.open(store, "d", config=cfg(max_inflight_segments=2))
         except (Unavailable, Fenced):
-            self.writers.append(None)
-            return
-        if frozen is not None:
-            frozen.thawed = True
+            return  # a dying opener: its fences stay behind
+        if isinstance(store, FrozenListing):
+            store.thawed = True
         faulty.heal()
         self.writers.append((v, faulty))
-        self.unknown[len(self.writers) - 1] = []
+        self.unknown[id(v)] = []
 
-    def _live(self, i: int) -> tuple[Volume, FaultyStore] | None:
-        return self.writers[i % len(self.writers)] if self.writers else None
-
-    def _settle(self, i: int, exc: BaseException | None, blk: int | None) -> None:
-        if exc is None:
-            self.acked.update(self.unknown[i])
-            self.unknown[i].clear()
-            if blk is not None:
-                self.acked.add(blk)
-        elif isinstance(exc, Fenced):
-            if blk is not None:
-                self.refused.add(blk)
-        elif blk is not None:
-            self.unknown[i].append(blk)
-
-    @precondition(lambda self: any(self.writers))
-    @rule(i=st.integers(0, 2), torn=st.booleans())
-    def write(self, i: int, torn: bool) -> None:
-        i %= len(self.writers)
-        w = self.writers[i]
-        if w is None:
+    def write(self, by_older: bool, torn: bool) -> None:
+        if not self.writers:
             return
-        v, faulty = w
+        v, faulty = self.writers[-2 if by_older and len(self.writers) > 1 else -1]
         blk = self.next_block
         self.next_block += 1
         if torn:
             faulty.tear(SEG)
         try:
             v.write(blk * BLOCK, block(blk + 1), durable=True)
-        except BlockstoreError as exc:
-            self._settle(i, exc, blk)
+        except Fenced:
+            self.refused.add(blk)
+        except BlockstoreError:
+            self.unknown[id(v)].append(blk)
         else:
-            self._settle(i, None, blk)
+            self.acked.add(blk)
+            self.acked.update(self.unknown[id(v)])  # a durable write covers every earlier one
+            self.unknown[id(v)].clear()
         faulty.heal()
 
-    @precondition(lambda self: any(self.writers))
-    @rule(i=st.integers(0, 2))
-    def flush(self, i: int) -> None:
-        i %= len(self.writers)
-        w = self.writers[i]
-        if w is None:
-            return
-        try:
-            w[0].flush()
-        except BlockstoreError as exc:
-            self._settle(i, exc, None)
-        else:
-            self._settle(i, None, None)
+    def checkpoint(self) -> None:
+        if self.writers:
+            with contextlib.suppress(BlockstoreError):
+                self.writers[-1][0].checkpoint()
 
-    def _check(self, data: bytes) -> None:
+    def check(self, data: bytes, *, refused: bool = True) -> None:
         for blk in self.acked:
             assert data[blk * BLOCK : (blk + 1) * BLOCK] == block(blk + 1), f"lost block {blk}"
-        for blk in self.refused:
+        for blk in self.refused if refused else ():
             assert data[blk * BLOCK : (blk + 1) * BLOCK] == bytes(BLOCK), f"fenced {blk} seen"
 
-    @invariant()
-    def readers_see_every_acknowledged_write(self) -> None:
-        self._check(read_all(self.store, max(self.next_block, 1)))
+    def check_all(self) -> None:
+        n = max(self.next_block, 1)
+        self.check(read_all(self.store, n))
+        if self.writers:
+            # Its own refused writes stay in its overlay (read-your-writes): acked ones only.
+            self.check(self.writers[-1][0].read(0, n * BLOCK), refused=False)
 
-    def teardown(self) -> None:
-        try:
-            for w in self.writers:
-                if w is not None:
-                    w[0].abandon()
-            # A further writer takes the log and checkpoints; then readers start from there.
-            last = Volume.open(self.store, "d", config=cfg())
-            self._check(last.read(0, max(self.next_block, 1) * BLOCK))
-            last.close()
-            self._check(read_all(self.store, max(self.next_block, 1)))
-        finally:
-            super().teardown()
+    def finish(self) -> None:
+        for v, _f in self.writers:
+            v.abandon()
+        last = Volume.open(self.store, "d", config=cfg())  # takes the log and checkpoints
+        self.check(last.read(0, max(self.next_block, 1) * BLOCK))
+        last.close()
+        self.check(read_all(self.store, max(self.next_block, 1)))
 
 
-ThreeWriters.TestCase.settings = settings(
-    max_examples=120,
-    stateful_step_count=10,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-test_three_writers_with_torn_puts = ThreeWriters.TestCase
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(WRITER_PLAN, min_size=3, max_size=3))
+def test_three_writers_with_torn_puts(
+    plan: list[tuple[bool, int, list[tuple[bool, bool]], bool]],
+) -> None:
+    note(f"plan (stale, tear, [(by_older, torn)], checkpoint) per writer: {plan!r}")
+    m = ThreeWriters()
+    before_previous: dict[str, list[ObjectInfo]] | None = None
+    for stale, tear, writes, checkpoint in plan:
+        now = FrozenListing.take(m.store)
+        m.open(before_previous if stale else None, tear)
+        before_previous = now
+        m.check_all()
+        for by_older, torn in writes:
+            m.write(by_older, torn)
+            m.check_all()
+        if checkpoint:
+            m.checkpoint()
+            m.check_all()
+    m.finish()
 
 
 # -- item 2: fencing a writer that keeps writing ----------------------------------------------
@@ -383,7 +364,7 @@ def test_a_new_writer_fences_a_writer_that_keeps_writing() -> None:
                 old.write(i * BLOCK, block(i + 1), durable=True)
             except Fenced:
                 return
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
                 return
             acked.append(i)
