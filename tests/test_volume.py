@@ -22,9 +22,9 @@ from blockstore.errors import (
     Unavailable,
 )
 from blockstore.faults import FaultRule, FaultyStore
+from blockstore.fence import FENCE_SPAN
 from blockstore.objectstore import Buffer, MemoryStore, ObjectStore
 from blockstore.segment import decode_segment_header
-from blockstore.fence import FENCE_SPAN
 from blockstore.volume import Volume, VolumeConfig
 
 KiB = 1024
