@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,8 +62,8 @@ def vol_config() -> VolumeConfig:
 
 
 def old_writer(cfg: S3Config, disk: str, size: int, qd: int) -> None:
-    """Write until fenced; print one JSON line: rate before the fence, first Fenced time,
-    acknowledged offsets."""
+    """Write until fenced. Prints a JSON line when warmed up (with the segment rate so far),
+    then one at the end: first Fenced time, acknowledged writes."""
     v = Volume.open(make_store(cfg), disk, config=vol_config())
     acked: list[list[int]] = [[] for _ in range(qd)]
     fenced_at: list[float] = []
@@ -87,7 +89,8 @@ def old_writer(cfg: S3Config, disk: str, size: int, qd: int) -> None:
     for t in threads:
         t.start()
     time.sleep(WARMUP)
-    print(json.dumps({"ready": time.monotonic()}), flush=True)
+    rate = v.stats.segments_written / (time.monotonic() - started)
+    print(json.dumps({"ready": time.monotonic(), "rate": rate}), flush=True)
     for t in threads:
         t.join()
     n = sum(len(a) for a in acked)
@@ -194,21 +197,32 @@ def cluster(tmp: Path, creds: Credentials) -> Iterator[S3Config]:
 # -- one run --------------------------------------------------------------------------------
 
 
-def one_run(cfg: S3Config, disk: str, size: int, qd: int) -> dict[str, float]:
+def one_run(cfg: S3Config, disk: str, size: int, qd: int, timeout: float) -> dict[str, float]:
+    """One old writer, one new open; inf when the open did not return within `timeout` s."""
     store = make_store(cfg)
     Volume.create(store, disk, DISK_SIZE)
     env = dict(os.environ, FENCE_BENCH_SECRET=cfg.secret_key)
     writer = subprocess.Popen(
         [sys.executable, __file__, "--role=writer", f"--endpoint={cfg.endpoint}",
          f"--access-key={cfg.access_key}", f"--disk={disk}", f"--size={size}", f"--qd={qd}"],
-        stdout=subprocess.PIPE, env=env,
+        stdout=subprocess.PIPE, env=env, preexec_fn=_die_with_parent,
     )  # fmt: skip
     assert writer.stdout is not None
     ready = json.loads(writer.stdout.readline())
     if "ready" not in ready:
         raise RuntimeError(f"old writer: {ready}")
     t0 = time.monotonic()
-    new = Volume.open(store, disk, config=vol_config())
+    box: list[Volume] = []
+    opener = threading.Thread(
+        target=lambda: box.append(Volume.open(store, disk, config=vol_config())), daemon=True
+    )
+    opener.start()
+    opener.join(timeout)
+    if not box:
+        writer.kill()
+        writer.wait()
+        return {"open": float("inf"), "fence": float("inf"), "rate": float("nan"), "writes": 0}
+    new = box[0]
     t_open = time.monotonic()
     report = json.loads(writer.stdout.readline())
     writer.wait(60)
@@ -225,13 +239,17 @@ def one_run(cfg: S3Config, disk: str, size: int, qd: int) -> dict[str, float]:
         assert int.from_bytes(got[8:16], "little") >= i, f"acknowledged write {i} lost"
     new.abandon()
     store.close()
-    pre_fence = report["seconds"] - (t_open - t0)
     return {
         "open": t_open - t0,
         "fence": max(t_open, report["fenced_at"]) - t0,
-        "rate": report["segments"] / max(pre_fence, 1e-9),
+        "rate": ready["rate"],
         "writes": report["writes"],
     }
+
+
+def _die_with_parent() -> None:
+    """The old writer must not outlive a bench that is stopped (prctl PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -250,6 +268,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--stores", default="embedded,cluster")
     ap.add_argument("--loads", default="4k-qd8,1m-qd4")
+    ap.add_argument("--timeout", type=float, default=120.0, help="give up on an open after this")
     args = ap.parse_args()
     if args.role == "writer":
         cfg = S3Config(args.endpoint, BUCKET, args.access_key, os.environ["FENCE_BENCH_SECRET"])
@@ -277,7 +296,7 @@ def main() -> None:
                 size, qd = LOADS[load]
                 runs = []
                 for r in range(args.runs):
-                    res = one_run(cfg, f"{load}-{r}", size, qd)
+                    res = one_run(cfg, f"{load}-{r}", size, qd, args.timeout)
                     runs.append(res)
                     print(
                         f"  {store_name} {load} run {r + 1}: open {res['open']:.3f} s, "
