@@ -389,3 +389,27 @@ def test_a_new_writer_fences_a_writer_that_keeps_writing() -> None:
         assert data[i * BLOCK : (i + 1) * BLOCK] == block(i + 1)
     new.close()
     old.abandon()
+
+
+def test_a_replica_judges_a_torn_run_and_a_resume_like_the_primary() -> None:
+    """The replicator copies torn (empty) segment objects as they are, so the secondary's log
+    reads the same, past the torn position and the writer's resume."""
+    from blockstore.replication import DiskReplicator
+
+    primary, secondary = MemoryStore(), MemoryStore()
+    Volume.create(primary, "d", 1 << 20)
+    faulty = FaultyStore(primary)
+    v = Volume.open(faulty, "d", config=cfg())
+    v.write(0, block(1), durable=True)
+    faulty.tear(SEG)
+    with pytest.raises(Unavailable):
+        v.write(BLOCK, block(2), durable=True)
+    v.write(2 * BLOCK, block(3), durable=True)
+    v.abandon()
+    rep = DiskReplicator(primary, secondary, "d")
+    try:
+        stats = rep.run_once()
+        assert stats.errors == 0, stats.last_error
+    finally:
+        rep.close()
+    assert read_all(secondary, 3) == read_all(primary, 3) == block(1) + block(2) + block(3)
