@@ -29,11 +29,15 @@ Guarantees:
 - Every byte fetched from the store is checked against its xxh3 chunk checksum; a mismatch
   raises `IntegrityError` and counts `checksum_failures`, it never returns wrong data.
 - Exclusive writer: a writable open claims a new epoch (create-if-absent only), replays the log
-  and then creates *fences* (empty segments) at the next `FENCE_WINDOW` log positions. There is
-  one segment key per seq, created with If-None-Match, so an older writer's PUT at a position
-  the new writer holds gets 412 and it raises `Fenced`; a write is acknowledged once its PUT
-  (and every earlier one) succeeded, with no further request. Segments of an older epoch that
-  land after a newer epoch's fence are never applied (docs/format.md has the argument).
+  and then creates *fences* (empty segments) in batches of `FENCE_SPAN` positions, until every
+  position from its first fence F to F + FENCE_SPAN - 1 is decided; it writes data after that,
+  so it fences an old writer in bounded time whatever that writer's rate. There is one segment
+  key per seq, created with If-None-Match, so an older writer's PUT at a position the new
+  writer holds gets 412 and it raises `Fenced`; a write is acknowledged once its PUT (and every
+  earlier one) succeeded, with no further request. Which objects count is decided by one rule,
+  `blockstore/fence.py`, for replay and fencing alike (docs/format.md has the argument).
+- A writer whose own PUT left a torn (empty) object resumes in its own epoch past it, while no
+  newer epoch is claimed (else it is `Fenced`); no acknowledged write is lost.
 - A failed segment PUT is not retried in a loop here (`RetryingStore` below does bounded
   retries): the waiting flush/durable write gets the error, the batch stays queued and is
   re-sent on the next flush. Nothing is acknowledged that the store did not acknowledge.
@@ -1403,6 +1407,13 @@ class Volume:
                             )
                         if ours and q >= t + FENCE_WINDOW and resume_at is None:
                             resume_at = q
+                    if todo[-1] >= t + 2 * FENCE_WINDOW:
+                        # Our reach must stay inside a newer writer's fence span (FENCE_SPAN
+                        # from its first fence, which is past t): give up rather than go on.
+                        raise Unavailable(
+                            f"disk {self.disk_id}: {FENCE_WINDOW} resume fences after position "
+                            f"{t} were torn"
+                        )
                     todo = [todo[-1] + 1]  # our resume fence was torn too: the next one
         except BlockstoreError as exc:
             with self._lock:
