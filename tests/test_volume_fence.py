@@ -26,9 +26,10 @@ from hypothesis import strategies as st
 from blockstore import keys
 from blockstore.errors import BlockstoreError, Fenced, Unavailable
 from blockstore.faults import FaultRule, FaultyStore
-from blockstore.fence import FENCE_SPAN, FENCE_WINDOW
+from blockstore.fence import FENCE_SPAN, FENCE_WINDOW, LogRule
 from blockstore.objectstore import MemoryStore, ObjectInfo, ObjectStore
 from blockstore.retry import RetryConfig, RetryingStore
+from blockstore.segment import WRITE, Record, SegmentHeader
 from blockstore.volume import Volume, VolumeConfig
 
 KiB = 4096 // 4
@@ -84,6 +85,37 @@ class FrozenListing(ObjectStore):
         if self.thawed or prefix not in self.frozen:
             return self.inner.list(prefix, start_after)
         return iter([o for o in self.frozen[prefix] if start_after is None or o.key > start_after])
+
+
+# -- the rule itself --------------------------------------------------------------------------
+
+
+def hdr(seq: int, epoch: int, data: bool = True) -> SegmentHeader:
+    recs = [Record(WRITE, 0, 512, data_off=0)] if data else []
+    return SegmentHeader(seq, epoch, "d", 4096, recs, 0, 512 if data else 0)
+
+
+def test_the_log_rule() -> None:
+    r = LogRule()
+    assert r.judge(1, hdr(1, 1, data=False))  # epoch 1's first fence
+    assert not r.judge(2, None)  # torn inside the span: harmless
+    assert r.judge(FENCE_SPAN + 1, hdr(FENCE_SPAN + 1, 1))  # data, run whole
+    t = FENCE_SPAN + 2
+    assert not r.judge(t, None)  # torn outside the span: breaks the run
+    assert r.broken_at == t
+    assert not r.judge(t + 1, hdr(t + 1, 1))  # data after it: void
+    assert not r.judge(t + 2, hdr(t + 2, 1, data=False))  # a fence inside its window: void
+    assert not r.judge(t + 3, None)  # another torn one: still broken at t
+    assert r.judge(t + FENCE_WINDOW, hdr(t + FENCE_WINDOW, 1, data=False))  # resume fence
+    assert r.broken_at == 0
+    assert r.judge(t + FENCE_WINDOW + 1, hdr(t + FENCE_WINDOW + 1, 1))
+    u = t + 20
+    assert not r.judge(u, None)  # broken again, and a newer epoch's fence takes the log
+    assert r.judge(u + 1, hdr(u + 1, 2, data=False))
+    assert (r.epoch, r.fences, r.broken_at) == (2, [1, u + 1], 0)
+    assert not r.judge(u + 2, hdr(u + 2, 1))  # an older epoch's late PUT: void
+    assert not r.judge(u + 3, None)  # torn inside epoch 2's span: harmless
+    assert r.broken_at == 0
 
 
 # -- item 7: a writer's own torn PUT ---------------------------------------------------------
