@@ -170,11 +170,12 @@ def cluster(tmp: Path, creds: Credentials) -> Iterator[S3Config]:
             )
             time.sleep(1.0)
         cfg = S3Config(f"http://127.0.0.1:{s3}", BUCKET, creds.access_key, creds.secret_key)
-        deadline = time.monotonic() + 60
-        while True:
+        deadline = time.monotonic() + 120
+        while True:  # ready once a PUT lands: the first one waits for volumes to be grown
             try:
                 raw = S3Store(cfg)
                 raw.ensure_bucket()
+                raw.put("probe", b"x")
                 raw.close()
                 break
             except Exception:
