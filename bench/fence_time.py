@@ -222,7 +222,7 @@ def one_run(cfg: S3Config, disk: str, size: int, qd: int, timeout: float) -> dic
     if not box:
         writer.kill()
         writer.wait()
-        return {"open": float("inf"), "fence": float("inf"), "rate": float("nan"), "writes": 0}
+        return {"open": float("inf"), "fence": float("inf"), "rate": ready["rate"], "writes": 0}
     new = box[0]
     t_open = time.monotonic()
     report = json.loads(writer.stdout.readline())
