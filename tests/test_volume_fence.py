@@ -254,7 +254,8 @@ TEARS = [0, 0, 0, 0, 0, 1, 2, FENCE_SPAN - 1, FENCE_SPAN, FENCE_SPAN + 1]
 WRITER_PLAN = st.tuples(
     st.booleans(),  # stale: its LISTs are answered as of just before the previous opener
     st.sampled_from(TEARS),  # > 0: its fence PUT that far past the log's end is torn
-    st.lists(st.tuples(st.booleans(), st.booleans()), max_size=3),  # writes: (by_older, torn)
+    # writes: (by_older, torn, burst); a burst is three pipelined writes and a flush
+    st.lists(st.tuples(st.booleans(), st.booleans(), st.booleans()), max_size=3),
     st.booleans(),  # checkpoint at the end of its turn
 )
 
@@ -288,7 +289,9 @@ class ThreeWriters:
                           torn=True)
             )  # fmt: skip
         try:
-            v = Volume.open(store, "d", config=cfg(max_inflight_segments=2))
+            v = Volume.open(
+                store, "d", config=cfg(max_inflight_segments=2, segment_max_bytes=BLOCK)
+            )
         except (Unavailable, Fenced):
             return  # a dying opener: its fences stay behind
         if isinstance(store, FrozenListing):
@@ -297,25 +300,44 @@ class ThreeWriters:
         self.writers.append((v, faulty))
         self.unknown[id(v)] = []
 
-    def write(self, by_older: bool, torn: bool) -> None:
+    def write(self, by_older: bool, torn: bool, burst: bool) -> None:
         if not self.writers:
             return
         v, faulty = self.writers[-2 if by_older and len(self.writers) > 1 else -1]
-        blk = self.next_block
-        self.next_block += 1
+        pending = self.unknown[id(v)]
         if torn:
             faulty.tear(SEG)
         try:
-            v.write(blk * BLOCK, block(blk + 1), durable=True)
-        except Fenced:
-            self.refused.add(blk)
-        except BlockstoreError:
-            self.unknown[id(v)].append(blk)
-        else:
-            self.acked.add(blk)
-            self.acked.update(self.unknown[id(v)])  # a durable write covers every earlier one
-            self.unknown[id(v)].clear()
-        faulty.heal()
+            if not burst:
+                blk = self.next_block
+                self.next_block += 1
+                try:
+                    v.write(blk * BLOCK, block(blk + 1), durable=True)
+                except Fenced:
+                    self.refused.add(blk)  # its segment is past the fence, or never sent
+                    return
+                except BlockstoreError:
+                    pending.append(blk)
+                    return
+                self.acked.add(blk)
+            else:
+                for _ in range(3):  # one batch each, two PUTs in flight at a time
+                    blk = self.next_block
+                    self.next_block += 1
+                    try:
+                        v.write(blk * BLOCK, block(blk + 1))
+                    except Fenced:
+                        self.refused.add(blk)  # refused before it joined a batch
+                        return
+                    pending.append(blk)
+                try:
+                    v.flush()
+                except BlockstoreError:
+                    return  # some of the burst may have landed before a fence: unknown
+            self.acked.update(pending)  # a durable write or flush covers every earlier one
+            pending.clear()
+        finally:
+            faulty.heal()
 
     def checkpoint(self) -> None:
         if self.writers:
@@ -347,9 +369,9 @@ class ThreeWriters:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(WRITER_PLAN, min_size=3, max_size=3))
 def test_three_writers_with_torn_puts(
-    plan: list[tuple[bool, int, list[tuple[bool, bool]], bool]],
+    plan: list[tuple[bool, int, list[tuple[bool, bool, bool]], bool]],
 ) -> None:
-    note(f"plan (stale, tear, [(by_older, torn)], checkpoint) per writer: {plan!r}")
+    note(f"plan (stale, tear, [(by_older, torn, burst)], checkpoint) per writer: {plan!r}")
     m = ThreeWriters()
     before_previous: dict[str, list[ObjectInfo]] | None = None
     for stale, tear, writes, checkpoint in plan:
@@ -357,8 +379,8 @@ def test_three_writers_with_torn_puts(
         m.open(before_previous if stale else None, tear)
         before_previous = now
         m.check_all()
-        for by_older, torn in writes:
-            m.write(by_older, torn)
+        for by_older, torn, burst in writes:
+            m.write(by_older, torn, burst)
             m.check_all()
         if checkpoint:
             m.checkpoint()
