@@ -235,15 +235,6 @@ class _Io:
             return False
         return True
 
-    def size_of(self, key: str) -> int | None:
-        """The object's size, None when it does not exist."""
-        with self.lock:
-            self.stats.heads += 1
-        try:
-            return self.store.head(key).size
-        except NotFound:
-            return None
-
     def list(self, prefix: str, start_after: str | None = None) -> list[tuple[str, int]]:
         with self.lock:
             self.stats.lists += 1
