@@ -218,6 +218,29 @@ def test_a_writer_that_cannot_list_epochs_does_not_resume() -> None:
     v.abandon()
 
 
+def test_a_newer_openers_torn_fence_at_our_next_position_fences_us() -> None:
+    """A newer opener's fence PUT died mid-body at the older writer's next data position (and
+    the opener died). The older writer meets an empty object there, as if its own PUT had torn,
+    but must not resume: a newer epoch was claimed. Nothing it wrote after is visible."""
+    store = MemoryStore()
+    Volume.create(store, "d", 1 << 20)
+    w1 = Volume.open(store, "d", config=cfg())
+    w1.write(0, block(1), durable=True)
+    nxt = max(p[1] for k in store.raw() if (p := keys.parse_segment_key(k))) + 1
+    f2 = FaultyStore(store)
+    f2.add(FaultRule(op="put", key_contains=keys.segment_key("d", nxt), torn=True))
+    with pytest.raises(Unavailable):
+        Volume.open(f2, "d", config=cfg())  # dies: its fence at nxt is torn
+    with pytest.raises(Fenced):
+        w1.write(BLOCK, block(2), durable=True)
+    assert w1.stats.log_resumes == 0
+    w1.abandon()
+    assert read_all(store, 2) == block(1) + bytes(BLOCK)
+    w3 = Volume.open(store, "d", config=cfg())
+    assert w3.read(0, 2 * BLOCK) == block(1) + bytes(BLOCK)
+    w3.close()
+
+
 # -- item 5: three writers and a torn PUT ----------------------------------------------------
 
 
@@ -403,8 +426,16 @@ class SlowStore(MemoryStore):
         return super().put(key, data, **kw)  # type: ignore[arg-type]
 
 
-def test_a_new_writer_fences_a_writer_that_keeps_writing() -> None:
-    store = SlowStore(0.002)
+@pytest.mark.parametrize("where", ["memory", "seaweedfs"])
+def test_a_new_writer_fences_a_writer_that_keeps_writing(
+    where: str, request: pytest.FixtureRequest
+) -> None:
+    """An old writer does 4 KiB durable writes at QD8 with every PUT slot it may have; a new
+    writer opens meanwhile: it returns in bounded time, the old writer's next commit fails with
+    `Fenced`, and every write the old writer acknowledged is in the new writer's view."""
+    store: ObjectStore = (
+        SlowStore(0.002) if where == "memory" else request.getfixturevalue("s3_store_factory")()
+    )
     Volume.create(store, "d", 64 << 20)
     old = Volume.open(store, "d", config=cfg(max_inflight_segments=FENCE_WINDOW))
     acked: list[int] = []
@@ -443,6 +474,10 @@ def test_a_new_writer_fences_a_writer_that_keeps_writing() -> None:
         assert data[i * BLOCK : (i + 1) * BLOCK] == block(i + 1)
     new.close()
     old.abandon()
+    r = Volume.open(store, "d", writable=False, config=cfg())  # and so does every reader
+    data = r.read(0, (max(acked) + 1) * BLOCK)
+    assert all(data[i * BLOCK : (i + 1) * BLOCK] == block(i + 1) for i in acked)
+    r.close()
 
 
 def test_a_replica_judges_a_torn_run_and_a_resume_like_the_primary() -> None:
