@@ -3,7 +3,9 @@
 Sits where `RetryingStore` would, around a real or in-memory store. A test arms it with rules;
 each rule matches an operation (`get`, `put`, `delete`, `list`, `head`) and a key substring and
 either raises `Unavailable` (a transient outage) or "crashes": the call fails and so does every
-call after it, as if the process had died at that instant. `after` lets a rule skip the first N
+call after it, as if the process had died at that instant. A `torn` rule on `put` leaves an
+EMPTY object at the key (honouring If-None-Match) and raises `Unavailable`: what SeaweedFS 4.48
+keeps when a PUT's connection dies before its body. `after` lets a rule skip the first N
 matching calls, so a test can sweep a crash over every step of a flush or a checkpoint.
 """
 
@@ -29,6 +31,7 @@ class FaultRule:
     times: int = 1  # then fail this many (ignored for crash rules)
     crash: bool = False  # fail this call and every later call of any kind
     apply_before: bool = True  # False: the call reaches the store, then fails (lost reply)
+    torn: bool = False  # put only: store an empty object instead of the body, then fail
     seen: int = 0
 
 
@@ -54,6 +57,10 @@ class FaultyStore(ObjectStore):
             FaultRule(op=op, key_contains=key_contains, after=n, crash=True, apply_before=before)
         )
 
+    def tear(self, key_contains: str, *, after: int = 0) -> FaultRule:
+        """Let `after` matching PUTs through, then leave the next one torn (an empty object)."""
+        return self.add(FaultRule(op="put", key_contains=key_contains, after=after, torn=True))
+
     def heal(self) -> None:
         with self._lock:
             self.rules.clear()
@@ -76,7 +83,7 @@ class FaultyStore(ObjectStore):
                         raise Crashed(f"injected crash at {op} {key!r}")
                     return rule
                 if rule.seen <= rule.after + rule.times:
-                    if rule.apply_before:
+                    if rule.apply_before and not rule.torn:
                         raise Unavailable(f"injected outage at {op} {key!r}")
                     return rule
         return None
@@ -105,6 +112,9 @@ class FaultyStore(ObjectStore):
         if_match: str | None = None,
     ) -> str:
         rule = self._check("put", key)
+        if rule is not None and rule.torn:
+            self.inner.put(key, b"", if_none_match=if_none_match, if_match=if_match)
+            raise Unavailable(f"injected torn PUT at {key!r}: an empty object was left")
         etag = self.inner.put(key, data, if_none_match=if_none_match, if_match=if_match)
         self._after(rule, "put", key)
         return etag

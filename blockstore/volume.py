@@ -29,11 +29,15 @@ Guarantees:
 - Every byte fetched from the store is checked against its xxh3 chunk checksum; a mismatch
   raises `IntegrityError` and counts `checksum_failures`, it never returns wrong data.
 - Exclusive writer: a writable open claims a new epoch (create-if-absent only), replays the log
-  and then creates *fences* (empty segments) at the next `FENCE_WINDOW` log positions. There is
-  one segment key per seq, created with If-None-Match, so an older writer's PUT at a position
-  the new writer holds gets 412 and it raises `Fenced`; a write is acknowledged once its PUT
-  (and every earlier one) succeeded, with no further request. Segments of an older epoch that
-  land after a newer epoch's fence are never applied (docs/format.md has the argument).
+  and then creates *fences* (empty segments) in batches of `FENCE_SPAN` positions, until every
+  position from its first fence F to F + FENCE_SPAN - 1 is decided; it writes data after that,
+  so it fences an old writer in bounded time whatever that writer's rate. There is one segment
+  key per seq, created with If-None-Match, so an older writer's PUT at a position the new
+  writer holds gets 412 and it raises `Fenced`; a write is acknowledged once its PUT (and every
+  earlier one) succeeded, with no further request. Which objects count is decided by one rule,
+  `blockstore/fence.py`, for replay and fencing alike (docs/format.md has the argument).
+- A writer whose own PUT left a torn (empty) object resumes in its own epoch past it, while no
+  newer epoch is claimed (else it is `Fenced`); no acknowledged write is lost.
 - A failed segment PUT is not retried in a loop here (`RetryingStore` below does bounded
   retries): the waiting flush/durable write gets the error, the batch stays queued and is
   re-sent on the next flush. Nothing is acknowledged that the store did not acknowledge.
@@ -70,6 +74,7 @@ from blockstore.errors import (
     Unavailable,
 )
 from blockstore.extentmap import ExtentMap
+from blockstore.fence import FENCE_SPAN, FENCE_WINDOW, LogRule
 from blockstore.objectstore import ObjectStore
 from blockstore.segment import (
     RESIZE,
@@ -91,10 +96,6 @@ SECTOR = 512
 MAX_SIZE = 64 << 40  # 64 TiB, the largest disk we create or grow to
 _FAR = 1 << 62  # "to the end of any disk" for clearing tails
 _ZEROS = memoryview(bytes(1 << 20))
-# Part of the format: no writer ever has a segment PUT outstanding more than FENCE_WINDOW seqs past
-# the last seq it acknowledged, and a new writer fences that many positions, so an older writer's
-# late PUTs can only land on positions the new writer holds or has seen (docs/format.md).
-FENCE_WINDOW = 8
 _READ_PARALLEL = 8  # ranged GETs of one read that may run at once
 _COALESCE_GAP = 64 << 10  # pieces of one segment closer than this share a ranged GET
 _REPLAY_AHEAD = 16  # segment headers fetched in parallel ahead of the one being replayed
@@ -160,6 +161,7 @@ class VolumeStats:
     segments_replayed: int = 0
     segments_void: int = 0  # stale segments of superseded writers, skipped (never applied)
     fences_written: int = 0
+    log_resumes: int = 0  # times this writer took the log up again past its own torn PUT
     bytes_uploaded: int = 0  # every byte this volume PUT (segments, checkpoints, records)
     puts: int = 0
     gets: int = 0
@@ -238,15 +240,6 @@ class _Io:
         except NotFound:
             return False
         return True
-
-    def size_of(self, key: str) -> int | None:
-        """The object's size, None when it does not exist."""
-        with self.lock:
-            self.stats.heads += 1
-        try:
-            return self.store.head(key).size
-        except NotFound:
-            return None
 
     def list(self, prefix: str, start_after: str | None = None) -> list[tuple[str, int]]:
         with self.lock:
@@ -341,36 +334,53 @@ def _read_header(io: _Io, key: str, header_read: int, size: int | None = None) -
 class _State:
     durable: ExtentMap[Record]
     size: int
-    seq: int  # last log position replayed, applied or void (0: none of this disk's own)
+    seq: int  # last log position judged (applied or void; 0: none of this disk's own)
     ckpt_seq: int  # newest checkpoint seq, -1 when there is none
     ckpt_refs: set[str]
     segments: dict[str, int]  # segment key -> data bytes, for every segment the map may name
-    log_epoch: int = 0  # highest epoch of any segment applied so far
-    fences: list[int] = field(default_factory=list)  # seq of the first segment of each epoch
+    rule: LogRule = field(default_factory=LogRule)  # log epoch, fences, broken run
     # A writer's open: the epoch that held the log just before this writer's first fence took
     # it (0: none). A write journal of that epoch may still be made durable; any other is stale.
     prior_epoch: int = 0
 
-    def replay(self, hdr: SegmentHeader, key: str, stats: VolumeStats) -> None:
-        """Take the segment at position seq + 1 into the state: apply it, or skip it when an
-        older epoch wrote it after a newer epoch's first segment (a fenced writer's late PUT)."""
+    @property
+    def log_epoch(self) -> int:
+        return self.rule.epoch
+
+    @property
+    def fences(self) -> list[int]:
+        return self.rule.fences
+
+    def replay(self, hdr: SegmentHeader | None, stats: VolumeStats, disk_id: str) -> None:
+        """Take the object at position seq + 1 (None: a torn, empty one) into the state:
+        applied or void, as the one log rule (blockstore/fence.py) says."""
         self.seq += 1
-        if hdr.epoch < self.log_epoch:
+        if not self.rule.judge(self.seq, hdr):
             stats.segments_void += 1
             return
-        if hdr.epoch > self.log_epoch:
-            self.log_epoch = hdr.epoch
-            self.fences.append(self.seq)
+        assert hdr is not None
         for rec in hdr.records:
             self.size = _apply(self.durable, rec, self.size)
         if hdr.data_len:
-            self.segments[key] = hdr.data_len
+            self.segments[keys.segment_key(disk_id, self.seq)] = hdr.data_len
         stats.segments_replayed += 1
+
+
+def _state_from_checkpoint(ck: Checkpoint) -> _State:
+    return _State(
+        ExtentMap.from_sorted(ck.starts, ck.ends, ck.vals),
+        ck.size,
+        ck.seq,
+        ck.seq,
+        set(ck.segments),
+        dict(ck.segments),
+        LogRule(ck.epoch, list(ck.fences)),
+    )
 
 
 def _load_state(io: _Io, disk_id: str, meta: dict[str, Any], header_read: int) -> _State:
     """Newest checkpoint (or the clone source's, or empty) plus replay of the segments after
-    it, stopping at the first missing seq (nothing after a gap was ever acknowledged)."""
+    it, up to the first missing seq (nothing after a gap was ever acknowledged)."""
     ckpts = [
         p[1]
         for k, _s in io.list(keys.checkpoint_prefix(disk_id))
@@ -383,16 +393,7 @@ def _load_state(io: _Io, disk_id: str, meta: dict[str, Any], header_read: int) -
             raise IntegrityError(
                 f"checkpoint {base_seq:016x} of {disk_id} names {ck.disk_id}/{ck.seq}"
             )
-        state = _State(
-            ExtentMap.from_sorted(ck.starts, ck.ends, ck.vals),
-            ck.size,
-            base_seq,
-            base_seq,
-            set(ck.segments),
-            dict(ck.segments),
-            ck.epoch,
-            list(ck.fences),
-        )
+        state = _state_from_checkpoint(ck)
     else:
         base_seq = 0
         durable: ExtentMap[Record] = ExtentMap()
@@ -404,7 +405,14 @@ def _load_state(io: _Io, disk_id: str, meta: dict[str, Any], header_read: int) -
             durable = ExtentMap.from_sorted(ck.starts, ck.ends, ck.vals)
             segments = dict(ck.segments)
         state = _State(durable, int(meta["size"]), 0, -1, set(), segments)
-    present = dict(io.list(keys.segment_prefix(disk_id), keys.segment_key(disk_id, base_seq)))
+    return _replay_listed(io, disk_id, state, header_read)
+
+
+def _replay_listed(io: _Io, disk_id: str, state: _State, header_read: int) -> _State:
+    """List the segments after `state.seq` and replay them up to the first missing one."""
+    present = dict(io.list(keys.segment_prefix(disk_id), keys.segment_key(disk_id, state.seq)))
+    if keys.segment_key(disk_id, state.seq + 1) not in present:
+        return state
     pool = ThreadPoolExecutor(_REPLAY_AHEAD, thread_name_prefix=f"replay-{disk_id}")
     try:
         return _replay(io, disk_id, state, present, header_read, pool)
@@ -420,10 +428,10 @@ def _replay(
     header_read: int,
     pool: ThreadPoolExecutor,
 ) -> _State:
-    """Apply the segments after the checkpoint, in log order. Their headers are fetched
-    `_REPLAY_AHEAD` at a time ahead of the one being applied: one GET after another took
-    0.8 ms per segment (2,008 segments: 1.6 s, now 0.65 s), and bounded how rarely a
-    checkpoint may be written."""
+    """Judge the segments after the checkpoint, in log order, up to the first missing one.
+    Their headers are fetched `_REPLAY_AHEAD` at a time ahead of the one being judged: one GET
+    after another took 0.8 ms per segment (2,008 segments: 1.6 s, now 0.65 s), and bounded how
+    rarely a checkpoint may be written."""
     ahead: dict[int, Future[SegmentHeader | None]] = {}
     next_fetch = state.seq + 1  # the first seq not asked for yet
 
@@ -437,49 +445,14 @@ def _replay(
             raise IntegrityError(f"segment {key}: header names {hdr.disk_id}/{hdr.seq}")
         return hdr
 
-    def header_at(seq: int) -> SegmentHeader | None:
-        """The header at `seq` (a present key); asks for the next ones, up to a gap."""
-        nonlocal next_fetch
+    while keys.segment_key(disk_id, state.seq + 1) in present:
+        seq = state.seq + 1
         while next_fetch < seq + _REPLAY_AHEAD and keys.segment_key(disk_id, next_fetch) in present:
             ahead[next_fetch] = pool.submit(fetch, next_fetch)
             next_fetch += 1
-        fut = ahead.pop(seq, None)  # None: asked for a second time (a torn position)
-        return fetch(seq) if fut is None else fut.result()
-
-    while keys.segment_key(disk_id, state.seq + 1) in present:
-        hdr = header_at(state.seq + 1)
-        if hdr is not None:
-            with io.lock:
-                state.replay(hdr, keys.segment_key(disk_id, state.seq + 1), io.stats)
-            continue
-        pos = state.seq + 1
-        if state.fences and state.fences[-1] < pos < state.fences[-1] + FENCE_WINDOW:
-            # Inside the current epoch's fence window: an older writer's PUT (or a retried
-            # fence of this one) died there. The writer met it while fencing, counted it void
-            # and went on to write after its window, so the log goes on too.
-            with io.lock:
-                state.seq += 1
-                io.stats.segments_void += 1
-            continue
-        # A torn position in the data area: its PUT never completed, so nothing from it on
-        # was acknowledged in this log epoch. The log goes on only at a newer writer's first
-        # fence, if one was made after the torn run; everything before that fence is void.
-        run: list[SegmentHeader | None] = []
-        seq = state.seq + 1
-        fence = None
-        while keys.segment_key(disk_id, seq) in present:
-            h = header_at(seq)
-            if h is not None and h.epoch > state.log_epoch:
-                fence = h
-                break
-            run.append(h)
-            seq += 1
-        if fence is None:
-            break  # like a gap: the log ends before the torn position
+        hdr = ahead.pop(seq).result()
         with io.lock:
-            state.seq += len(run)
-            io.stats.segments_void += len(run)
-            state.replay(fence, keys.segment_key(disk_id, state.seq + 1), io.stats)
+            state.replay(hdr, io.stats, disk_id)
     return state
 
 
@@ -535,15 +508,52 @@ def _diff(
     return out
 
 
+def _take_position(
+    io: _Io, disk_id: str, epoch: int, seq: int, config: VolumeConfig
+) -> tuple[bool, SegmentHeader | None]:
+    """PUT a fence of `epoch` at `seq` with If-None-Match. Returns (True, our fence's header)
+    when the position is ours (also when an earlier attempt whose reply was lost stored it),
+    else (False, the header of what holds it), or (False, None) for a torn (empty) object."""
+    key = keys.segment_key(disk_id, seq)
+    blob = encode_segment(key, disk_id, seq, epoch, config.checksum_chunk, [])
+    try:
+        io.put(key, blob, if_none_match=True)
+        held = False
+    except PreconditionFailed:
+        held = True
+    if held:
+        head = io.get(key, 0, config.header_read_bytes)
+        if not head:
+            return False, None
+        need = segment_header_length(head, key)
+        if need > len(head):
+            head += io.get(key, len(head), need - len(head))
+        hdr = decode_segment_header(head, key)
+        if hdr.seq != seq or hdr.disk_id != disk_id:
+            raise IntegrityError(f"segment {key}: header names {hdr.disk_id}/{hdr.seq}")
+        if hdr.epoch != epoch or hdr.records:
+            return False, hdr
+    with io.lock:
+        io.stats.fences_written += 1
+    return True, decode_segment_header(blob, key)
+
+
+class _TornPosition(BlockstoreError):
+    """Our own segment PUT left an empty (torn) object at its position."""
+
+
 class _Batch:
     """Records that become one segment."""
 
-    __slots__ = ("blob", "data_len", "first", "future", "nbytes", "records", "seq")
+    __slots__ = ("blob", "data_len", "first", "future", "n", "nbytes", "records", "seq")
 
     # `future` is the PUT in flight (None: not sent, or to be re-sent after an error).
+    # `seq` is the log position; `n` the batch's ordinal in this handle, which waiters wait
+    # for: a writer that resumes after its own torn PUT moves its batches to new positions.
 
-    def __init__(self, seq: int, first: float) -> None:
+    def __init__(self, seq: int, n: int, first: float) -> None:
         self.seq = seq
+        self.n = n
         self.first = first
         self.records: list[Record] = []
         self.nbytes = 0
@@ -656,74 +666,52 @@ class Volume:
 
     @staticmethod
     def _fence(io: _Io, disk_id: str, epoch: int, state: _State, config: VolumeConfig) -> None:
-        """Take the log over: create a fence at the first free position (replaying whatever
-        an older writer put there meanwhile), then at the next FENCE_WINDOW - 1 positions.
+        """Take the log over, in bounded time whatever an older writer's rate.
 
-        After this, every position an older writer can still PUT to is held (docs/format.md):
-        its PUT there gets 412 and it stops with `Fenced`; and whatever it did store in the
-        window is void because it comes after our first fence. Raises `Fenced` when a newer
-        writer's fence is met instead."""
-
-        def put_fence(seq: int) -> SegmentHeader | bool | None:
-            """None when our fence is at `seq`; else the header of what holds it, or False
-            for a torn (empty) object there."""
-            key = keys.segment_key(disk_id, seq)
-            blob = encode_segment(key, disk_id, seq, epoch, config.checksum_chunk, [])
-            try:
-                io.put(key, blob, if_none_match=True)
-                stored = True
-            except PreconditionFailed:
-                stored = False
-            if not stored:
-                if io.size_of(key) == 0:
-                    return False
-                hdr = _read_header(io, key, config.header_read_bytes)
-                if hdr.seq != seq or hdr.disk_id != disk_id:
-                    raise IntegrityError(f"segment {key}: header names {hdr.disk_id}/{hdr.seq}")
-                if hdr.epoch > epoch:
-                    raise Fenced(
-                        f"disk {disk_id!r}: a newer writer (epoch {hdr.epoch}) took the log "
-                        f"while epoch {epoch} was opening"
-                    )
-                if hdr.epoch < epoch:
-                    return hdr
-                # Our own fence: an earlier attempt whose reply was lost stored it.
-            with io.lock:
-                io.stats.fences_written += 1
-            return None
-
-        # The first fence, one position at a time: a position filled since our listing is an
-        # older writer's segment, maybe acknowledged, so it is replayed before we go on.
-        # A torn (empty) object ends the older writer's log: it and every older-epoch segment
-        # after it are void (that writer acknowledged nothing from the torn position on).
-        torn = False
-        while True:
-            hdr = put_fence(state.seq + 1)
-            if hdr is None:
-                break
-            with io.lock:
-                if hdr is False or torn:
-                    torn = True
-                    state.seq += 1
-                    io.stats.segments_void += 1
-                    continue
-                assert isinstance(hdr, SegmentHeader)
-                state.replay(hdr, keys.segment_key(disk_id, state.seq + 1), io.stats)
-        state.seq += 1
-        state.prior_epoch = state.log_epoch
-        state.log_epoch = epoch
-        state.fences.append(state.seq)
-        # The rest of the window, in parallel: whatever is already there is void (it is an
-        # older epoch's and comes after our first fence).
-        rest = range(state.seq + 1, state.seq + FENCE_WINDOW)
-        with ThreadPoolExecutor(len(rest), thread_name_prefix=f"fence-{disk_id}") as pool:
-            found = list(pool.map(put_fence, rest))
-        for hdr in found:
-            with io.lock:
-                if isinstance(hdr, SegmentHeader):
-                    state.replay(hdr, keys.segment_key(disk_id, state.seq + 1), io.stats)
+        Fences are PUT at FENCE_SPAN positions after the end of the log at once. When every
+        position of a batch is decided (ours, or held by another object), the lowest one we
+        hold, F, is our first fence; if an older writer filled the whole batch, the next batch
+        follows. Every position of [F, F + FENCE_SPAN) is then decided too (fencing more if
+        the batch ended sooner), and the positions up to F + FENCE_SPAN - 1 are judged, in
+        order, by the one log rule (blockstore/fence.py): below F an older writer's segments
+        are replayed (it may have acknowledged them), above F they are void. Our data starts at
+        F + FENCE_SPAN, beyond the reach of every older writer and opener (docs/format.md).
+        Raises `Fenced` when a newer epoch's object is met anywhere."""
+        # Catch up first with one LIST: an older writer that kept writing while we replayed
+        # has segments we can read in parallel, which is cheaper than fencing over them.
+        _replay_listed(io, disk_id, state, config.header_read_bytes)
+        if state.log_epoch > epoch:
+            raise Fenced(
+                f"disk {disk_id!r}: a newer writer (epoch {state.log_epoch}) took the log "
+                f"while epoch {epoch} was opening"
+            )
+        lo = state.seq + 1
+        decided: dict[int, tuple[bool, SegmentHeader | None]] = {}
+        todo = list(range(lo, lo + FENCE_SPAN))
+        with ThreadPoolExecutor(FENCE_SPAN, thread_name_prefix=f"fence-{disk_id}") as pool:
+            while todo:
+                results = pool.map(lambda q: _take_position(io, disk_id, epoch, q, config), todo)
+                for seq, got in zip(todo, results, strict=True):
+                    decided[seq] = got
+                    hdr = got[1]
+                    if not got[0] and hdr is not None and hdr.epoch > epoch:
+                        raise Fenced(
+                            f"disk {disk_id!r}: a newer writer (epoch {hdr.epoch}) took the log "
+                            f"while epoch {epoch} was opening"
+                        )
+                first = min((q for q, got in decided.items() if got[0]), default=None)
+                if first is None:  # an older writer filled the whole batch: the next one
+                    top = max(decided)
+                    todo = list(range(top + 1, top + 1 + FENCE_SPAN))
                 else:
-                    state.seq += 1  # our fence, or a torn object: void either way
+                    todo = [q for q in range(lo, first + FENCE_SPAN) if q not in decided]
+        assert first is not None
+        with io.lock:
+            for seq in range(lo, first + FENCE_SPAN):
+                if seq == first:
+                    state.prior_epoch = state.log_epoch
+                state.replay(decided[seq][1], io.stats, disk_id)
+        assert state.log_epoch == epoch and state.fences[-1] == first
 
     @staticmethod
     def _claim_epoch(io: _Io, disk_id: str, wanted: int | None = None) -> int:
@@ -768,16 +756,7 @@ class Volume:
         meta = _read_meta(io, disk_id)
         info = _read_snapshot(io, disk_id, snapshot)
         ck = _read_checkpoint(io, keys.checkpoint_key(disk_id, info.checkpoint_seq))
-        state = _State(
-            ExtentMap.from_sorted(ck.starts, ck.ends, ck.vals),
-            ck.size,
-            ck.seq,
-            ck.seq,
-            set(ck.segments),
-            dict(ck.segments),
-            ck.epoch,
-            list(ck.fences),
-        )
+        state = _state_from_checkpoint(ck)
         return cls(io, disk_id, meta, state, config, clock or SYSTEM_CLOCK, False, 0)
 
     @classmethod
@@ -840,6 +819,9 @@ class Volume:
         self._durable_size = state.size
         self._acked_seq = state.seq
         self._next_seq = state.seq + 1
+        self._acked_n = 0  # ordinal of the last acknowledged batch
+        self._next_n = 1
+        self._resume_at: int | None = None  # position of our own torn PUT, until resumed
         self._segments = state.segments
         self._segment_acked_at: dict[str, float] = {}  # segments this handle wrote (GC merge age)
         self._log_epoch = state.log_epoch
@@ -1143,8 +1125,9 @@ class Volume:
         if b is None:
             # The group-commit window is a latency knob timed by the real monotonic clock (a
             # condition wait cannot sleep on a fake clock); GC ages use the injected clock.
-            b = self._open = _Batch(self._next_seq, time.monotonic())
+            b = self._open = _Batch(self._next_seq, self._next_n, time.monotonic())
             self._next_seq += 1
+            self._next_n += 1
             if wake:  # start the commit-delay timer (a durable write asks for a PUT anyway)
                 self._cv.notify_all()
         b.records.append(rec)
@@ -1165,7 +1148,7 @@ class Volume:
             b.nbytes += 17
         if b.nbytes >= self._config.segment_max_bytes:
             self._seal_locked()
-        return b.seq
+        return b.n
 
     def _seal_locked(self) -> None:
         b = self._open
@@ -1179,12 +1162,13 @@ class Volume:
         limit = 2 * self._config.max_inflight_segments
         if len(self._sealed) + len(self._inflight) < limit:
             return
-        oldest = (self._inflight or self._sealed)[0].seq
+        oldest = (self._inflight or self._sealed)[0].n
         target = oldest + len(self._sealed) + len(self._inflight) - limit
         self._await_locked(target, self._request_locked(target, own_put=False)[0])
 
     def _commit_through(self, target: int) -> None:
-        """Block until segment `target` and all before it are acknowledged (lock not held)."""
+        """Block until batch `target` (an ordinal) and all before it are acknowledged (lock
+        not held)."""
         with self._lock:
             my_gen, own = self._request_locked(target, own_put=True)
         if own is not None:
@@ -1206,9 +1190,10 @@ class Volume:
         own = None
         if (
             ob is not None
-            and ob.seq <= target
+            and ob.n <= target
             and self._error is None
             and self._fatal is None
+            and self._resume_at is None
             and len(self._inflight) + len(self._sealed) < self._config.max_inflight_segments
         ):
             # Left to the committer, the batch would stay open until that thread got the GIL,
@@ -1246,7 +1231,7 @@ class Volume:
         and a transient failure (`Unavailable`) of a PUT is not the request's while its deadline
         is ahead: it asks again, so the batch is re-sent. A PUT that began before the request
         (or before the store came back) cannot fail it; only its own deadline can."""
-        while self._acked_seq < target:
+        while self._acked_n < target:
             if self._fatal is not None:
                 raise self._fatal
             left = request_deadline.remaining(self._clock)
@@ -1261,7 +1246,7 @@ class Volume:
             if left is not None and left <= 0:
                 last = f" (last error: {err})" if err is not None else ""
                 raise Unavailable(
-                    f"disk {self.disk_id}: segment {target} not stored by the request's "
+                    f"disk {self.disk_id}: batch {target} not stored by the request's "
                     f"deadline{last}"
                 )
             if self._abandoned or (self._stopping and not self._threads_alive()):
@@ -1283,8 +1268,8 @@ class Volume:
             if self._fatal is not None:
                 raise self._fatal
             self.stats.flushes += 1
-            target = self._next_seq - 1
-            if self._acked_seq >= target:
+            target = self._next_n - 1
+            if self._acked_n >= target:
                 return
         self._commit_through(target)
 
@@ -1308,7 +1293,7 @@ class Volume:
                         and (room or self._stopping)
                         and (
                             self._stopping
-                            or self._flush_target >= ob.seq
+                            or self._flush_target >= ob.n
                             or now - ob.first >= cfg.commit_delay
                         )
                     ):
@@ -1320,12 +1305,21 @@ class Volume:
                         self._submit_locked()
                     if self._ack_stored_locked():
                         continue  # slots freed: seal and submit again
-                    if self._checkpoint_due:
-                        self._checkpoint_due = False
-                        break
                     running = any(
                         b.future is not None and not b.future.done() for b in self._inflight
                     )
+                    resume = (
+                        self._resume_at is not None
+                        and self._error is None
+                        and self._fatal is None
+                        and not self._abandoned
+                        and not running
+                    )
+                    if resume:
+                        break  # every PUT has finished: take the log up again past the torn one
+                    if self._checkpoint_due:
+                        self._checkpoint_due = False
+                        break
                     if self._stopping and not running:
                         idle = not self._inflight and not self._sealed and self._open is None
                         if idle or self._error is not None or self._fatal is not None:
@@ -1335,6 +1329,9 @@ class Volume:
                     if ob is not None and room:
                         timeout = max(1e-4, cfg.commit_delay - (now - ob.first))
                     self._cv.wait(timeout)
+            if resume:
+                self._resume()
+                continue
             try:
                 self._write_checkpoint()
             except BlockstoreError:
@@ -1343,6 +1340,8 @@ class Volume:
 
     def _submit_locked(self) -> None:
         assert self._executor is not None
+        if self._resume_at is not None:
+            return  # nothing goes out until the batches have their new positions
         for b in self._inflight:
             if b.future is None:
                 b.future = self._executor.submit(self._put_batch, b)
@@ -1364,6 +1363,94 @@ class Volume:
             self.stats.commit_errors += 1
         self._cv.notify_all()
 
+    def _resume(self) -> None:
+        """Take the log up again, in our own epoch, after our own PUT at position t left a
+        torn (empty) object, once every PUT in flight has finished.
+
+        Nothing at or after t was acknowledged (acknowledgements are in order) and our PUTs
+        reach at most t + FENCE_WINDOW - 1. We fence t+1 .. t+FENCE_WINDOW, so that every
+        position up to the resume fence is decided (a late PUT of ours there gets 412), and
+        the resume fence r is the first of those at or after t + FENCE_WINDOW that we hold:
+        the log rule voids our objects in between and applies ours again from r. Every
+        batch not acknowledged moves, in order, to r+1, r+2, ...
+
+        Only while no newer epoch has been claimed: a writer that resumes must not take
+        positions a newer writer is fencing for. When that cannot be proved (the LIST
+        fails), or a newer epoch's object is met, this writer is `Fenced` for good."""
+        with self._lock:
+            t = self._resume_at
+        if t is None:
+            return
+        cfg = self._config
+
+        def fenced(why: str) -> None:
+            with self._lock:
+                if self._fatal is None:
+                    self._fatal = Fenced(
+                        f"disk {self.disk_id!r}: writer epoch {self._epoch} cannot resume "
+                        f"past its torn segment at {t}: {why}"
+                    )
+                self._cv.notify_all()
+
+        try:
+            newer = self.newer_epoch()
+        except BlockstoreError as exc:
+            fenced(f"no proof that no newer writer was claimed ({exc})")
+            return
+        if newer is not None:
+            fenced(f"epoch {newer} was claimed")
+            return
+        todo = list(range(t + 1, t + FENCE_WINDOW + 1))
+        resume_at: int | None = None
+        try:
+            with ThreadPoolExecutor(len(todo), thread_name_prefix=f"resume-{self.disk_id}") as pool:
+                while resume_at is None:
+                    got = list(
+                        pool.map(
+                            lambda q: _take_position(self._io, self.disk_id, self._epoch, q, cfg),
+                            todo,
+                        )
+                    )
+                    for q, (ours, hdr) in zip(todo, got, strict=True):
+                        if not ours and hdr is not None and hdr.epoch > self._epoch:
+                            fenced(f"epoch {hdr.epoch} holds position {q}")
+                            return
+                        if not ours and hdr is not None and hdr.epoch < self._epoch:
+                            raise IntegrityError(
+                                f"disk {self.disk_id}: epoch {hdr.epoch} holds position {q}, "
+                                f"inside epoch {self._epoch}'s data; refusing to resume"
+                            )
+                        if ours and q >= t + FENCE_WINDOW and resume_at is None:
+                            resume_at = q
+                    if todo[-1] >= t + 2 * FENCE_WINDOW:
+                        # Our reach must stay inside a newer writer's fence span (FENCE_SPAN
+                        # from its first fence, which is past t): give up rather than go on.
+                        raise Unavailable(
+                            f"disk {self.disk_id}: {FENCE_WINDOW} resume fences after position "
+                            f"{t} were torn"
+                        )
+                    todo = [todo[-1] + 1]  # our resume fence was torn too: the next one
+        except BlockstoreError as exc:
+            with self._lock:
+                self._set_error_locked(exc)  # the next flush tries again
+            return
+        with self._lock:
+            if self._abandoned or self._fatal is not None:
+                return
+            batches = [*self._inflight, *self._sealed]
+            if self._open is not None:
+                batches.append(self._open)
+            assert batches and batches[0].seq == t
+            for i, b in enumerate(batches):
+                b.seq = resume_at + 1 + i
+                b.blob = None
+                b.future = None
+            self._next_seq = resume_at + 1 + len(batches)
+            self._acked_seq = resume_at
+            self._resume_at = None
+            self.stats.log_resumes += 1
+            self._cv.notify_all()
+
     def _put_batch(self, b: _Batch) -> None:
         key = keys.segment_key(self.disk_id, b.seq)
         if b.blob is None:
@@ -1378,7 +1465,12 @@ class Volume:
         # Someone holds this position. A newer writer's fence: we are superseded. Our own
         # bytes: an earlier attempt whose reply was lost stored them. Nothing else can be there:
         # older writers' PUTs all fall inside our own fence window (FENCE_WINDOW).
-        raw = _read_header_bytes(self._io, key, self._config.header_read_bytes)
+        raw = self._io.get(key, 0, self._config.header_read_bytes)
+        if not raw:
+            raise _TornPosition(f"segment {key}: our PUT left an empty object there")
+        need = segment_header_length(raw, key)
+        if need > len(raw):
+            raw += self._io.get(key, len(raw), need - len(raw))
         hdr = decode_segment_header(raw, key)
         if hdr.epoch > self._epoch:
             raise Fenced(
@@ -1408,6 +1500,14 @@ class Volume:
             if isinstance(exc, Fenced):
                 self._fatal = exc  # never acknowledge anything again
                 break
+            if isinstance(exc, _TornPosition):
+                # Our own PUT died mid-body and left an empty object: nothing from here on
+                # can be acknowledged at these positions. The committer resumes the log past
+                # them once every PUT in flight has finished (`_resume`).
+                b.future = None
+                self._resume_at = b.seq
+                self._cv.notify_all()
+                break
             if exc is not None:
                 b.future = None
                 self._set_error_locked(exc)
@@ -1425,6 +1525,7 @@ class Volume:
                 self._segment_acked_at[key] = now
             b.blob = None
             self._acked_seq = b.seq
+            self._acked_n = b.n
             self.stats.segments_written += 1
             acked = True
         if acked:

@@ -22,9 +22,10 @@ from blockstore.errors import (
     Unavailable,
 )
 from blockstore.faults import FaultRule, FaultyStore
+from blockstore.fence import FENCE_SPAN
 from blockstore.objectstore import Buffer, MemoryStore, ObjectStore
 from blockstore.segment import decode_segment_header
-from blockstore.volume import FENCE_WINDOW, Volume, VolumeConfig
+from blockstore.volume import Volume, VolumeConfig
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -285,7 +286,7 @@ def test_writes_arriving_while_every_put_slot_is_busy_share_the_next_segment() -
     store = RaceStore()
     Volume.create(store, "d1", MiB)
     v = Volume.open(store, "d1", config=cfg(max_inflight_segments=1))
-    release = store.hold(is_seg(FENCE_WINDOW + 1))
+    release = store.hold(is_seg(FENCE_SPAN + 1))
     threads = [
         threading.Thread(
             target=v.write, args=(i * 4096, bytes([i]) * 4096), kwargs={"durable": True}
@@ -613,7 +614,7 @@ def test_old_writer_racing_a_new_open(moment: str, expect: str) -> None:
     Volume.create(store, "d1", MiB)
     v1 = box["v1"] = Volume.open(store, "d1", config=cfg())
     v1.write(0, b"1" * 4096, durable=True)
-    nxt = v1.stats.segments_written + FENCE_WINDOW + 1  # the old writer's next position
+    nxt = v1.stats.segments_written + FENCE_SPAN + 1  # the old writer's next position
     new_epoch = v1.epoch + 1
     if moment == "before-claim":
         store.on_put(lambda k, _d: "/epoch/" in k, old_writer_commits)
@@ -640,7 +641,7 @@ def test_old_writer_pipelining_k_and_k1_while_new_writer_fences_k() -> None:
     Volume.create(store, "d1", MiB)
     v1 = Volume.open(store, "d1", config=cfg(max_inflight_segments=2, segment_max_bytes=4096))
     v1.write(0, b"1" * 4096, durable=True)
-    k = FENCE_WINDOW + 2
+    k = FENCE_SPAN + 2
     release_k = store.hold(is_seg(k, v1.epoch))
     v1.write(4096, b"K" * 4096)  # fills a batch: seq k, sealed at once
     v1.write(8192, b"J" * 4096)  # seq k + 1
@@ -681,7 +682,7 @@ def test_new_writers_next_seq_taken_by_stale_old_segment(lands: str) -> None:
     Volume.create(store, "d1", MiB)
     v1 = Volume.open(store, "d1", config=cfg(max_inflight_segments=2, segment_max_bytes=4096))
     v1.write(0, b"1" * 4096, durable=True)
-    k = FENCE_WINDOW + 2
+    k = FENCE_SPAN + 2
     release_k = store.hold(is_seg(k, v1.epoch))
     release_k1 = store.hold(is_seg(k + 1, v1.epoch))
     key_k1 = keys.segment_key("d1", k + 1)
@@ -771,7 +772,7 @@ def test_gc_never_deletes_fences() -> None:
         clock.advance(v.config.gc_min_age_seconds + 1)
     v.gc()
     raw = store.raw()
-    firsts = [keys.segment_key("d1", 1), keys.segment_key("d1", FENCE_WINDOW + 1)]
+    firsts = [keys.segment_key("d1", 1), keys.segment_key("d1", FENCE_SPAN + 1)]
     assert all(f in raw for f in firsts)
     segs = [k for k in raw if "/seg/" in k]
     assert len(segs) <= 3  # the two first fences and the live segment
