@@ -247,7 +247,8 @@ def _run_domain(name: str, base: Path, atts: list[dict[str, Any]], mode: str) ->
         live = _virsh("dumpxml", name, check=False).stdout
         if "<seclabel" in live:  # still running: QEMU's DAC label is libvirt-qemu's uid:gid
             uid = subprocess.run(["id", "-u", "libvirt-qemu"], capture_output=True, text=True)
-            assert f"+{uid.stdout.strip()}:" in live, live
+            assert f"<label>+{uid.stdout.strip()}:" in live, live
+            print(f"libvirt runs QEMU as {live.split('<label>')[1].split('<')[0]}")
         wait_for(
             lambda: "shut off" in _virsh("domstate", name, check=False).stdout,
             BOOT_TIMEOUT,
@@ -308,5 +309,6 @@ def test_libvirt_without_the_socket_group_is_denied(
             _virsh("destroy", name, check=False)
             _virsh("undefine", name, check=False)
         assert got.returncode != 0 and "Permission denied" in got.stderr, (got.stdout, got.stderr)
+        print(f"libvirt without the socket group: {got.stderr.strip()}")
     finally:
         host.stop()
