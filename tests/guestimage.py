@@ -69,7 +69,9 @@ for dev in /sys/block/vd*; do
     else
         /sbin/e2fsck -fn "/dev/$name" >/tmp/fsck.log 2>&1
         rc=$?; say "fsck $id $rc"; [ $rc -eq 0 ] || { cat /tmp/fsck.log; status=fail; }
-        mount -t ext4 -o ro "/dev/$name" "/mnt/$id" || { say "FAIL mount $id"; status=fail; continue; }
+        if ! mount -t ext4 -o ro "/dev/$name" "/mnt/$id"; then
+            say "FAIL mount $id"; status=fail; continue
+        fi
         if (cd "/mnt/$id" && sha256sum -c SHA256SUMS >/tmp/check.log 2>&1); then
             say "check $id ok"
         else
@@ -84,7 +86,8 @@ finish $status
 
 
 def guest_cache_dir() -> Path:
-    """Where fetched packages and built images live (git-ignored); BLOCKSTORE_GUEST_CACHE moves it."""
+    """Where fetched packages and built images live (git-ignored); BLOCKSTORE_GUEST_CACHE moves
+    it."""
     return Path(os.environ.get("BLOCKSTORE_GUEST_CACHE", REPO / "tests" / "data" / "guest-cache"))
 
 
@@ -113,6 +116,8 @@ def build_guest_image(cache: Path | None = None) -> GuestImage:
     stamp = hashlib.sha256(Path(__file__).read_bytes() + version.encode()).hexdigest()[:16]
     initramfs = cache / f"initramfs-{stamp}.cpio.gz"
     if not initramfs.exists():
+        for old in cache.glob("initramfs-*.cpio.gz"):
+            old.unlink()
         data = _initramfs(root, version)
         tmp_file = initramfs.with_suffix(".tmp")
         tmp_file.write_bytes(data)
@@ -136,9 +141,7 @@ def _kernel_deb(cache: Path) -> Path:
     depends = subprocess.run(
         ["dpkg-deb", "-f", str(meta), "Depends"], check=True, capture_output=True, text=True
     ).stdout
-    image = next(
-        d.split()[0] for d in depends.split(",") if d.strip().startswith("linux-image-")
-    )
+    image = next(d.split()[0] for d in depends.split(",") if d.strip().startswith("linux-image-"))
     return _fetch(cache, image.strip())
 
 

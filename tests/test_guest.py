@@ -107,7 +107,7 @@ def _boot_qemu(image: GuestImage, attachments: list[dict[str, Any]], mode: str) 
         args += ["-device", f"virtio-blk-pci,drive={node},serial=d{i}"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=BOOT_TIMEOUT)
     console = parse_console(proc.stdout)
-    assert proc.returncode == 0 and console.done == "ok", (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.returncode == 0 and console.done == "ok", (proc.stdout, proc.stderr)
     return console
 
 
@@ -220,7 +220,8 @@ def _libvirt_up() -> bool:
 
 @pytest.fixture(scope="module")
 def libvirtd() -> Iterator[None]:
-    """A running libvirtd: the machine's, or one started here (root, no systemd) and stopped after."""
+    """A running libvirtd: the machine's, or one started here (as root, without systemd) and
+    stopped after."""
     started: list[subprocess.Popen[bytes]] = []
     if not _libvirt_up():
         logs = Path(tempfile.mkdtemp(prefix="bs-libvirtd-"))
@@ -297,7 +298,8 @@ def test_libvirt_without_the_socket_group_is_denied(
     _kernel_for_libvirt(image, base)
     host = _host(seaweed, base / "home")
     try:
-        host.ok("POST", "/v1/disks", {"name": "lv-nogroup", "size_bytes": DISK_BYTES, "kind": "data"})
+        body = {"name": "lv-nogroup", "size_bytes": DISK_BYTES, "kind": "data"}
+        host.ok("POST", "/v1/disks", body)
         atts = _attach_all(host, ["lv-nogroup"], "vm-nogroup")
         name = f"bs-nogroup-{os.getpid()}"
         xml = base / f"{name}.xml"
