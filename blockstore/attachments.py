@@ -300,8 +300,11 @@ class ExportSupervisor:
             "nbd_uri": f"nbd+unix:///{name}?socket={sock}",
             "socket": str(sock),
             "export": name,
+            # QEMU's option syntax ends a value at a comma unless it is doubled (disk names
+            # have none; a home's path may).
             "qemu_blockdev": (
-                f"driver=nbd,server.type=unix,server.path={sock},export={name},node-name={node}"
+                "driver=nbd,server.type=unix,"
+                f"server.path={str(sock).replace(',', ',,')},export={name},node-name={node}"
             ),
             "libvirt_xml": xml,
             "pid": export.pid if export and export.process else None,
