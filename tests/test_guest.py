@@ -141,6 +141,23 @@ def test_the_returned_libvirt_disks_validate_inside_a_domain(host: ServeHost, ba
     assert got.returncode == 0, (got.stdout, got.stderr, domain.read_text())
 
 
+def test_the_qemu_snippet_opens_when_the_home_has_a_comma(
+    seaweed: SeaweedServer, base: Path
+) -> None:
+    """QEMU's option syntax ends a value at a comma unless it is doubled; a home may hold one."""
+    host = _host(seaweed, base / "vms,1" / "home")
+    try:
+        host.ok("POST", "/v1/disks", {"name": "comma", "size_bytes": 1 << 20, "kind": "data"})
+        att = host.ok("POST", "/v1/disks/comma/attach", {"vm": "vm-comma"})
+        for how in (["--image-opts", att["qemu_blockdev"]], [att["nbd_uri"]]):
+            got = subprocess.run(
+                ["qemu-img", "info", *how], capture_output=True, text=True, timeout=60
+            )
+            assert got.returncode == 0 and "virtual size: 1 MiB" in got.stdout, (how, got)
+    finally:
+        host.stop()
+
+
 @pytest.mark.slow
 def test_a_qemu_guest_makes_ext4_and_a_second_vm_verifies_every_file(
     host: ServeHost, image: GuestImage
