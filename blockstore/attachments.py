@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from blockstore.errors import BlockstoreError, Unavailable
@@ -297,7 +298,9 @@ class ExportSupervisor:
         )
         export = self._exports.get(name)
         return {
-            "nbd_uri": f"nbd+unix:///{name}?socket={sock}",
+            # A URI: a space or % in the home's path must be percent-encoded (libnbd and QEMU
+            # refuse the URI otherwise).
+            "nbd_uri": f"nbd+unix:///{name}?socket={quote(str(sock), safe='/')}",
             "socket": str(sock),
             "export": name,
             # QEMU's option syntax ends a value at a comma unless it is doubled (disk names
