@@ -141,11 +141,12 @@ def test_the_returned_libvirt_disks_validate_inside_a_domain(host: ServeHost, ba
     assert got.returncode == 0, (got.stdout, got.stderr, domain.read_text())
 
 
-def test_the_qemu_snippet_opens_when_the_home_has_a_comma(
+def test_the_qemu_snippet_and_the_uri_open_whatever_the_home_path(
     seaweed: SeaweedServer, base: Path
 ) -> None:
-    """QEMU's option syntax ends a value at a comma unless it is doubled; a home may hold one."""
-    host = _host(seaweed, base / "vms,1" / "home")
+    """QEMU's option syntax ends a value at a comma unless it is doubled, and a URI needs a space
+    or a % percent-encoded: a home's path may hold any of them."""
+    host = _host(seaweed, base / "vms,1 100%" / "home")
     try:
         host.ok("POST", "/v1/disks", {"name": "comma", "size_bytes": 1 << 20, "kind": "data"})
         att = host.ok("POST", "/v1/disks/comma/attach", {"vm": "vm-comma"})
