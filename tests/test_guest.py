@@ -4,9 +4,10 @@ The guest is a Debian kernel with a busybox/e2fsprogs initramfs (`tests/guestima
 on disks attached through a real `blockstore serve`, wired with what the attach call returned and
 nothing else: `qemu_blockdev` unchanged behind `-blockdev` (the device only names its node), or
 `libvirt_xml` unchanged inside a domain. The first boot makes ext4 on every disk and writes files
-with sha256 sums; the disks are detached, attached to a second VM, and a second boot checks the
-file systems and every sum. One data disk has a 63-character name (the longest there is), so its
-node name is the hashed one; two data disks and an OS disk (caching `readwrite`) share the VM.
+with sha256 sums; the disks are detached, attached to a second VM (on a second host for QEMU),
+and a second boot checks the file systems and every sum. One data disk has a 63-character name
+(the longest there is), so its node name is the hashed one; two data disks and an OS disk
+(caching `readwrite`) share the VM.
 
 `virt-xml-validate` checks the `<disk>` elements inside a domain (fast). The boots are slow tests
 (`.venv/bin/pytest -q -m slow tests/test_guest.py`, run by CI after the default suite); the libvirt
@@ -58,12 +59,18 @@ def base() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _host(seaweed: SeaweedServer, home: Path, group: str | None = None) -> ServeHost:
+def _prefix() -> str:
+    return f"guest-{next(_n)}-{os.getpid()}/"
+
+
+def _host(
+    seaweed: SeaweedServer, home: Path, group: str | None = None, prefix: str | None = None
+) -> ServeHost:
     return ServeHost(
         home,
         endpoint=seaweed.endpoint,
         bucket=seaweed.bucket,
-        prefix=f"guest-{next(_n)}-{os.getpid()}/",
+        prefix=prefix or _prefix(),
         access_key=seaweed.access_key,
         secret_key=seaweed.secret_key,
         extra_env={"BLOCKSTORE_SOCKET_GROUP": group} if group else None,
@@ -160,27 +167,39 @@ def test_the_qemu_snippet_and_the_uri_open_whatever_the_home_path(
 
 
 @pytest.mark.slow
-def test_a_qemu_guest_makes_ext4_and_a_second_vm_verifies_every_file(
-    host: ServeHost, image: GuestImage
+def test_a_qemu_guest_makes_ext4_and_a_vm_on_another_host_verifies_every_file(
+    seaweed: SeaweedServer, base: Path, image: GuestImage
 ) -> None:
-    names = _create_disks(host, "qg")
-    atts = _attach_all(host, names, "vm-one")
-    nodes = [_node_name(a["qemu_blockdev"]) for a in atts]
-    assert len(set(nodes)) == 3 and all(len(n) <= 31 for n in nodes), nodes
+    """The second VM runs on a second host over the same bucket, so what it reads came from the
+    store, not from the first host's cache (the OS disk's caching is readwrite)."""
+    prefix = _prefix()
+    first_host = _host(seaweed, base / "host-a", prefix=prefix)
+    second_host: ServeHost | None = None
+    try:
+        names = _create_disks(first_host, "qg")
+        atts = _attach_all(first_host, names, "vm-one")
+        nodes = [_node_name(a["qemu_blockdev"]) for a in atts]
+        assert len(set(nodes)) == 3 and all(len(n) <= 31 for n in nodes), nodes
 
-    t0 = time.monotonic()
-    first = _boot_qemu(image, atts, "write")
-    t1 = time.monotonic()
-    _assert_written(first, ["d0", "d1", "d2"])
+        t0 = time.monotonic()
+        first = _boot_qemu(image, atts, "write")
+        t1 = time.monotonic()
+        _assert_written(first, ["d0", "d1", "d2"])
+        for name in names:
+            first_host.ok("POST", f"/v1/disks/{name}/detach", {})
+        first_host.stop()
 
-    for name in names:
-        host.ok("POST", f"/v1/disks/{name}/detach", {})
-    second_atts = _attach_all(host, names, "vm-two")
-    t2 = time.monotonic()
-    second = _boot_qemu(image, second_atts, "verify")
-    t3 = time.monotonic()
-    _assert_verified(first, second)
-    print(f"qemu guest: write boot {t1 - t0:.1f} s, verify boot {t3 - t2:.1f} s")
+        second_host = _host(seaweed, base / "host-b", prefix=prefix)
+        second_atts = _attach_all(second_host, names, "vm-two")
+        t2 = time.monotonic()
+        second = _boot_qemu(image, second_atts, "verify")
+        t3 = time.monotonic()
+        _assert_verified(first, second)
+        print(f"qemu guest: write boot {t1 - t0:.1f} s, verify boot {t3 - t2:.1f} s")
+    finally:
+        first_host.stop()
+        if second_host is not None:
+            second_host.stop()
 
 
 # --- libvirt ---------------------------------------------------------------------------------
