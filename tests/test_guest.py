@@ -351,3 +351,38 @@ def test_libvirt_without_the_socket_group_is_denied(
         print(f"libvirt without the socket group: {got.stderr.strip()}")
     finally:
         host.stop()
+
+
+@pytest.mark.slow
+def test_libvirt_hot_plugs_a_returned_disk_and_blockstore_refuses_to_detach_it_in_use(
+    seaweed: SeaweedServer, base: Path, image: GuestImage, libvirtd: None
+) -> None:
+    """`virsh attach-device --live` with `libvirt_xml` as returned: QEMU (as libvirt-qemu)
+    connects; a detach while it is connected is refused (409); after the VM stops it succeeds."""
+    _kernel_for_libvirt(image, base)
+    host = _host(seaweed, base / "home", group="libvirt-qemu")
+    name = f"bs-hotplug-{os.getpid()}"
+    try:
+        host.ok("POST", "/v1/disks", {"name": "lv-hot", "size_bytes": DISK_BYTES, "kind": "data"})
+        xml = base / f"{name}.xml"
+        xml.write_text(_domain_xml(name, base, [], "verify"))
+        _virsh("define", str(xml))
+        _virsh("start", name, "--paused")  # a paused guest takes devices; it never runs here
+        att = host.ok("POST", "/v1/disks/lv-hot/attach", {"vm": name})
+        disk = base / "hot-disk.xml"
+        disk.write_text(att["libvirt_xml"])
+        _virsh("attach-device", name, str(disk), "--live")
+        assert "lv-hot" in _virsh("domblklist", name).stdout
+        status, body = host.call("POST", "/v1/disks/lv-hot/detach", {})
+        assert status == 409, (status, body)
+        _virsh("destroy", name)
+        wait_for(
+            lambda: host.call("POST", "/v1/disks/lv-hot/detach", {})[0] == 200,
+            30,
+            "the detach once QEMU has gone",
+            step=0.5,
+        )
+    finally:
+        _virsh("destroy", name, check=False)
+        _virsh("undefine", name, check=False)
+        host.stop()
