@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from blockstore.errors import BlockstoreError, Unavailable
@@ -306,12 +307,18 @@ class ExportSupervisor:
         )
         export = self._exports.get(name)
         return {
-            "nbd_uri": f"nbd+unix:///{name}?socket={sock}",
+            # A URI: a space or % in the home's path must be percent-encoded (libnbd and QEMU
+            # refuse the URI otherwise).
+            "nbd_uri": f"nbd+unix:///{name}?socket={quote(str(sock), safe='/')}",
             "socket": str(sock),
             "export": name,
+            # QEMU's option syntax ends a value at a comma unless it is doubled (disk names
+            # have none; a home's path may).
             "qemu_blockdev": (
-                f"driver=nbd,server.type=unix,server.path={sock},export={name},node-name={node}"
+                "driver=nbd,server.type=unix,"
+                f"server.path={str(sock).replace(',', ',,')},export={name},node-name={node}"
             ),
+            "qemu_node_name": node,  # what -device virtio-blk-pci,drive= names
             "libvirt_xml": xml,
             "pid": export.pid if export and export.process else None,
         }
