@@ -1,0 +1,172 @@
+"""blockstore on a real multi-process SeaweedFS cluster from `scripts/seaweedfs-cluster.sh`.
+
+The script starts a master with replication 001, two volume servers, a filer and an S3 gateway
+on 127.0.0.1; a real `blockstore serve` runs against it with the BLOCKSTORE_S3_* settings the
+script printed. A `none` data disk is written through NBD (libnbd) by a writer that records
+every acknowledged write; one volume server is killed with SIGKILL while it writes. Every
+acknowledged write must read back exactly, from the surviving replica. The killed server is
+then started again by the script, and writes go on.
+
+Slow (about a minute and a half): run with `pytest -m slow tests/test_seaweedfs_cluster.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbd
+import pytest
+
+from tests.servehost import REPO, ServeHost, connect, wait_for
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = REPO / "scripts" / "seaweedfs-cluster.sh"
+MiB = 1 << 20
+BLOCK = 64 * 1024
+DISK = 256 * MiB
+
+
+def _free_port_base(span: int = 16) -> int:
+    """A base port whose next `span` ports are all free on 127.0.0.1 (below 50000)."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        base = rng.randrange(20000, 50000 - span)
+        try:
+            for p in range(base, base + span):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no free port range")
+
+
+def _script(*args: str | Path) -> str:
+    done = subprocess.run(
+        [str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    d = tmp_path / "cluster"
+    out = _script("start", d, "--volumes", "2", "--replication", "001",
+                  "--port-base", str(_free_port_base()))  # fmt: skip
+    settings = dict(
+        line.split("=", 1) for line in out.splitlines() if line.startswith("BLOCKSTORE_S3_")
+    )
+    assert set(settings) >= {
+        "BLOCKSTORE_S3_ENDPOINT", "BLOCKSTORE_S3_ACCESS_KEY", "BLOCKSTORE_S3_SECRET_KEY",
+        "BLOCKSTORE_S3_BUCKET",
+    }  # fmt: skip
+    assert (d / "s3.json").stat().st_mode & 0o777 == 0o600
+    assert (d / "blockstore.env").stat().st_mode & 0o777 == 0o600
+    try:
+        yield d, settings
+    finally:
+        _script("stop", d)
+        assert "running" not in subprocess.run(
+            [str(SCRIPT), "status", d], capture_output=True, text=True
+        ).stdout
+
+
+def _payload(i: int) -> bytes:
+    return i.to_bytes(8, "little") + random.Random(i).randbytes(BLOCK - 8)
+
+
+class Writer:
+    """Durable 64 KiB writes at distinct offsets until told to stop; remembers what was acked."""
+
+    def __init__(self, sock: str, first: int) -> None:
+        self.h = connect(sock)
+        self.next = first
+        self.acked: list[int] = []
+        self.failed: list[int] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.is_set() and (self.next + 1) * BLOCK <= DISK:
+            i = self.next
+            self.next += 1
+            try:
+                self.h.pwrite(_payload(i), i * BLOCK)
+            except nbd.Error:
+                self.failed.append(i)
+                continue
+            self.acked.append(i)
+
+    def __enter__(self) -> Writer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(120)
+        assert not self.thread.is_alive()
+
+
+def _verify(sock: str, acked: list[int]) -> None:
+    h = connect(sock)
+    for i in acked:
+        got = h.pread(BLOCK, i * BLOCK)
+        assert got == _payload(i), f"acknowledged write {i} reads back wrong"
+    h.shutdown()
+
+
+def test_blockstore_on_a_replicated_cluster_survives_a_volume_server_kill(
+    cluster: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    d, s3 = cluster
+    host = ServeHost(
+        tmp_path / "home",
+        endpoint=s3["BLOCKSTORE_S3_ENDPOINT"],
+        bucket=s3["BLOCKSTORE_S3_BUCKET"],
+        prefix="cluster-test/",
+        access_key=s3["BLOCKSTORE_S3_ACCESS_KEY"],
+        secret_key=s3["BLOCKSTORE_S3_SECRET_KEY"],
+        retry_seconds=10,
+    ).start()
+    try:
+        host.ok("POST", "/v1/disks", {"name": "rep1", "size_bytes": DISK, "kind": "data"})
+        att = host.ok("POST", "/v1/disks/rep1/attach", {"vm": "vm1"})
+        assert att["caching"] == "none"
+        sock = att["socket"]
+
+        with Writer(sock, 0) as w:
+            wait_for(lambda: len(w.acked) >= 50, 60, "50 acknowledged writes")
+            victim = int((d / "pids" / "volume2.pid").read_text())
+            os.kill(victim, signal.SIGKILL)
+            killed_at = len(w.acked)
+            time.sleep(15)  # writes stall, fail with EIO or go on, as the store decides
+        acked = w.acked
+        assert killed_at >= 50 and acked
+        assert not set(acked) & set(w.failed)
+        status = subprocess.run([str(SCRIPT), "status", d], capture_output=True, text=True)
+        assert "volume2 stopped" in status.stdout and status.returncode == 1
+
+        # Every acknowledged write, read while one replica is gone.
+        _verify(sock, acked)
+
+        # The script brings the dead server back; writes go on and everything reads back.
+        _script("start", d)
+        with Writer(sock, w.next) as w2:
+            wait_for(lambda: len(w2.acked) >= 20, 120, "writes after the restart")
+        _verify(sock, acked + w2.acked)
+        print(
+            f"acked {len(acked)} writes ({killed_at} before the kill), failed {len(w.failed)}; "
+            f"{len(w2.acked)} after the volume server came back"
+        )
+    finally:
+        host.stop()
