@@ -22,6 +22,7 @@ from blockstore.embedded import Credentials, EmbeddedSeaweed
 from blockstore.replication import ReplicationConfig
 from blockstore.s3store import S3Config, S3Store
 from blockstore.stack import build_store
+from blockstore.storeprobe import warn_if_small_reads_are_slow
 
 log = logging.getLogger("blockstore")
 
@@ -61,6 +62,8 @@ def serve(settings: Settings) -> None:
         assert settings.s3 is not None
         store = build_store(settings.s3, settings.retry)
         stack.callback(store.close)
+        if not settings.embedded:  # the embedded store is set right (1 MiB filer chunks)
+            warn_if_small_reads_are_slow(store)
         secondary = None
         if settings.secondary is not None:
             secondary = build_store(settings.secondary, settings.retry)

@@ -5,13 +5,16 @@ on 127.0.0.1; a real `blockstore serve` runs against it with the BLOCKSTORE_S3_*
 script printed. A `none` data disk is written through NBD (libnbd) by a writer that records
 every acknowledged write; one volume server is killed with SIGKILL while it writes. Every
 acknowledged write must read back exactly, from the surviving replica. The killed server is
-then started again by the script, and writes go on.
+then started again by the script, and writes go on. On a cluster with SeaweedFS's default
+4 MiB filer chunks, `serve` logs one start-up warning (blockstore/storeprobe.py); with the
+script's 1 MiB chunks, none.
 
 Slow (about a minute and a half): run with `pytest -m slow tests/test_seaweedfs_cluster.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -58,11 +61,10 @@ def _script(*args: str | Path) -> str:
     return done.stdout
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
-    d = tmp_path / "cluster"
-    out = _script("start", d, "--volumes", "2", "--replication", "001",
-                  "--port-base", str(_free_port_base()))  # fmt: skip
+@contextlib.contextmanager
+def _cluster(d: Path, *args: str) -> Iterator[dict[str, str]]:
+    """Start a cluster with the script; yield the BLOCKSTORE_S3_* settings it printed."""
+    out = _script("start", d, *args, "--port-base", str(_free_port_base()))
     settings = dict(
         line.split("=", 1) for line in out.splitlines() if line.startswith("BLOCKSTORE_S3_")
     )
@@ -73,12 +75,34 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     assert (d / "s3.json").stat().st_mode & 0o777 == 0o600
     assert (d / "blockstore.env").stat().st_mode & 0o777 == 0o600
     try:
-        yield d, settings
+        yield settings
     finally:
         _script("stop", d)
         assert "running" not in subprocess.run(
             [str(SCRIPT), "status", d], capture_output=True, text=True
         ).stdout
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    d = tmp_path / "cluster"
+    with _cluster(d, "--volumes", "2", "--replication", "001") as settings:
+        yield d, settings
+
+
+def _serve(home: Path, s3: dict[str, str]) -> ServeHost:
+    return ServeHost(
+        home,
+        endpoint=s3["BLOCKSTORE_S3_ENDPOINT"],
+        bucket=s3["BLOCKSTORE_S3_BUCKET"],
+        prefix="cluster-test/",
+        access_key=s3["BLOCKSTORE_S3_ACCESS_KEY"],
+        secret_key=s3["BLOCKSTORE_S3_SECRET_KEY"],
+        retry_seconds=10,
+    ).start()
+
+
+SLOW_WARNING = "reads small ranges of large objects slowly"
 
 
 def _payload(i: int) -> bytes:
@@ -129,16 +153,11 @@ def test_blockstore_on_a_replicated_cluster_survives_a_volume_server_kill(
     cluster: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     d, s3 = cluster
-    host = ServeHost(
-        tmp_path / "home",
-        endpoint=s3["BLOCKSTORE_S3_ENDPOINT"],
-        bucket=s3["BLOCKSTORE_S3_BUCKET"],
-        prefix="cluster-test/",
-        access_key=s3["BLOCKSTORE_S3_ACCESS_KEY"],
-        secret_key=s3["BLOCKSTORE_S3_SECRET_KEY"],
-        retry_seconds=10,
-    ).start()
+    host = _serve(tmp_path / "home", s3)
     try:
+        # 1 MiB filer chunks (the script's default): no start-up warning.
+        assert "small-read probe:" in host.log_tail(20000)
+        assert SLOW_WARNING not in host.log_tail(20000)
         host.ok("POST", "/v1/disks", {"name": "rep1", "size_bytes": DISK, "kind": "data"})
         att = host.ok("POST", "/v1/disks/rep1/attach", {"vm": "vm1"})
         assert att["caching"] == "none"
@@ -170,3 +189,15 @@ def test_blockstore_on_a_replicated_cluster_survives_a_volume_server_kill(
         )
     finally:
         host.stop()
+
+
+def test_serve_warns_once_at_start_up_on_a_cluster_with_4_mib_filer_chunks(tmp_path: Path) -> None:
+    args = ("--volumes", "1", "--replication", "000", "--chunk-mb", "4")
+    with _cluster(tmp_path / "c4", *args) as s3:
+        host = _serve(tmp_path / "home", s3)
+        try:
+            log = host.log_tail(20000)
+            assert log.count(SLOW_WARNING) == 1, log
+            assert "-maxMB=1" in log
+        finally:
+            host.stop()
