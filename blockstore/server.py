@@ -22,7 +22,7 @@ from blockstore.embedded import Credentials, EmbeddedSeaweed
 from blockstore.replication import ReplicationConfig
 from blockstore.s3store import S3Config, S3Store
 from blockstore.stack import build_store
-from blockstore.storeprobe import warn_if_small_reads_are_slow
+from blockstore.storeprobe import probe_in_background
 
 log = logging.getLogger("blockstore")
 
@@ -63,7 +63,7 @@ def serve(settings: Settings) -> None:
         store = build_store(settings.s3, settings.retry)
         stack.callback(store.close)
         if not settings.embedded:  # the embedded store is set right (1 MiB filer chunks)
-            warn_if_small_reads_are_slow(store)
+            probe_in_background(settings.s3)  # logs one line; a slow store gets a warning
         secondary = None
         if settings.secondary is not None:
             secondary = build_store(settings.secondary, settings.retry)

@@ -5,9 +5,10 @@ on 127.0.0.1; a real `blockstore serve` runs against it with the BLOCKSTORE_S3_*
 script printed. A `none` data disk is written through NBD (libnbd) by a writer that records
 every acknowledged write; one volume server is killed with SIGKILL while it writes. Every
 acknowledged write must read back exactly, from the surviving replica. The killed server is
-then started again by the script, and writes go on. On a cluster with SeaweedFS's default
-4 MiB filer chunks, `serve` logs one start-up warning (blockstore/storeprobe.py); with the
-script's 1 MiB chunks, none.
+then started again by the script, and writes go on. Meanwhile `nobody` gets nothing from
+the filer's and master's own ports, nor from S3 without the keys. On a cluster with
+SeaweedFS's default 4 MiB filer chunks, `serve` logs one start-up warning
+(blockstore/storeprobe.py); with the script's 1 MiB chunks, none.
 
 Slow (about a minute and a half): run with `pytest -m slow tests/test_seaweedfs_cluster.py`.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -156,7 +158,7 @@ def test_blockstore_on_a_replicated_cluster_survives_a_volume_server_kill(
     host = _serve(tmp_path / "home", s3)
     try:
         # 1 MiB filer chunks (the script's default): no start-up warning.
-        assert "small-read probe:" in host.log_tail(20000)
+        wait_for(lambda: "small-read probe:" in host.log_tail(20000), 30, "the probe's line")
         assert SLOW_WARNING not in host.log_tail(20000)
         host.ok("POST", "/v1/disks", {"name": "rep1", "size_bytes": DISK, "kind": "data"})
         att = host.ok("POST", "/v1/disks/rep1/attach", {"vm": "vm1"})
@@ -174,6 +176,20 @@ def test_blockstore_on_a_replicated_cluster_survives_a_volume_server_kill(
         assert not set(acked) & set(w.failed)
         status = subprocess.run([str(SCRIPT), "status", d], capture_output=True, text=True)
         assert "volume2 stopped" in status.stdout and status.returncode == 1
+
+        # Another local user cannot reach the data through the cluster's own ports.
+        base = int(re.search(r"base=(\d+)", (d / "settings").read_text())[1])  # type: ignore[index]
+        bucket = s3["BLOCKSTORE_S3_BUCKET"]
+        for url in (f"http://127.0.0.1:{base + 2}/buckets/{bucket}/",  # filer listing
+                    f"http://127.0.0.1:{base + 2}/buckets/{bucket}/cluster-test/",
+                    f"https://127.0.0.1:{base}/col/delete?collection={bucket}",  # master
+                    f"http://127.0.0.1:{base}/col/delete?collection={bucket}",
+                    f"http://127.0.0.1:{base + 4}/{bucket}"):  # S3 without keys  # fmt: skip
+            code = subprocess.run(
+                ["runuser", "-u", "nobody", "--", "curl", "-sk", "-m", "5", "-o", "/dev/null",
+                 "-w", "%{http_code}", url], capture_output=True, text=True,
+            ).stdout  # fmt: skip
+            assert code in ("000", "400", "401", "403"), f"nobody got {code} from {url}"
 
         # Every acknowledged write, read while one replica is gone.
         _verify(sock, acked)
@@ -196,6 +212,8 @@ def test_serve_warns_once_at_start_up_on_a_cluster_with_4_mib_filer_chunks(tmp_p
     with _cluster(tmp_path / "c4", *args) as s3:
         host = _serve(tmp_path / "home", s3)
         try:
+            wait_for(lambda: SLOW_WARNING in host.log_tail(20000), 30, "the warning")
+            time.sleep(1)
             log = host.log_tail(20000)
             assert log.count(SLOW_WARNING) == 1, log
             assert "-maxMB=1" in log
