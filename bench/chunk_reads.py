@@ -51,10 +51,15 @@ SCRIPT = REPO / "scripts" / "seaweedfs-cluster.sh"
 FILLED = 64 * MiB
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (see the cluster test)."""
+    return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+
+
 def free_base(span: int = 16) -> int:
     rng = random.SystemRandom()
     while True:
-        base = rng.randrange(20000, 50000 - span)
+        base = rng.randrange(20000, _ephemeral_low() - span)
         try:
             for p in range(base, base + span):
                 with socket.socket() as s:

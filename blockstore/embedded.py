@@ -30,6 +30,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -56,14 +57,27 @@ PORT_FLAGS = (
 )
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 55000
+    return low if low > 21000 else 55000
+
+
 def free_ports(n: int) -> list[int]:
     """`n` distinct ports that were free on 127.0.0.1 a moment ago.
 
-    Chosen below 55000 because SeaweedFS derives some gRPC ports as port + 10000."""
+    Chosen below 55000 because SeaweedFS derives some gRPC ports as port + 10000, and below
+    the kernel's ephemeral range (32768 up by default), where any outgoing connection can
+    hold the port just when a server wants to listen on it (seen: a SeaweedFS cluster's S3
+    gateway failed to start with "bind: address already in use")."""
     rng = random.SystemRandom()
     ports: list[int] = []
+    top = min(55000, _ephemeral_low())
     while len(ports) < n:
-        port = rng.randrange(20000, 55000)
+        port = rng.randrange(20000, top)
         if port in ports:
             continue
         with socket.socket() as s:
@@ -277,12 +291,22 @@ class EmbeddedSeaweed:
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
-                return
+                break
             try:
                 proc.wait(wait)
-                return
+                break
             except subprocess.TimeoutExpired:
                 continue
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        """weed leaves its unix sockets (/tmp/seaweedfs-<component>[-grpc]-<port>.sock) behind
+        when it exits: remove the ones named after this store's ports."""
+        for port in self.ports.values():
+            for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                with contextlib.suppress(OSError):
+                    if stat.S_ISSOCK(path.lstat().st_mode) and path.lstat().st_uid == os.getuid():
+                        path.unlink()
 
     def pause(self) -> None:
         """SIGSTOP the store: requests hang, as when a store is unreachable."""

@@ -12,7 +12,10 @@
 #   scripts/seaweedfs-cluster.sh stop DIR        # SIGTERM, then SIGKILL after 15 s
 #
 # Ports from --port-base B: master B (gRPC B+1), filer B+2 (B+3), S3 B+4 (B+5), volume server
-# i (from 1) B+10+2i (B+11+2i). Replication 001 keeps a second copy of every volume on another
+# i (from 1) B+10+2i (B+11+2i); keep them below the kernel's ephemeral range
+# (/proc/sys/net/ipv4/ip_local_port_range, 32768 up by default), where an outgoing connection
+# can hold a port just when a server wants to listen on it. A start that fails stops what it
+# started. Replication 001 keeps a second copy of every volume on another
 # server of the same rack: it needs at least 2 volume servers (010: racks, 100: data centres).
 #
 # The internal ports are locked as the embedded store's are (blockstore/embedded.py): mutual
@@ -153,13 +156,13 @@ start() {
         launch "volume$i" volume -port=$((base + 10 + 2 * i)) -port.grpc=$((base + 11 + 2 * i)) \
             -dir="$dir/volume$i" -master="$masters" -max=64 "${on[@]}"
     done
-    wait_for 60 "volume servers" master_sees_volumes
+    wait_for 60 "volume servers" master_sees_volumes || { stop; exit 1; }
     launch filer filer -port=$((base + 2)) -port.grpc=$((base + 3)) -master="$masters" \
         -maxMB="$chunk_mb" -defaultStoreDir="$dir/filer" "${on[@]}"
     launch s3 s3 -port=$((base + 4)) -port.grpc=$((base + 5)) \
         -filer="$ip:$((base + 2)).$((base + 3))" -config="$dir/s3.json" -port.iceberg=0 \
         -port.lance=0 "${on[@]}"
-    wait_for 60 "S3 gateway and bucket $bucket" bucket_ready
+    wait_for 60 "S3 gateway and bucket $bucket" bucket_ready || { stop; exit 1; }
     echo "# SeaweedFS cluster in $dir: master, $volumes volume servers (replication $replication), filer (${chunk_mb} MiB chunks), S3"
     echo "# blockstore settings (also in $dir/blockstore.env):"
     cat "$dir/blockstore.env"
@@ -167,6 +170,10 @@ start() {
 
 stop() {
     local n pid names_rev
+    if [[ -f $dir/settings ]]; then
+        # shellcheck disable=SC1091
+        . "$dir/settings"
+    fi
     names_rev=$(names | tac)
     for n in $names_rev; do
         alive "$n" && kill -TERM "$(cat "$dir/pids/$n.pid")"
@@ -177,6 +184,11 @@ stop() {
         for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
         rm -f "$dir/pids/$n.pid"
+    done
+    # weed leaves its unix sockets behind: /tmp/seaweedfs-<component>[-grpc]-<port>.sock
+    local p
+    for ((p = base; p < base + 12 + 2 * $(cat "$dir/volumes" 2>/dev/null || echo "$volumes"); p++)); do
+        rm -f /tmp/seaweedfs-*-"$p".sock
     done
     return 0
 }

@@ -40,11 +40,18 @@ BLOCK = 64 * 1024
 DISK = 256 * MiB
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections: fixed listening ports stay
+    below it, or a connection of the moment can hold one when its server starts."""
+    return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+
+
 def _free_port_base(span: int = 16) -> int:
-    """A base port whose next `span` ports are all free on 127.0.0.1 (below 50000)."""
+    """A base port whose next `span` ports are all free on 127.0.0.1 (below the ephemeral
+    range)."""
     rng = random.SystemRandom()
     for _ in range(200):
-        base = rng.randrange(20000, 50000 - span)
+        base = rng.randrange(20000, _ephemeral_low() - span)
         try:
             for p in range(base, base + span):
                 with socket.socket() as s:
