@@ -29,7 +29,7 @@ set -euo pipefail
 WEED="${WEED:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/weed}"
 [[ -x $WEED ]] || WEED="$(command -v weed || true)"
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
 
 cmd="${1:-}"; dir="${2:-}"
 [[ -n $cmd && -n $dir ]] || usage
