@@ -22,8 +22,9 @@
 # TLS (a CA and key made here, DIR/tls, 0700) on every gRPC port and on the master's HTTP, and
 # JWT keys for every read and write on the volume servers' and filer's HTTP (DIR/security.toml,
 # 0600, read from each process's working directory, DIR). Only S3 with the keys reaches data.
-# Multi-host: run with --ip set to each host's address; copy DIR/security.toml and DIR/tls to
-# every host of the cluster (the certificate then needs that host's IP: see make_tls below).
+# Several hosts (not tested here): every host needs the same DIR/security.toml and DIR/tls
+# (weed does not check host names on its certificates, so one serves every host), and the
+# master and filer addresses the script passes assume one host: adapt the launch lines.
 set -euo pipefail
 
 WEED="${WEED:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/weed}"
