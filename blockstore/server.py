@@ -30,6 +30,7 @@ from blockstore.health import StoreProbe
 from blockstore.replication import ReplicationConfig
 from blockstore.s3store import S3Config, S3Store
 from blockstore.stack import build_store
+from blockstore.storeprobe import probe_in_background
 
 log = logging.getLogger("blockstore")
 
@@ -119,6 +120,8 @@ def serve(settings: Settings) -> None:
         assert settings.s3 is not None
         store = build_store(settings.s3, settings.retry)
         stack.callback(store.close)
+        if not settings.embedded:  # the embedded store is set right (1 MiB filer chunks)
+            probe_in_background(settings.s3)  # logs one line; a slow store gets a warning
         secondary = None
         if settings.secondary is not None:
             secondary = build_store(settings.secondary, settings.retry)
