@@ -9,6 +9,7 @@ for the store.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -86,8 +87,12 @@ def create_app(context: AppContext) -> FastAPI:
     @app.get("/healthz", tags=["health"])
     async def healthz() -> JSONResponse:
         """Whether the object store answered the last background probe (every few seconds),
-        how fast, and how long ago (`age_s`). Never waits for the store."""
-        h = probe.start().health()
+        how fast, and how long ago (`age_s`). Never waits for the store, but for the first
+        probe of a service that has just started (a few seconds at most, off the event loop)."""
+        probe.start()
+        if not probe.probed:
+            await asyncio.to_thread(probe.wait_first)
+        h = probe.health()
         body = {
             "status": "ok" if h.reachable else "degraded",
             "store": {

@@ -54,6 +54,7 @@ class StoreProbe:
         self._in_flight_since: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._first = threading.Event()  # set once a probe has finished
 
     def probe(self) -> None:
         """One probe, now, in the caller's thread (bounded by `timeout` plus one store
@@ -72,6 +73,16 @@ class StoreProbe:
         with self._lock:
             self._last = (started, ok, ms, error)
             self._in_flight_since = None
+        self._first.set()
+
+    def wait_first(self) -> None:
+        """Until the first probe has finished, at most `timeout` (and one request timeout):
+        a service that has just started answers with the store's state, not "unknown"."""
+        self._first.wait(self.timeout + 1.0)
+
+    @property
+    def probed(self) -> bool:
+        return self._first.is_set()
 
     def start(self) -> StoreProbe:
         """Start probing in the background (the first probe at once); idempotent."""
