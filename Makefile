@@ -18,5 +18,6 @@ bench-quick: setup
 SEED ?= 1
 CYCLES ?= 220
 DISKS ?= 3
+THRASH_ARGS ?=
 thrash: setup
-	nice -n 10 .venv/bin/python bench/thrash.py --seed $(SEED) --cycles $(CYCLES) --disks $(DISKS)
+	nice -n 10 .venv/bin/python bench/thrash.py --seed $(SEED) --cycles $(CYCLES) --disks $(DISKS) $(THRASH_ARGS)

@@ -77,6 +77,7 @@ MiB = 1 << 20
 MODES = ("none", "readonly", "readwrite")
 ISSUED, ACKED, FAILED = "issued", "acked", "failed"
 BUCKET = "thrash"
+READ_CHUNK = 1 * MiB  # verification reads
 
 # Fault kinds and their weights in the schedule.
 FAULTS: tuple[tuple[str, int], ...] = (
@@ -108,6 +109,7 @@ class Write:
     durable: str | None = None  # why this write alone is durable (ack in none/readonly, FUA)
     fenced: bool = False  # issued by an old owner's client after a force-attach returned
     discarded: str | None = None  # lost by a force-attach (readwrite, after the prefix)
+    reported: int = 0  # the cycle it was reported lost in (then no longer required)
 
 
 @dataclass
@@ -174,7 +176,9 @@ class Disk:
 
     @property
     def mode(self) -> str:
-        return self.session.mode if self.session else "?"
+        if self.session:
+            return self.session.mode
+        return str((self.att or {}).get("caching") or "?")
 
     def issue(self, first: int, n: int, sess: Session, fua: bool) -> Write:
         with self.lock:
@@ -616,8 +620,8 @@ class Thrasher:
                 if size != d.size:
                     self.violation("other", f"{d.name}: the owner serves {size} bytes, the "
                                    f"disk has {d.size}")  # fmt: skip
-                step = 4 * MiB
-                img = b"".join(h.pread(min(step, size - o), o) for o in range(0, size, step))
+                img = b"".join(self.read_chunk(h, o, min(READ_CHUNK, size - o))
+                               for o in range(0, size, READ_CHUNK))  # fmt: skip
                 with contextlib.suppress(nbd.Error):
                     h.shutdown()
                 return img
@@ -631,6 +635,19 @@ class Thrasher:
                     h.close()
         self.warn(f"{d.name}: could not read it back through {d.owner}")
         return None
+
+    def read_chunk(self, h: nbd.NBD, offset: int, n: int) -> bytes:
+        """One read, tried three times: a cold read of a fragmented area through the proxy can
+        outlast one request's deadline (EIO) on a busy machine."""
+        for attempt in range(3):
+            try:
+                return bytes(h.pread(n, offset))
+            except nbd.Error as e:
+                if attempt == 2 or h.aio_is_dead() or h.aio_is_closed():
+                    raise
+                self.log("read_retry", offset=offset, err=str(e))
+                time.sleep(1)
+        raise AssertionError("unreachable")
 
     def check(self, d: Disk, why: str, lossy: bool = False) -> bool:
         """Read `d` through its owner (its client paused) and check every sector. With
@@ -664,7 +681,7 @@ class Thrasher:
                 k = max((o for o in obs if o > 0 and not writes[o].fenced), default=0)
             req = [0] * nsect
             for w in writes.values():
-                if w.state != ACKED or w.fenced or w.discarded:
+                if w.state != ACKED or w.fenced or w.discarded or w.reported:
                     continue
                 if k is not None and w.wid > k and not (w.durable or w.wid <= d.durable_upto):
                     continue
@@ -673,11 +690,14 @@ class Thrasher:
                     req[w.first : end] = [w.wid] * (end - w.first)
             lost: dict[int, list[int]] = {}
             fenced: dict[int, list[int]] = {}
+            back: set[int] = set()
             for s in range(nsect):
                 o = obs[s]
                 if o < 0:
                     continue
                 w = writes.get(o) if o else None
+                if w is not None and w.reported and o >= req[s]:
+                    back.add(o)
                 if w is not None and (w.fenced or w.discarded):
                     fenced.setdefault(o, []).append(s)
                 elif o < req[s]:
@@ -700,8 +720,12 @@ class Thrasher:
             self.violation("garbage", f"{where}: {line}")
         if len(garbage) > 5:
             self.violation("garbage", f"{where}: {len(garbage) - 5} more sectors of garbage")
+        if back:
+            self.warn(f"{where}: writes reported lost before are visible again: "
+                      f"{sorted(back)[:8]}", key="reappeared")  # fmt: skip
         for wid, secs in sorted(lost.items()):
             w = d.writes[wid]
+            w.reported = self.cycle
             seen = sorted({obs[s] for s in secs})
             self.violation(
                 "lost",
