@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nbd
 
+from bench.thrashproxy import HonestHeadProxy
 from blockstore.embedded import Credentials, EmbeddedSeaweed
 from blockstore.s3store import S3Config, S3Store
 from tests.faultproxy import FaultProxy
@@ -129,7 +130,9 @@ def main() -> int:
         s3 = S3Store(S3Config(weed.endpoint, "repro", creds.access_key, creds.secret_key))
         s3.ensure_bucket()
         s3.close()
-        proxy = None if args.direct else FaultProxy(weed.endpoint)
+        proxy = None
+        if not args.direct:
+            proxy = FaultProxy(weed.endpoint) if args.lying_head else HonestHeadProxy(weed.endpoint)
         for n in ("a", "b"):
             endpoint = proxy.endpoint if proxy is not None and n == "a" else weed.endpoint
             hosts.append(ServeHost(work / n, endpoint=endpoint, bucket="repro", prefix="r/",

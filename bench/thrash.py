@@ -67,9 +67,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nbd
 
+from bench.thrashproxy import HonestHeadProxy
 from blockstore.embedded import Credentials, EmbeddedSeaweed
 from blockstore.s3store import S3Config, S3Store
-from tests.faultproxy import FaultProxy
 from tests.servehost import ServeHost, pid_alive
 
 SECTOR = 512
@@ -405,7 +405,7 @@ class Thrasher:
         self.given_store = store
         self.store: StoreHandle | None = store
         self.weed: EmbeddedSeaweed | None = None
-        self.proxy: FaultProxy | None = None
+        self.proxy: HonestHeadProxy | None = None
         self.hosts: dict[str, ServeHost] = {}
         self.disks: list[Disk] = []
         self.clients: dict[str, Client] = {}
@@ -429,7 +429,7 @@ class Thrasher:
         s3 = S3Store(S3Config(st.endpoint, st.bucket, st.access_key, st.secret_key))
         s3.ensure_bucket()
         s3.close()
-        self.proxy = FaultProxy(st.endpoint)
+        self.proxy = HonestHeadProxy(st.endpoint)
         # Its injected resets would print a traceback each; the proxy's own stats count them.
         self.proxy.server.handle_error = lambda *_: None  # type: ignore[method-assign]
         prefix = f"thrash-{self.seed}-{os.getpid()}-{int(time.time())}/"
