@@ -5,8 +5,13 @@ moments before it noticed the fence, in caching mode `none` (or `readonly`).
     .venv/bin/python bench/repro_force_ack.py [--trials 5] [--mode none]
 
 Two `blockstore serve` hosts over one SeaweedFS, host A (the one that force-attaches) through
-the thrasher's FaultProxy with no fault armed (a slower path to the store, as in the thrasher;
-`--direct` for none). Per trial: a disk in `mode`
+a fault proxy with no fault armed, as in the thrasher: bench/thrashproxy.py's HonestHeadProxy by
+default, `--lying-head` for tests/faultproxy.py's FaultProxy as is, `--direct` for none.
+
+Found with --lying-head (2026-11-30, 3 of 4 trials in `none`: 14-42 acknowledged writes missing
+through A, all visible again through B): FaultProxy answers HEAD with Content-Length 0, A's
+fence takes the old writer's newest segments for torn and voids them. A harness bug, not the
+product's; with the honest proxy or --direct nothing is missing. Per trial: a disk in `mode`
 is attached on host B; one libnbd client writes 4 KiB to consecutive 4 KiB blocks (block i
 holds write i) at QD1 and journals every acknowledgement; while it writes, host A
 force-attaches the disk. The client goes on until its export refuses (EPERM) or drops it.
@@ -32,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import nbd
 
 from bench.thrashproxy import HonestHeadProxy
+from blockstore import keys
 from blockstore.embedded import Credentials, EmbeddedSeaweed
 from blockstore.s3store import S3Config, S3Store
 from tests.faultproxy import FaultProxy
@@ -54,7 +60,7 @@ def read_blocks(sock: str, n: int) -> list[int]:
             else -1 for i in range(n)]  # fmt: skip
 
 
-def trial(a: ServeHost, b: ServeHost, name: str, mode: str) -> None:
+def trial(a: ServeHost, b: ServeHost, name: str, mode: str, store: S3Store) -> None:
     kind = "os" if mode == "readwrite" else "data"
     a.ok("POST", "/v1/disks", {"name": name, "size_bytes": 64 << 20, "kind": kind,
                                "caching": mode})  # fmt: skip
@@ -78,12 +84,27 @@ def trial(a: ServeHost, b: ServeHost, name: str, mode: str) -> None:
 
     t = threading.Thread(target=writer)
     t.start()
+    claims: dict[int, float] = {}
+    vol = Path(att_b["socket"]).stem  # <home>/run/<volume-id>.sock
+
+    def watch_claims() -> None:
+        """When each writer epoch claim (disks/<id>/epoch/<n>) appears in the bucket."""
+        while not stop.is_set():
+            for info in store.list(keys.epoch_prefix(vol)):
+                e = keys.parse_epoch_key(info.key)
+                if e is not None and e not in claims:
+                    claims[e] = time.monotonic()
+            time.sleep(0.1)
+
+    w = threading.Thread(target=watch_claims)
+    w.start()
     time.sleep(1.0)
     t_force = time.monotonic()
     att_a = a.ok("POST", f"/v1/disks/{name}/attach", {"vm": "vm2", "force": True})
     t_forced = time.monotonic()
     stop.set()
     t.join(30)
+    w.join(30)
     with contextlib.suppress(nbd.Error):
         h.shutdown()
     top = max(i for i, _ in acked) + 2
@@ -94,6 +115,11 @@ def trial(a: ServeHost, b: ServeHost, name: str, mode: str) -> None:
           f"{t_forced - t_force:.2f} s; B acknowledged writes {acked_after_call[:1]}.."
           f"{acked_after_call[-1:]} after the force-attach call was sent; first refusal: "
           f"{refused[:1]}")  # fmt: skip
+    last_ack = max(ts for _, ts in acked)
+    print("  epoch claims seen (s from the force-attach call): "
+          f"{ {e: round(ts - t_force, 2) for e, ts in sorted(claims.items())} }; B's last "
+          f"acknowledgement {last_ack - t_force:+.2f} s, its first refusal "
+          f"{(refused[0][1] - t_force) if refused else float('nan'):+.2f} s")  # fmt: skip
     if not missing:
         print("  through A: every acknowledged write is there")
     else:
@@ -116,6 +142,11 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=5)
     p.add_argument("--mode", default="none", choices=["none", "readonly", "readwrite"])
     p.add_argument(
+        "--lying-head",
+        action="store_true",
+        help="tests/faultproxy.py's FaultProxy as is (every HEAD says 0 bytes)",
+    )
+    p.add_argument(
         "--direct",
         action="store_true",
         help="host A straight to the store (default: through a FaultProxy, no faults)",
@@ -130,6 +161,8 @@ def main() -> int:
         s3 = S3Store(S3Config(weed.endpoint, "repro", creds.access_key, creds.secret_key))
         s3.ensure_bucket()
         s3.close()
+        watch = S3Store(S3Config(weed.endpoint, "repro", creds.access_key, creds.secret_key,
+                                 prefix="r/"))  # fmt: skip
         proxy = None
         if not args.direct:
             proxy = FaultProxy(weed.endpoint) if args.lying_head else HonestHeadProxy(weed.endpoint)
@@ -139,7 +172,7 @@ def main() -> int:
                                    access_key=creds.access_key, secret_key=creds.secret_key,
                                    retry_seconds=4.0).start())  # fmt: skip
         for i in range(args.trials):
-            trial(hosts[0], hosts[1], f"r{i}", args.mode)
+            trial(hosts[0], hosts[1], f"r{i}", args.mode, watch)
     finally:
         for h in hosts:
             h.stop()
