@@ -7,10 +7,20 @@ How to run:
     .venv/bin/python bench/thrash.py --seed 1 --cycles 200            # or: make thrash
     .venv/bin/python bench/thrash.py --seed 7 --cycles 20 --minutes 3 --disks 3
 
-It starts its own `weed mini` (unless --endpoint is given), host A (`blockstore serve`, reaching
-the store through a fault-injecting proxy) and host B (straight to the store), each with its own
-home under the work directory, and creates `--disks` disks cycling through the caching modes
-none, readonly, readwrite. Every process it started is stopped at the end (also on Ctrl-C).
+It starts its own `weed mini` (tests/test_thrash.py hands it the test session's instead), host A
+(`blockstore serve`, reaching the store through a fault-injecting proxy, bench/thrashproxy.py)
+and host B (straight to the store), each with its own home under the work directory, and
+creates `--disks` disks cycling through the caching modes none, readonly, readwrite. Every
+process it started is stopped at the end (also on Ctrl-C or SIGTERM).
+
+Each cycle: the clients write for 0.5-2 s, one fault from the seeded schedule is applied while
+they write (kill -9 of a disk's nbdkit; kill -9 of a host's service, sometimes with its disks
+force-attached to the other host while it is down, then a restart on the same home; SIGSTOP of
+the store for 1-6 s; 5xx, resets, truncated bodies, stalls or "store down" on host A's store
+path for 1-6 s; force-attach to the other host while the old client keeps writing; caching
+PATCH; a clean detach and attach on a random host; online grow; snapshot), then every disk is
+read back through its owner and checked. At the end every disk is detached cleanly, attached
+on the other host and checked once more.
 
 How to read it: one line per fault cycle (`cycle 12/200 kill_nbdkit d2@b(readwrite) ...`), then
 
@@ -42,6 +52,10 @@ sector a client writes carries (disk tag, write id, sector) and a filler derived
 
 EIO, EPERM and dropped connections are not failures by themselves: a write that was not
 acknowledged may or may not have landed, and either is accepted.
+
+Reproductions of what it found live next to it: bench/repro_force_ack.py (a harness bug:
+tests/faultproxy.py answers HEAD with Content-Length 0, which made force-attached writes look
+lost) and bench/repro_attachment_details.py (the attachment loses its socket after a restart).
 """
 
 from __future__ import annotations
