@@ -167,6 +167,20 @@ class EventLog:
             self.f.close()
 
 
+@dataclass
+class Findings:
+    """What one check of a disk image found."""
+
+    garbage: list[str]
+    lost: dict[int, list[int]]  # required write id -> sectors that do not show it
+    fenced: dict[int, list[int]]  # fenced or discarded write id -> sectors showing it
+    back: set[int]  # writes reported lost earlier, visible again
+    obs: list[int]  # per sector: the write id read, 0 for zeros, -1 for garbage
+    k: int | None  # the prefix a lossy check found
+    discarded: int
+    verified: int
+
+
 class Disk:
     """A disk, its write journal (the oracle), and where it is served now."""
 
@@ -248,6 +262,71 @@ class Disk:
                     f"was acknowledged by the fenced export (session {sess.sid} on {sess.host})"
                 )
         self.barrier(upto, f"flush by session {sess.sid} on {sess.host} ({sess.mode})")
+
+    def verify(self, img: bytes, lossy: bool, cycle: int) -> Findings:
+        """Check an image of the disk read through its owner against the journal (the pure
+        part of the thrasher's check; see the module docstring for the rules). With `lossy`
+        (readwrite, after a force-attach), unflushed writes may be missing as long as the
+        image is a prefix of the writes; the ones after that prefix are marked discarded."""
+        nsect = len(img) // SECTOR
+        zero = bytes(SECTOR)
+        obs = [0] * nsect
+        garbage: list[str] = []
+        with self.lock:
+            writes = self.writes
+            for s in range(nsect):
+                raw = img[s * SECTOR : (s + 1) * SECTOR]
+                if raw == zero:
+                    continue
+                tag, wid, sec = struct.unpack_from("<QQQ", raw)
+                w = writes.get(wid)
+                if (tag != self.tag or sec != s or w is None or not w.first <= s < w.first + w.n
+                        or raw != sector_bytes(self.tag, wid, s)):  # fmt: skip
+                    obs[s] = -1
+                    garbage.append(f"sector {s} (reads tag {tag:x} write {wid} sector {sec})")
+                    continue
+                obs[s] = wid
+            k: int | None = None
+            if lossy:
+                k = max((o for o in obs if o > 0 and not writes[o].fenced), default=0)
+            req = [0] * nsect
+            for w in writes.values():
+                if w.state != ACKED or w.fenced or w.discarded or w.reported:
+                    continue
+                if k is not None and w.wid > k and not (w.durable or w.wid <= self.durable_upto):
+                    continue
+                end = min(w.first + w.n, nsect)
+                if end > w.first:
+                    req[w.first : end] = [w.wid] * (end - w.first)
+            lost: dict[int, list[int]] = {}
+            fenced: dict[int, list[int]] = {}
+            back: set[int] = set()
+            for s in range(nsect):
+                o = obs[s]
+                if o < 0:
+                    continue
+                w = writes.get(o) if o else None
+                if w is not None and w.reported and o >= req[s]:
+                    back.add(o)
+                if w is not None and (w.fenced or w.discarded):
+                    if not w.seen_fenced:  # reported once; the disk holds it from now on
+                        fenced.setdefault(o, []).append(s)
+                elif o < req[s]:
+                    lost.setdefault(req[s], []).append(s)
+            verified = sum(1 for w in writes.values()
+                           if w.state == ACKED and not w.fenced and not w.discarded)  # fmt: skip
+            newly_discarded = 0
+            if k is not None:
+                for w in writes.values():
+                    if (
+                        w.wid > k
+                        and not w.fenced
+                        and not w.discarded
+                        and not (w.durable or w.wid <= self.durable_upto)
+                    ):
+                        w.discarded = f"after prefix {k} at a force-attach (cycle {cycle})"
+                        newly_discarded += 1
+        return Findings(garbage, lost, fenced, back, obs, k, newly_discarded, verified)
 
     def why_durable(self, w: Write) -> str:
         if w.durable:
@@ -675,64 +754,8 @@ class Thrasher:
         img = self.read_image(d)
         if img is None:
             return False
-        nsect = len(img) // SECTOR
-        zero = bytes(SECTOR)
-        obs = [0] * nsect
-        garbage: list[str] = []
-        with d.lock:
-            writes = d.writes
-            for s in range(nsect):
-                raw = img[s * SECTOR : (s + 1) * SECTOR]
-                if raw == zero:
-                    continue
-                tag, wid, sec = struct.unpack_from("<QQQ", raw)
-                w = writes.get(wid)
-                if (tag != d.tag or sec != s or w is None or not w.first <= s < w.first + w.n
-                        or raw != sector_bytes(d.tag, wid, s)):  # fmt: skip
-                    obs[s] = -1
-                    garbage.append(f"sector {s} (reads tag {tag:x} write {wid} sector {sec})")
-                    continue
-                obs[s] = wid
-            k: int | None = None
-            if lossy:
-                k = max((o for o in obs if o > 0 and not writes[o].fenced), default=0)
-            req = [0] * nsect
-            for w in writes.values():
-                if w.state != ACKED or w.fenced or w.discarded or w.reported:
-                    continue
-                if k is not None and w.wid > k and not (w.durable or w.wid <= d.durable_upto):
-                    continue
-                end = min(w.first + w.n, nsect)
-                if end > w.first:
-                    req[w.first : end] = [w.wid] * (end - w.first)
-            lost: dict[int, list[int]] = {}
-            fenced: dict[int, list[int]] = {}
-            back: set[int] = set()
-            for s in range(nsect):
-                o = obs[s]
-                if o < 0:
-                    continue
-                w = writes.get(o) if o else None
-                if w is not None and w.reported and o >= req[s]:
-                    back.add(o)
-                if w is not None and (w.fenced or w.discarded):
-                    if not w.seen_fenced:  # reported once; the disk holds it from now on
-                        fenced.setdefault(o, []).append(s)
-                elif o < req[s]:
-                    lost.setdefault(req[s], []).append(s)
-            verified = sum(1 for w in writes.values()
-                           if w.state == ACKED and not w.fenced and not w.discarded)  # fmt: skip
-            newly_discarded = 0
-            if k is not None:
-                for w in writes.values():
-                    if (
-                        w.wid > k
-                        and not w.fenced
-                        and not w.discarded
-                        and not (w.durable or w.wid <= d.durable_upto)
-                    ):
-                        w.discarded = f"after prefix {k} at a force-attach (cycle {self.cycle})"
-                        newly_discarded += 1
+        f = d.verify(img, lossy, self.cycle)
+        garbage, lost, fenced, back, obs, k = f.garbage, f.lost, f.fenced, f.back, f.obs, f.k
         where = f"{d.name} through {d.owner} ({d.mode}), after {why}"
         for line in garbage[:5]:
             self.violation("garbage", f"{where}: {line}")
@@ -768,7 +791,7 @@ class Thrasher:
                 top = k
             d.barrier(top, f"prefix {k} shown by the new owner after a force-attach")
         self.log("check", d=d.name, why=why, owner=d.owner, mode=d.mode, k=k,
-                 discarded=newly_discarded, verified=verified, lost=len(lost),
+                 discarded=f.discarded, verified=f.verified, lost=len(lost),
                  fenced=len(fenced), garbage=len(garbage))  # fmt: skip
         self.result.writes_verified = sum(self.verified_count(x) for x in self.disks)
         return not (lost or fenced or garbage)
