@@ -84,7 +84,7 @@ import nbd
 from bench.thrashproxy import HonestHeadProxy
 from blockstore.embedded import Credentials, EmbeddedSeaweed
 from blockstore.s3store import S3Config, S3Store
-from tests.servehost import ServeHost, pid_alive
+from tests.servehost import ServeHost
 
 SECTOR = 512
 MiB = 1 << 20
@@ -453,6 +453,7 @@ class Result:
     fenced_visible: int = 0
     garbage: int = 0
     other: int = 0
+    harness_errors: int = 0
     violations: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     faults: Counter[str] = field(default_factory=Counter)
@@ -929,6 +930,33 @@ class Thrasher:
         self.recover_all()
         return f"host a's store: {kind} path={path} methods={methods} for {secs:.1f} s"
 
+    def harness_error(self, what: str, e: Exception) -> None:
+        """An unexpected exception in the thrasher itself (not a product violation): logged
+        with its traceback, then every host is made to run and every disk served again."""
+        import traceback
+
+        self.result.harness_errors += 1
+        self.log("harness_error", what=what, tb=traceback.format_exc())
+        self.warn(f"harness error in {what}: {e!r} (traceback in events.jsonl)")
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                self.store.server.resume()
+        if self.proxy is not None:
+            self.proxy.clear()
+        for name, host in self.hosts.items():
+            if host.proc is None or host.proc.poll() is not None:
+                try:
+                    host.start()
+                except AssertionError as err:
+                    self.warn(f"host {name} does not start: {err}")
+        for d in self.disks:
+            if d.owner is None:
+                continue
+            try:
+                self.serve_again(d)
+            except Exception as err:
+                self.warn(f"{d.name}: not served again after a harness error: {err!r}")
+
     def recover_all(self) -> None:
         """After a store outage: a client whose connection died is connected again (its
         export may have been restarted by the supervisor)."""
@@ -1025,10 +1053,17 @@ class Thrasher:
                 time.sleep(self.sched.uniform(0.5, 2.0))
                 fault = self.sched.choices(names, weights)[0]
                 self.log("fault", cycle=self.cycle, fault=fault)
-                what = getattr(self, f"f_{fault}")()
+                try:
+                    what = getattr(self, f"f_{fault}")()
+                except Exception as e:  # the harness's own failure: say so, carry on
+                    self.harness_error(fault, e)
+                    what = f"harness error {e!r}"
                 self.result.faults[fault] += 1
                 self.result.cycles = self.cycle
-                self.check_all(fault)
+                try:
+                    self.check_all(fault)
+                except Exception as e:
+                    self.harness_error(f"check after {fault}", e)
                 acked = sum(d.stats["acked"] for d in self.disks)
                 self.say(f"cycle {self.cycle}/{self.cycles} {fault}: {what}; {acked} acked, "
                          f"{len(self.result.violations)} violations")  # fmt: skip
@@ -1070,13 +1105,23 @@ class Thrasher:
             self.check(d, "final detach and attach on the other host")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs (not a zombie); a process exiting while /proc is read counts as gone
+    (tests/servehost.py's version lets that ProcessLookupError through)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "State:\tZ" not in status
+
+
 def nbdkit_mode(pid: int | None) -> str | None:
     """The cache= argument of a running export (none for a disk without a host cache)."""
     if not pid:
         return None
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+    except OSError:  # ProcessLookupError included
         return None
     for arg in cmd:
         if arg.startswith(b"cache="):
@@ -1107,6 +1152,7 @@ def summary(res: Result) -> dict[str, Any]:
         "fenced_visible": res.fenced_visible,
         "garbage": res.garbage,
         "other": res.other,
+        "harness_errors": res.harness_errors,
         "violations": res.violations,
         "warnings": res.warnings,
         "faults": dict(res.faults),
