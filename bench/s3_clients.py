@@ -47,12 +47,18 @@ def measure(fn: Callable[[int], object], n: int) -> tuple[float, float]:
 def run(endpoint: str, bucket: str, access: str, secret: str, n: int) -> None:
     body = os.urandom(4096)
     b3 = boto3.client(
-        "s3", endpoint_url=endpoint, aws_access_key_id=access, aws_secret_access_key=secret,
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access,
+        aws_secret_access_key=secret,
         region_name="us-east-1",
-        config=Config(request_checksum_calculation="when_required",
-                      response_checksum_validation="when_required",
-                      retries={"max_attempts": 1}, s3={"addressing_style": "path"},
-                      max_pool_connections=16),
+        config=Config(
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"max_attempts": 1},
+            s3={"addressing_style": "path"},
+            max_pool_connections=16,
+        ),
     )
     host = endpoint.split("://", 1)[1]
     mn = Minio(host, access_key=access, secret_key=secret, secure=False, region="us-east-1")
@@ -69,10 +75,13 @@ def run(endpoint: str, bucket: str, access: str, secret: str, n: int) -> None:
         },
         "ranged GET 4 KiB of 4 MiB": {
             "boto3": lambda i: b3.get_object(
-                Bucket=bucket, Key="bench/big", Range=f"bytes={(i % 1000) * 4096}-"
-                f"{(i % 1000) * 4096 + 4095}")["Body"].read(),
-            "minio": lambda i: mn.get_object(bucket, "bench/big", offset=(i % 1000) * 4096,
-                                             length=4096).read(),
+                Bucket=bucket,
+                Key="bench/big",
+                Range=f"bytes={(i % 1000) * 4096}-{(i % 1000) * 4096 + 4095}",
+            )["Body"].read(),
+            "minio": lambda i: mn.get_object(
+                bucket, "bench/big", offset=(i % 1000) * 4096, length=4096
+            ).read(),
             "S3Store": lambda i: ours.get("bench/big", (i % 1000) * 4096, 4096),
         },
         "PUT 4 KiB": {
@@ -81,14 +90,17 @@ def run(endpoint: str, bucket: str, access: str, secret: str, n: int) -> None:
             "S3Store": lambda i: ours.put(f"bench/p{i % 50}", body),
         },
         "PUT 4 KiB If-None-Match: *": {
-            "boto3": lambda i: b3.put_object(Bucket=bucket, Key=f"bench/c{next(unique)}",
-                                             Body=body, IfNoneMatch="*"),
+            "boto3": lambda i: b3.put_object(
+                Bucket=bucket, Key=f"bench/c{next(unique)}", Body=body, IfNoneMatch="*"
+            ),
             "S3Store": lambda i: ours.put(f"bench/c{next(unique)}", body, if_none_match=True),
         },
     }
     print(f"# S3 client cost per request ({n} sequential requests each, QD1)")
-    print(f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()}, "
-          f"{time.strftime('%Y-%m-%d')}; store: SeaweedFS at {endpoint}\n")
+    print(
+        f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()}, "
+        f"{time.strftime('%Y-%m-%d')}; store: SeaweedFS at {endpoint}\n"
+    )
     print("| operation | client | median latency (us) | CPU per request (us) | CPU vs boto3 |")
     print("| --- | --- | ---: | ---: | ---: |")
     for op, clients in ops.items():
@@ -107,8 +119,13 @@ def main() -> None:
     ap.add_argument("--bucket", default="bench")
     args = ap.parse_args()
     if args.endpoint:
-        run(args.endpoint, args.bucket, os.environ["BLOCKSTORE_S3_ACCESS_KEY"],
-            os.environ["BLOCKSTORE_S3_SECRET_KEY"], args.requests)
+        run(
+            args.endpoint,
+            args.bucket,
+            os.environ["BLOCKSTORE_S3_ACCESS_KEY"],
+            os.environ["BLOCKSTORE_S3_SECRET_KEY"],
+            args.requests,
+        )
         return
     with tempfile.TemporaryDirectory() as tmp:
         creds = Credentials("benchkey", "benchsecret-local-only")
