@@ -8,7 +8,7 @@ How to run:
     .venv/bin/python bench/thrash.py --seed 7 --cycles 20 --minutes 3 --disks 3
 
 It starts its own `weed mini` (tests/test_thrash.py hands it the test session's instead), host A
-(`blockstore serve`, reaching the store through a fault-injecting proxy, bench/thrashproxy.py)
+(`blockstore serve`, reaching the store through a fault-injecting proxy, tests/faultproxy.py)
 and host B (straight to the store), each with its own home under the work directory, and
 creates `--disks` disks cycling through the caching modes none, readonly, readwrite. Every
 process it started is stopped at the end (also on Ctrl-C or SIGTERM).
@@ -53,9 +53,9 @@ sector a client writes carries (disk tag, write id, sector) and a filler derived
 EIO, EPERM and dropped connections are not failures by themselves: a write that was not
 acknowledged may or may not have landed, and either is accepted.
 
-Reproductions of what it found live next to it: bench/repro_force_ack.py (a harness bug:
-tests/faultproxy.py answers HEAD with Content-Length 0, which made force-attached writes look
-lost) and bench/repro_attachment_details.py (the attachment loses its socket after a restart).
+What it found, now fixed and covered by tests: the fault proxy answered HEAD with
+Content-Length 0, which the engine reads as a torn segment (tests/test_faultproxy.py), and a
+restarted export's attachment lost its socket and URI (tests/test_ownership.py).
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nbd
 
-from bench.thrashproxy import HonestHeadProxy
 from blockstore.embedded import Credentials, EmbeddedSeaweed
 from blockstore.s3store import S3Config, S3Store
+from tests.faultproxy import FaultProxy
 from tests.servehost import ServeHost
 
 SECTOR = 512
@@ -499,7 +499,7 @@ class Thrasher:
         self.given_store = store
         self.store: StoreHandle | None = store
         self.weed: EmbeddedSeaweed | None = None
-        self.proxy: HonestHeadProxy | None = None
+        self.proxy: FaultProxy | None = None
         self.hosts: dict[str, ServeHost] = {}
         self.disks: list[Disk] = []
         self.clients: dict[str, Client] = {}
@@ -523,7 +523,7 @@ class Thrasher:
         s3 = S3Store(S3Config(st.endpoint, st.bucket, st.access_key, st.secret_key))
         s3.ensure_bucket()
         s3.close()
-        self.proxy = HonestHeadProxy(st.endpoint)
+        self.proxy = FaultProxy(st.endpoint)
         # Its injected resets would print a traceback each; the proxy's own stats count them.
         self.proxy.server.handle_error = lambda *_: None  # type: ignore[method-assign]
         prefix = f"thrash-{self.seed}-{os.getpid()}-{int(time.time())}/"
