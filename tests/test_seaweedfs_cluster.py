@@ -219,7 +219,11 @@ def test_serve_warns_once_at_start_up_on_a_cluster_with_4_mib_filer_chunks(tmp_p
     with _cluster(tmp_path / "c4", *args) as s3:
         host = _serve(tmp_path / "home", s3)
         try:
-            wait_for(lambda: SLOW_WARNING in host.log_tail(20000), 30, "the warning")
+            try:
+                wait_for(lambda: SLOW_WARNING in host.log_tail(20000), 30, "the warning")
+            except AssertionError:
+                probe = [ln for ln in host.log_tail(20000).splitlines() if "probe" in ln.lower()]
+                raise AssertionError(f"no slow-read warning; the probe said: {probe}") from None
             time.sleep(1)
             log = host.log_tail(20000)
             assert log.count(SLOW_WARNING) == 1, log
