@@ -254,8 +254,12 @@ class Disk:
         self.stats["flushes"] += 1
         if sess.fenced_at is not None:
             with self.lock:
+                # Only this session's writes: a flush covers what its own export took, not
+                # what an earlier fenced export acknowledged into its cache (readwrite may, in
+                # the moment before it sees the fence; those are never durable).
                 bad = [w.wid for w in self.writes.values()
-                       if w.fenced and w.state == ACKED and w.wid <= upto]  # fmt: skip
+                       if w.fenced and w.state == ACKED and w.wid <= upto
+                       and w.session == sess.sid]  # fmt: skip
             if bad:
                 self.violations.append(
                     f"{self.name}: a flush covering writes {bad[:5]} (issued after the fence) "
