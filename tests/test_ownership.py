@@ -294,6 +294,8 @@ def test_kill_detach_attach_cycles_keep_the_returned_socket(
         os.kill(att["pid"], signal.SIGKILL)
         time.sleep(0.25 * i)  # before, during and after the supervisor's restart
         a.ok("POST", f"/v1/disks/{name}/detach")
+    # Issue #15 point 8: nothing was lost, so nothing may say so.
+    assert "stale" not in a.log_tail(200000) and "discard" not in a.log_tail(200000)
 
 
 def test_a_restarted_export_is_in_the_record_whole(hosts: tuple[ServeHost, ServeHost]) -> None:
