@@ -254,8 +254,9 @@ class Disk:
         self.stats["flushes"] += 1
         if sess.fenced_at is not None:
             with self.lock:
-                bad = [w.wid for w in self.writes.values()
-                       if w.fenced and w.state == ACKED and w.wid <= upto]  # fmt: skip
+                bad = [w.wid for w in self.writes.values()  # this session's own, only
+                       if w.fenced and w.session == sess.sid and w.state == ACKED
+                       and w.wid <= upto]  # fmt: skip
             if bad:
                 self.violations.append(
                     f"{self.name}: a flush covering writes {bad[:5]} (issued after the fence) "
