@@ -570,6 +570,12 @@ class Thrasher:
                 h.stop()
             except Exception:
                 h.kill9()
+        # An export of a killed service may outlive it (seen: minutes, --exit-with-parent
+        # notwithstanding); it is this run's process, so it goes too, and is reported.
+        for pid, cmd in processes_under(self.workdir):
+            self.warn(f"nbdkit {pid} still ran after its service stopped: {cmd[:120]}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if self.proxy is not None:
             self.proxy.close()
         if self.weed is not None:
@@ -1131,6 +1137,22 @@ def nbdkit_mode(pid: int | None) -> str | None:
         if arg.startswith(b"cache="):
             return arg[6:].decode()
     return "none" if cmd and cmd[0].endswith(b"nbdkit") else None
+
+
+def processes_under(workdir: Path) -> list[tuple[int, str]]:
+    """nbdkit processes whose command line names a path under `workdir`."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ours = cmd and cmd[0].endswith(b"nbdkit") and any(str(workdir).encode() in a for a in cmd)
+        if ours and pid_alive(int(p.name)):
+            found.append((int(p.name), b" ".join(cmd).decode(errors="replace")))
+    return found
 
 
 def find_nbdkit(sock: str) -> int | None:

@@ -119,3 +119,21 @@ def test_fua_and_none_mode_acknowledgements_are_durable_across_a_force_attach(
     f = d.verify(image(d, [b]), lossy=True, cycle=1)
     assert set(f.lost) == {a}
     assert c not in f.lost
+
+
+def test_a_fenced_flush_is_judged_by_its_own_session_only(tmp_path: Path) -> None:
+    """Long run of 2026-11-30, cycle 161: a flush that session 119 got acknowledged just as
+    the force-attach returned was reported for fenced writes of session 24, long before."""
+    d = disk(tmp_path)
+    old, s = session("readwrite"), Session(2, "a", "none", None, "/nowhere")
+    old.fenced_at = 1.0
+    write(d, old, 0, 4)  # an old session's fenced write, acknowledged from its journal
+    a = write(d, s, 8, 4)
+    s.fenced_at = 2.0
+    d.flushed(a, s)
+    assert not d.violations, d.violations
+    late = write(d, s, 16, 4)  # acknowledged after the fence in none: reported
+    assert d.violations and str(late) in d.violations[0]
+    d.violations.clear()
+    d.flushed(late, s)
+    assert d.violations and str(late) in d.violations[0]
