@@ -487,7 +487,7 @@ class ControlService:
             self._resize(disk, size_bytes)
             disk = self._set_fields(name, size_bytes=size_bytes)
         if caching is not None and caching != disk["caching"]:
-            # Applies at the next attach: the running export keeps its mode.
+            # Applies when the export next starts (attach, restart): the running one keeps its mode.
             disk = self._set_fields(name, caching=caching.value)
         return disk
 
