@@ -154,7 +154,8 @@ def create_app(context: AppContext) -> FastAPI:
 
     @v1.patch("/disks/{name}", tags=["disks"])
     def update_disk(name: DiskName, body: DiskUpdate, response: Response) -> dict[str, Any]:
-        """Grow (online, too), shrink with allow_shrink, or change caching (when the export next starts).
+        """Grow (online, too), shrink with allow_shrink, or change caching (applied when the
+        export next starts).
         A change of redundancy (lrs <-> grs) seeds or removes the secondary copy: the answer is
         then 202 with the operation."""
         svc = context.service()
