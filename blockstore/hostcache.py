@@ -422,7 +422,8 @@ class HostCache:
         self._evict_seq = 0
         self._last_read_end = -1
         if cfg.mode == "readwrite":
-            write_journal_epoch(self.dir, volume.epoch)
+            if volume.writable:  # a read-only view must not relabel a journal left here
+                write_journal_epoch(self.dir, volume.epoch)
             self._journal = Journal(self.dir, cfg.journal_file_size)
             self._seq = 0  # last record appended
             self._uploaded_seq = 0  # last record applied to the volume
