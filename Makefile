@@ -7,7 +7,7 @@ run:
 test:
 	./scripts/test.sh
 lint: setup
-	.venv/bin/ruff check blockstore api nbd_plugin bench tests && .venv/bin/mypy
+	.venv/bin/ruff check blockstore api cli nbd_plugin bench tests && .venv/bin/mypy
 bench: setup
 	.venv/bin/blockstore bench
 bench-quick: setup

@@ -3,7 +3,7 @@
 `/healthz` and `/metrics` are open (load balancers and Prometheus scrape them); every `/v1`
 route requires `Authorization: Bearer <token>`, compared in constant time, and checked before
 any of the request's body is read (`api/guard.py`, which also caps bodies at 1 MiB).
-`/healthz` answers from a background probe of the store (blockstore/health.py): it never waits
+`/healthz` answers from a background probe of the store (blockstore/store/health.py): it never waits
 for the store.
 """
 
@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 import blockstore
 from api import errors
 from api.guard import UNAUTHORIZED, Guard, token_matches
+from api.metrics import DiskCollector, ReplicationCollector, StoreCollector
 from api.models import (
     NAME_PATTERN,
     AttachRequest,
@@ -28,12 +29,11 @@ from api.models import (
     DiskUpdate,
     SnapshotCreate,
 )
-from blockstore.config import Settings
-from blockstore.control import ControlService, DiskSpec
+from blockstore.control.service import ControlService, DiskSpec
 from blockstore.errors import Unauthorized, Unavailable
-from blockstore.health import StoreProbe
-from blockstore.metrics import DiskCollector, ReplicationCollector, StoreCollector
-from blockstore.objectstore import ObjectStore
+from blockstore.host.config import Settings
+from blockstore.store.base import ObjectStore
+from blockstore.store.health import StoreProbe
 
 DiskName = Annotated[str, Path(pattern=NAME_PATTERN, description="disk name")]
 SnapName = Annotated[str, Path(pattern=NAME_PATTERN, description="snapshot name")]

@@ -10,11 +10,12 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from blockstore.control import GIB, Caching, DiskKind, Redundancy
+from blockstore.control.service import GIB, Caching, DiskKind, Redundancy
+from blockstore.format import keys
 
 # pydantic matches patterns with Rust's regex engine, where `$` is the end of the text only:
 # "name\n" does not match (tests/test_api_limits.py checks it in bodies, paths and queries).
-NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+NAME_PATTERN = rf"^{keys.NAME}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1-63 of a-z, 0-9, '-'")]
 MAX_GIB = 64 * 1024
 # FastAPI validates a body as Python objects, where a strict enum field takes only enum
@@ -52,7 +53,7 @@ class DiskCreate(Sized):
     source_snapshot: Annotated[
         str | None,
         Field(
-            pattern=r"^[a-z0-9][a-z0-9-]{0,62}/[a-z0-9][a-z0-9-]{0,62}$",
+            pattern=rf"^{keys.NAME}/{keys.NAME}$",
             description="'<disk>/<snapshot>' to create the disk from a snapshot",
         ),
     ] = None

@@ -13,7 +13,7 @@ work), then:
   written with segment_max_bytes N (4 MiB, the default, and 1 MiB: would smaller segments make
   the engine insensitive to the chunk size?);
 - floor: ranged 4 KiB GETs of one 4 MiB and one 64 KiB object, and `probe`, what
-  blockstore/storeprobe.py measures at start-up.
+  blockstore/store/chunkprobe.py measures at start-up.
 
 Latency is per read (median, p99); `weed CPU` is the CPU time of every SeaweedFS process of the
 cluster (utime+stime from /proc) over the reads, divided by their number; `fill` is the rate of
@@ -39,11 +39,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from blockstore.retry import RetryConfig  # noqa: E402
-from blockstore.s3store import S3Config, S3Store  # noqa: E402
-from blockstore.stack import build_store  # noqa: E402
-from blockstore.storeprobe import probe_small_reads  # noqa: E402
-from blockstore.volume import Volume, VolumeConfig  # noqa: E402
+from blockstore.engine.volume import Volume, VolumeConfig  # noqa: E402
+from blockstore.store.chunkprobe import probe_small_reads  # noqa: E402
+from blockstore.store.retry import RetryConfig  # noqa: E402
+from blockstore.store.s3 import S3Config, S3Store  # noqa: E402
+from blockstore.store.stack import build_store  # noqa: E402
 from tests.servehost import ServeHost, connect  # noqa: E402
 
 MiB, KiB = 1 << 20, 1 << 10

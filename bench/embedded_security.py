@@ -1,7 +1,7 @@
 """What each part of the embedded store's security costs a 4 KiB read (issue #15, item 9).
 
 Not a test: prints figures for docs/seaweedfs.md. Starts the embedded SeaweedFS
-(blockstore/embedded.py, `weed mini`) once per variant of its `security.toml`, PUTs one 4 MiB
+(blockstore/host/embedded.py, `weed mini`) once per variant of its `security.toml`, PUTs one 4 MiB
 object and times ranged 4 KiB GETs at random offsets through the S3 endpoint (S3Store, QD1),
 with the CPU time `weed` spent per GET:
 
@@ -32,8 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import blockstore.embedded as embedded  # noqa: E402
-from blockstore.s3store import S3Config, S3Store  # noqa: E402
+import blockstore.host.embedded as embedded  # noqa: E402
+from blockstore.store.s3 import S3Config, S3Store  # noqa: E402
 
 VARIANTS = ("open", "jwt", "grpc-tls+jwt", "shipped", "all-tls")
 SHIPPED = embedded.write_security

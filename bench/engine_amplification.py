@@ -28,8 +28,9 @@ import uuid
 from collections.abc import Callable
 
 from blockstore.clock import FakeClock
-from blockstore.objectstore import MemoryStore, ObjectStore
-from blockstore.volume import Volume, VolumeConfig
+from blockstore.engine.volume import Volume, VolumeConfig
+from blockstore.store.base import ObjectStore
+from blockstore.store.memory import MemoryStore
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -188,7 +189,7 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.endpoint:
-        from blockstore.s3store import S3Config, S3Store
+        from blockstore.store.s3 import S3Config, S3Store
 
         def make() -> ObjectStore:
             return S3Store(

@@ -9,9 +9,10 @@ this process opens the same disk writable (`Volume.open`, a new epoch). Per run 
   `Fenced` (the old writer reports when its first commit failed, on the shared monotonic clock).
 
 After each run it checks that every write the old writer acknowledged reads back from the new
-writer. Stores: the embedded SeaweedFS (`weed mini`, blockstore/embedded.py) and a multi-process
-cluster (`weed master -defaultReplication=001`, two `weed volume`, `weed filer -maxMB=1`,
-`weed s3 -config FILE`), all on 127.0.0.1 with data in a temporary directory, stopped at the end.
+writer. Stores: the embedded SeaweedFS (`weed mini`, blockstore/host/embedded.py) and a
+multi-process cluster (`weed master -defaultReplication=001`, two `weed volume`,
+`weed filer -maxMB=1`, `weed s3 -config FILE`), all on 127.0.0.1 with data in a temporary
+directory, stopped at the end.
 
     .venv/bin/python bench/fence_time.py [--runs 20] [--stores embedded,cluster]
         [--loads 4k-qd8,1m-qd4]
@@ -37,11 +38,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from blockstore.embedded import Credentials, EmbeddedSeaweed, free_ports, weed_binary
+from blockstore.engine.volume import Volume, VolumeConfig
 from blockstore.errors import BlockstoreError, Fenced
-from blockstore.retry import RetryConfig, RetryingStore
-from blockstore.s3store import S3Config, S3Store
-from blockstore.volume import Volume, VolumeConfig
+from blockstore.host.embedded import Credentials, EmbeddedSeaweed, free_ports, weed_binary
+from blockstore.store.retry import RetryConfig, RetryingStore
+from blockstore.store.s3 import S3Config, S3Store
 
 KiB, MiB = 1024, 1024 * 1024
 BUCKET = "fence-bench"
@@ -275,7 +276,7 @@ def main() -> None:
         cfg = S3Config(args.endpoint, BUCKET, args.access_key, os.environ["FENCE_BENCH_SECRET"])
         old_writer(cfg, args.disk, args.size, args.qd)
         return
-    import blockstore.volume as engine
+    import blockstore.engine.volume as engine
 
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  {platform.node()}  {platform.processor()}")
     cpu = next(

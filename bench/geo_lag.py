@@ -30,11 +30,11 @@ import threading
 import time
 from pathlib import Path
 
-from blockstore.embedded import Credentials, EmbeddedSeaweed
-from blockstore.replication import DiskReplicator, ReplicationConfig, trim_after_frontier
-from blockstore.retry import RetryConfig, RetryingStore
-from blockstore.s3store import S3Config, S3Store
-from blockstore.volume import Volume, VolumeConfig
+from blockstore.engine.volume import Volume, VolumeConfig
+from blockstore.geo.replication import DiskReplicator, ReplicationConfig, trim_after_frontier
+from blockstore.host.embedded import Credentials, EmbeddedSeaweed
+from blockstore.store.retry import RetryConfig, RetryingStore
+from blockstore.store.s3 import S3Config, S3Store
 
 KiB, MiB = 1024, 1024 * 1024
 BUCKET = "geo-bench"

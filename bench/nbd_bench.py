@@ -37,12 +37,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from blockstore import keys
-from blockstore.embedded import Credentials, EmbeddedSeaweed
-from blockstore.exports import Export, ExportConfig, venv_bin
-from blockstore.s3store import S3Config, S3Store
-from blockstore.stack import build_store
-from blockstore.volume import Volume
+from blockstore.engine.volume import Volume
+from blockstore.format import keys
+from blockstore.host.embedded import Credentials, EmbeddedSeaweed
+from blockstore.host.export import Export, ExportConfig, venv_bin
+from blockstore.store.s3 import S3Config, S3Store
+from blockstore.store.stack import build_store
 
 MiB = 1 << 20
 AREA = "64M"

@@ -26,8 +26,8 @@ import boto3
 from botocore.config import Config
 from minio import Minio
 
-from blockstore.embedded import Credentials, EmbeddedSeaweed
-from blockstore.s3store import S3Config, S3Store
+from blockstore.host.embedded import Credentials, EmbeddedSeaweed
+from blockstore.store.s3 import S3Config, S3Store
 
 
 def measure(fn: Callable[[int], object], n: int) -> tuple[float, float]:

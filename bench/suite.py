@@ -46,12 +46,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import blockstore  # noqa: E402
-from blockstore.attachments import EphemeralExport  # noqa: E402
-from blockstore.embedded import Credentials, EmbeddedSeaweed, weed_binary  # noqa: E402
-from blockstore.exports import Export, ExportConfig  # noqa: E402
-from blockstore.s3store import S3Config, S3Store  # noqa: E402
-from blockstore.stack import build_store  # noqa: E402
-from blockstore.volume import Volume  # noqa: E402
+from blockstore.engine.volume import Volume  # noqa: E402
+from blockstore.host.embedded import Credentials, EmbeddedSeaweed, weed_binary  # noqa: E402
+from blockstore.host.export import Export, ExportConfig  # noqa: E402
+from blockstore.host.supervisor import EphemeralExport  # noqa: E402
+from blockstore.store.s3 import S3Config, S3Store  # noqa: E402
+from blockstore.store.stack import build_store  # noqa: E402
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -510,7 +510,7 @@ def store_floor(s3: S3Config, cfg: SuiteConfig) -> dict[str, Any]:
             st.get("big", off, 4 * KiB)
             gets.append(time.perf_counter_ns() - t)
         return {
-            "client": "blockstore.s3store.S3Store (MinIO SDK)",
+            "client": "blockstore.store.s3.S3Store (MinIO SDK)",
             "put_4k_ns": puts,
             "get_4k_ns": gets,
             "get_4k_16threads": _threaded(

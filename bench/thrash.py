@@ -81,8 +81,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nbd
 
-from blockstore.embedded import Credentials, EmbeddedSeaweed
-from blockstore.s3store import S3Config, S3Store
+from blockstore.host.embedded import Credentials, EmbeddedSeaweed
+from blockstore.store.s3 import S3Config, S3Store
 from tests.faultproxy import FaultProxy
 from tests.servehost import ServeHost
 
@@ -865,7 +865,7 @@ class Thrasher:
             host.start()
         except AssertionError as e:
             self.warn(f"host {name} did not come back: {e}; trying another port")
-            from blockstore.embedded import free_ports
+            from blockstore.host.embedded import free_ports
 
             host.port = free_ports(1)[0]
             host.start()

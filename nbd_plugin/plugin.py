@@ -6,7 +6,7 @@
         [retry-seconds=30] [request-timeout=10] [write-wait=30] [readonly=false] \
         [epoch=N] [fence-check=1]
 
-`blockstore/exports.py` is the launcher to use; it sets PATH so that nbdkit's embedded Python
+`blockstore/host/export.py` is the launcher to use; it sets PATH so that nbdkit's embedded Python
 (Debian's 3.11) finds the project's virtualenv, and hands credentials over in the environment.
 
 Read top to bottom: settings (`config`, `config_complete`), start-up (`after_fork`: the store
@@ -32,7 +32,7 @@ Every data call runs under its own deadline, `retry-seconds` after the call bega
 Multi-conn is advertised: every connection of this process shares one HostCache, and its
 flush makes every write acknowledged before it durable, whichever connection carried it.
 
-Three more inputs come from the environment the control plane sets (blockstore/attachments.py):
+Three more inputs come from the environment the control plane sets (blockstore/host/supervisor.py):
 BLOCKSTORE_SIZE_REQUEST names a file holding a size to grow to, applied when a connection opens
 (NBD tells a connection its size once); BLOCKSTORE_STATS_FILE is where a thread writes this
 export's counters every 2 s for the API's /metrics; BLOCKSTORE_REPAIR_* name the other region of
@@ -52,7 +52,7 @@ from typing import NoReturn
 import nbdkit
 
 # The plugin runs in nbdkit's embedded interpreter: make the repository and its venv importable
-# even when nbdkit was not started by blockstore/exports.py.
+# even when nbdkit was not started by blockstore/host/export.py.
 _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
@@ -61,7 +61,9 @@ if (_VENV_SITE / "site-packages").is_dir():
     site.addsitedir(str(_VENV_SITE / "site-packages"))
 
 from blockstore import deadline  # noqa: E402
+from blockstore.cache.hostcache import HostCache, HostCacheConfig  # noqa: E402
 from blockstore.clock import SYSTEM_CLOCK  # noqa: E402
+from blockstore.engine.volume import Volume  # noqa: E402
 from blockstore.errors import (  # noqa: E402
     BlockstoreError,
     Fenced,
@@ -70,9 +72,7 @@ from blockstore.errors import (  # noqa: E402
     NotFound,
     Unavailable,
 )
-from blockstore.hostcache import HostCache, HostCacheConfig  # noqa: E402
-from blockstore.iostats import IoStats  # noqa: E402
-from blockstore.volume import Volume  # noqa: E402
+from blockstore.host.iostats import IoStats  # noqa: E402
 
 API_VERSION = 2
 
@@ -179,9 +179,9 @@ def after_fork():
     nbdkit forked. A journal left by a crashed process is replayed inside HostCache() before
     this returns, so nothing is served until the store holds every acknowledged write."""
     global _store, _volume, _cache, _stats_thread, _fence_thread, _retry_seconds
-    from blockstore.retry import RetryConfig
-    from blockstore.s3store import S3Config
-    from blockstore.stack import build_store
+    from blockstore.store.retry import RetryConfig
+    from blockstore.store.s3 import S3Config
+    from blockstore.store.stack import build_store
 
     s = _settings
     os.umask(0o077)  # nbdkit sets 022; the caches, journals and stats are the service's alone
@@ -276,7 +276,7 @@ def _write_stats(path: Path, interval: float = 2.0) -> None:
 
 def _repair_source(primary):
     """The other region of a geo-redundant disk, for read repair ($BLOCKSTORE_REPAIR_*)."""
-    from blockstore.s3store import S3Config
+    from blockstore.store.s3 import S3Config
 
     env = os.environ
     if not env.get("BLOCKSTORE_REPAIR_ENDPOINT"):

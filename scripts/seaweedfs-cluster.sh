@@ -18,7 +18,7 @@
 # started. Replication 001 keeps a second copy of every volume on another
 # server of the same rack: it needs at least 2 volume servers (010: racks, 100: data centres).
 #
-# The internal ports are locked as the embedded store's are (blockstore/embedded.py): mutual
+# The internal ports are locked as the embedded store's are (blockstore/host/embedded.py): mutual
 # TLS (a CA and key made here, DIR/tls, 0700) on every gRPC port and on the master's HTTP, and
 # JWT keys for every read and write on the volume servers' and filer's HTTP (DIR/security.toml,
 # 0600, read from each process's working directory, DIR). Only S3 with the keys reaches data.

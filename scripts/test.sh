@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-echo "== ruff"; .venv/bin/ruff check blockstore api nbd_plugin bench tests
+echo "== ruff"; .venv/bin/ruff check blockstore api cli nbd_plugin bench tests
 echo "== mypy"; .venv/bin/mypy
 echo "== pytest"; .venv/bin/pytest -q -m "not slow" "$@"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from blockstore.embedded import Credentials, EmbeddedSeaweed
-from blockstore.objectstore import ObjectStore
-from blockstore.retry import RetryConfig, RetryingStore
-from blockstore.s3store import S3Config, S3Store
+from blockstore.host.embedded import Credentials, EmbeddedSeaweed
+from blockstore.store.base import ObjectStore
+from blockstore.store.retry import RetryConfig, RetryingStore
+from blockstore.store.s3 import S3Config, S3Store
 
 TEST_BUCKET = "blockstore-test"
 _prefixes = itertools.count()

@@ -12,10 +12,10 @@ from typing import Any
 
 import nbd
 
-from blockstore.exports import Export, ExportConfig
-from blockstore.s3store import S3Config
-from blockstore.stack import build_store
-from blockstore.volume import Volume
+from blockstore.engine.volume import Volume
+from blockstore.host.export import Export, ExportConfig
+from blockstore.store.s3 import S3Config
+from blockstore.store.stack import build_store
 
 MiB = 1 << 20
 MODES = ["none", "readonly", "readwrite"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import nbd
 
-from blockstore.embedded import free_ports
+from blockstore.host.embedded import free_ports
 
 BIN = str(Path(sys.executable).parent / "blockstore")
 REPO = Path(__file__).resolve().parent.parent  # the tree under test, also in a git worktree

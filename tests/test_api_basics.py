@@ -8,10 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import AppContext, create_app
-from blockstore.config import Settings
-from blockstore.faults import FaultRule, FaultyStore
-from blockstore.health import StoreProbe
-from blockstore.objectstore import MemoryStore
+from blockstore.host.config import Settings
+from blockstore.store.faults import FaultRule, FaultyStore
+from blockstore.store.health import StoreProbe
+from blockstore.store.memory import MemoryStore
 
 TOKEN = "test-token-123"
 

@@ -17,11 +17,11 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
 from api.app import AppContext, create_app
-from blockstore.attachments import ExportSupervisor, SupervisorConfig
-from blockstore.config import Settings
-from blockstore.control import ControlService
-from blockstore.objectstore import MemoryStore
-from blockstore.stack import build_store
+from blockstore.control.service import ControlService
+from blockstore.host.config import Settings
+from blockstore.host.supervisor import ExportSupervisor, SupervisorConfig
+from blockstore.store.memory import MemoryStore
+from blockstore.store.stack import build_store
 from tests.conftest import SeaweedServer
 
 TOKEN = "fuzz-token"

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from blockstore import keys
 from blockstore.errors import InvalidArgument
+from blockstore.format import keys
 from tests.conftest import SeaweedServer
 from tests.faultproxy import FaultProxy
 from tests.servehost import TOKEN, ServeHost, wait_for

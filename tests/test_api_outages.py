@@ -21,13 +21,13 @@ from pathlib import Path
 import nbd
 import pytest
 
-from blockstore import keys
+from blockstore.control.records import RecordStore
+from blockstore.engine.volume import Volume
 from blockstore.errors import Fenced
-from blockstore.objectstore import ObjectStore
-from blockstore.records import RecordStore
-from blockstore.retry import RetryConfig
-from blockstore.stack import build_store
-from blockstore.volume import Volume
+from blockstore.format import keys
+from blockstore.store.base import ObjectStore
+from blockstore.store.retry import RetryConfig
+from blockstore.store.stack import build_store
 from tests.conftest import SeaweedServer
 from tests.faultproxy import FaultProxy
 from tests.test_control_api import nbd_read, nbd_write, wait_op

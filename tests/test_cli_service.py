@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from blockstore import servicefile
-from blockstore.embedded import free_ports
+from blockstore.host import servicefile
+from blockstore.host.embedded import free_ports
 from tests.conftest import SeaweedServer
 
 BIN = str(Path(sys.executable).parent / "blockstore")

@@ -20,10 +20,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import AppContext, create_app
-from blockstore.attachments import ExportSupervisor, SupervisorConfig
-from blockstore.config import Settings
-from blockstore.control import ControlService
-from blockstore.stack import build_store
+from blockstore.control.service import ControlService
+from blockstore.host.config import Settings
+from blockstore.host.supervisor import ExportSupervisor, SupervisorConfig
+from blockstore.store.stack import build_store
 from tests.conftest import SeaweedServer
 
 MiB = 1 << 20

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from blockstore.embedded import weed_binary
-from blockstore.s3store import S3Config, S3Store
+from blockstore.host.embedded import weed_binary
+from blockstore.store.s3 import S3Config, S3Store
 from tests.servehost import ServeHost, connect
 
 MiB = 1 << 20

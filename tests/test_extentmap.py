@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blockstore.extentmap import ExtentMap
+from blockstore.engine.extentmap import ExtentMap
 
 N = 64  # sectors in the model
 

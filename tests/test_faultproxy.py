@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from blockstore.s3store import S3Store
+from blockstore.store.s3 import S3Store
 from tests.conftest import SeaweedServer
 from tests.faultproxy import FaultProxy
 

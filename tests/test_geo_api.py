@@ -17,14 +17,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import AppContext, create_app
-from blockstore import keys
-from blockstore.attachments import ExportSupervisor, SupervisorConfig
-from blockstore.config import Settings
-from blockstore.control import ControlService
-from blockstore.replication import ReplicationConfig
-from blockstore.retry import RetryConfig
-from blockstore.stack import build_store
-from blockstore.volume import Volume
+from blockstore.control.service import ControlService
+from blockstore.engine.volume import Volume
+from blockstore.format import keys
+from blockstore.geo.replication import ReplicationConfig
+from blockstore.host.config import Settings
+from blockstore.host.supervisor import ExportSupervisor, SupervisorConfig
+from blockstore.store.retry import RetryConfig
+from blockstore.store.stack import build_store
 from tests.conftest import SeaweedServer
 from tests.test_control_api import AUTH, TOKEN, nbd_read, nbd_write, wait_op
 

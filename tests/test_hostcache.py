@@ -1,4 +1,4 @@
-"""Unit tests of the host cache (blockstore/hostcache.py) in all three modes.
+"""Unit tests of the host cache (blockstore/cache/hostcache.py) in all three modes.
 
 Two kinds of volume sit under the cache here: the real `Volume` on a `MemoryStore` (when the
 engine is importable) for the data tests, and `ByteVolume`, a small in-memory stand-in whose
@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from blockstore import hostcache
+from blockstore.cache import hostcache
+from blockstore.cache.hostcache import JOURNAL_EPOCH_FILE, HostCache, HostCacheConfig, journal_files
 from blockstore.errors import Fenced, InvalidArgument, Unavailable
-from blockstore.hostcache import JOURNAL_EPOCH_FILE, HostCache, HostCacheConfig, journal_files
-from blockstore.objectstore import Buffer, MemoryStore
+from blockstore.store.base import Buffer
+from blockstore.store.memory import MemoryStore
 
 MiB = 1 << 20
 SIZE = 8 * MiB
@@ -454,8 +455,8 @@ def test_out_of_range_requests_are_refused(tmp_path: Path, mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ["none", "readonly", "readwrite"])
 def test_on_a_real_volume_data_survives_close_and_journal_replay(tmp_path: Path, mode: str) -> None:
-    from blockstore.objectstore import MemoryStore
-    from blockstore.volume import Volume
+    from blockstore.engine.volume import Volume
+    from blockstore.store.memory import MemoryStore
 
     store = MemoryStore()
     Volume.create(store, "d1", SIZE)
@@ -527,7 +528,7 @@ def test_readwrite_flush_joins_the_round_in_flight_or_sends_its_own_at_once(
     """While the background uploader's round waits for its segment PUT: a flush with nothing new
     to send waits for that PUT only (no second PUT); a flush after a new write sends its segment
     at once, beside the held one, instead of queueing behind the whole round."""
-    from blockstore.volume import Volume, VolumeConfig
+    from blockstore.engine.volume import Volume, VolumeConfig
 
     store = GatedStore()
     Volume.create(store, "d1", SIZE)

@@ -18,7 +18,7 @@ from typing import Any
 import nbd
 import pytest
 
-from blockstore.exports import Export
+from blockstore.host.export import Export
 from tests.faultproxy import FaultProxy
 from tests.nbdtools import MODES, Disk, MiB, connect, create_disk, pattern, prefill
 

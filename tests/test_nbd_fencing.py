@@ -16,8 +16,8 @@ from pathlib import Path
 import nbd
 import pytest
 
-from blockstore.stack import build_store
-from blockstore.volume import Volume
+from blockstore.engine.volume import Volume
+from blockstore.store.stack import build_store
 from tests.conftest import SeaweedServer
 from tests.nbdtools import MODES, connect, create_disk
 

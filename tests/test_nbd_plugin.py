@@ -2,7 +2,7 @@
 qemu-img, nbdcopy, fio), in every caching mode.
 
 Names follow nbdkit's habit: test_nbd_<aspect>[mode]. Every export is started and stopped by
-the test that uses it (blockstore/exports.py), on a Unix socket under the test's tmp_path.
+the test that uses it (blockstore/host/export.py), on a Unix socket under the test's tmp_path.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import nbd
 import pytest
 
-from blockstore.exports import Export
+from blockstore.host.export import Export
 from tests.nbdtools import MODES, Disk, MiB, connect, create_disk, pattern, read_all, run
 
 SIZE = 64 * MiB

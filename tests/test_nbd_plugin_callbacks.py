@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from blockstore.hostcache import HostCache, HostCacheConfig
-from blockstore.objectstore import MemoryStore
-from blockstore.volume import Volume
+from blockstore.cache.hostcache import HostCache, HostCacheConfig
+from blockstore.engine.volume import Volume
+from blockstore.store.memory import MemoryStore
 
 SIZE = 4 << 20
 

@@ -14,8 +14,9 @@ import pytest
 from botocore.config import Config
 
 from blockstore.errors import NotFound, PreconditionFailed, StoreRejected, Unavailable
-from blockstore.objectstore import MemoryStore, ObjectStore
-from blockstore.s3store import S3Config, S3Store
+from blockstore.store.base import ObjectStore
+from blockstore.store.memory import MemoryStore
+from blockstore.store.s3 import S3Config, S3Store
 from tests.conftest import SeaweedServer
 from tests.faultproxy import FaultProxy
 
@@ -292,7 +293,7 @@ def test_wrong_credentials_are_rejected_not_retried(seaweed: SeaweedServer) -> N
 
 
 def test_closed_port_is_unavailable() -> None:
-    from blockstore.embedded import free_ports
+    from blockstore.host.embedded import free_ports
 
     port = free_ports(1)[0]
     s = S3Store(S3Config(f"http://127.0.0.1:{port}", "bucket", "a", "b", connect_timeout=0.5))

@@ -7,9 +7,9 @@ import threading
 import pytest
 
 from blockstore.clock import FakeClock
-from blockstore.control import OPERATION_RETENTION_SECONDS, OperationService
+from blockstore.control.service import OPERATION_RETENTION_SECONDS, OperationService
 from blockstore.errors import InvalidArgument, NotFound
-from blockstore.objectstore import MemoryStore
+from blockstore.store.memory import MemoryStore
 
 
 def test_a_restart_marks_unfinished_operations_failed_and_drops_old_ones() -> None:

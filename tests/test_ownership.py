@@ -3,7 +3,7 @@ bucket of the real SeaweedFS, the HTTP API, libnbd clients on the sockets attach
 `kill -9` of nbdkit and of the service, and a fault proxy that takes one host's store away.
 
 Each test is the reproduction of a case that lost or resurrected a write before the ownership
-rules (blockstore/control.py, blockstore/attachments.py, blockstore/hostcache.py):
+rules (blockstore/control/service.py, blockstore/host/supervisor.py, blockstore/cache/hostcache.py):
 
 - a fenced host restarting its dead export fenced the new owner and replayed its stale journal;
 - a journal left behind was ignored by an export in another caching mode, then replayed later

@@ -8,10 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from blockstore.clock import FakeClock
-from blockstore.errors import Conflict, NotFound, Unavailable
-from blockstore.faults import FaultRule, FaultyStore
-from blockstore.objectstore import MemoryStore, ObjectStore
-from blockstore.records import (
+from blockstore.control.records import (
     KEEP_VERSIONS,
     MAX_READ_AGE_SECONDS,
     PRUNE_AGE_SECONDS,
@@ -20,6 +17,10 @@ from blockstore.records import (
     Record,
     RecordStore,
 )
+from blockstore.errors import Conflict, NotFound, Unavailable
+from blockstore.store.base import ObjectStore
+from blockstore.store.faults import FaultRule, FaultyStore
+from blockstore.store.memory import MemoryStore
 
 
 @pytest.fixture(params=["memory", "seaweedfs"])

@@ -19,19 +19,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from blockstore import keys
+from blockstore.engine.volume import Volume, VolumeConfig
 from blockstore.errors import BlockstoreError, NotFound
-from blockstore.faults import FaultRule, FaultyStore
-from blockstore.objectstore import MemoryStore, ObjectStore
-from blockstore.repair import RepairingStore
-from blockstore.replication import (
+from blockstore.format import keys
+from blockstore.geo.replication import (
     DiskReplicator,
     ReplicationConfig,
     progress_key,
     trim_after_frontier,
     truncate_after,
 )
-from blockstore.volume import Volume, VolumeConfig
+from blockstore.store.base import ObjectStore
+from blockstore.store.faults import FaultRule, FaultyStore
+from blockstore.store.memory import MemoryStore
+from blockstore.store.repair import RepairingStore
 from tests.conftest import SeaweedServer
 
 BLOCK = 4096

@@ -9,9 +9,9 @@ import pytest
 from blockstore import deadline
 from blockstore.clock import FakeClock
 from blockstore.errors import NotFound, PreconditionFailed, Unavailable
-from blockstore.faults import FaultRule, FaultyStore
-from blockstore.objectstore import MemoryStore
-from blockstore.retry import RetryConfig, RetryingStore
+from blockstore.store.faults import FaultRule, FaultyStore
+from blockstore.store.memory import MemoryStore
+from blockstore.store.retry import RetryConfig, RetryingStore
 
 
 def make(deadline: float = 5.0) -> tuple[MemoryStore, FaultyStore, RetryingStore, FakeClock]:

@@ -8,7 +8,7 @@ acknowledged write must read back exactly, from the surviving replica. The kille
 then started again by the script, and writes go on. Meanwhile `nobody` gets nothing from
 the filer's and master's own ports, nor from S3 without the keys. On a cluster with
 SeaweedFS's default 4 MiB filer chunks, `serve` logs one start-up warning
-(blockstore/storeprobe.py); with the script's 1 MiB chunks, none.
+(blockstore/store/chunkprobe.py); with the script's 1 MiB chunks, none.
 
 Slow (about a minute and a half): run with `pytest -m slow tests/test_seaweedfs_cluster.py`.
 """

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from blockstore.errors import IntegrityError
-from blockstore.segment import (
+from blockstore.format.segment import (
     RESIZE,
     SEG_PREFIX_LEN,
     TRIM,

@@ -12,8 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from blockstore.embedded import free_ports
-from blockstore.s3store import S3Config, S3Store
+from blockstore.host.embedded import free_ports
+from blockstore.store.s3 import S3Config, S3Store
 
 BIN = str(Path(sys.executable).parent / "blockstore")
 REPO = Path(__file__).resolve().parent.parent

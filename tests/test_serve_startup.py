@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from blockstore.embedded import PORT_FLAGS, free_ports, weed_binary
-from blockstore.s3store import S3Config, S3Store
+from blockstore.host.embedded import PORT_FLAGS, free_ports, weed_binary
+from blockstore.store.s3 import S3Config, S3Store
 from tests.conftest import SeaweedServer
 
 BIN = str(Path(sys.executable).parent / "blockstore")

@@ -1,4 +1,4 @@
-"""The start-up probe of small ranged reads (blockstore/storeprobe.py), on an in-memory store
+"""The start-up probe of small ranged reads (blockstore/store/chunkprobe.py), on an in-memory store
 with a virtual clock: a store whose ranged GET costs grow with the object's size is reported
 slow, one that costs the same is not, and the probe leaves no object behind. The real stores
 (SeaweedFS with 4 MiB and 1 MiB filer chunks) are in tests/test_seaweedfs_cluster.py."""
@@ -10,8 +10,8 @@ import logging
 import pytest
 
 from blockstore.errors import Unavailable
-from blockstore.objectstore import MemoryStore
-from blockstore.storeprobe import probe_small_reads, warn_if_small_reads_are_slow
+from blockstore.store.chunkprobe import probe_small_reads, warn_if_small_reads_are_slow
+from blockstore.store.memory import MemoryStore
 
 MiB = 1 << 20
 

@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 import pytest
 
-from blockstore import keys
 from blockstore.clock import FakeClock
+from blockstore.engine.fence import FENCE_SPAN
+from blockstore.engine.volume import Volume, VolumeConfig
 from blockstore.errors import (
     Conflict,
     Fenced,
@@ -21,11 +22,11 @@ from blockstore.errors import (
     NotFound,
     Unavailable,
 )
-from blockstore.faults import FaultRule, FaultyStore
-from blockstore.fence import FENCE_SPAN
-from blockstore.objectstore import Buffer, MemoryStore, ObjectStore
-from blockstore.segment import decode_segment_header
-from blockstore.volume import Volume, VolumeConfig
+from blockstore.format import keys
+from blockstore.format.segment import decode_segment_header
+from blockstore.store.base import Buffer, ObjectStore
+from blockstore.store.faults import FaultRule, FaultyStore
+from blockstore.store.memory import MemoryStore
 
 KiB = 1024
 MiB = 1024 * KiB

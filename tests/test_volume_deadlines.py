@@ -10,11 +10,11 @@ import time
 import pytest
 
 from blockstore import deadline
+from blockstore.engine.volume import Volume, VolumeConfig
 from blockstore.errors import Unavailable
-from blockstore.faults import FaultRule, FaultyStore
-from blockstore.objectstore import MemoryStore
-from blockstore.retry import RetryConfig, RetryingStore
-from blockstore.volume import Volume, VolumeConfig
+from blockstore.store.faults import FaultRule, FaultyStore
+from blockstore.store.memory import MemoryStore
+from blockstore.store.retry import RetryConfig, RetryingStore
 
 MiB = 1 << 20
 PUT_GIVES_UP = 0.05  # the store stack's own retry deadline: far shorter than the requests'

@@ -1,4 +1,4 @@
-"""Fencing and the one log rule (blockstore/fence.py), under torn PUTs and writers that keep
+"""Fencing and the one log rule (blockstore/engine/fence.py), under torn PUTs and writers that keep
 writing.
 
 - A writer whose own segment PUT left an empty object resumes by itself in its own epoch, with
@@ -23,14 +23,15 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from blockstore import keys
+from blockstore.engine.fence import FENCE_SPAN, FENCE_WINDOW, LogRule
+from blockstore.engine.volume import Volume, VolumeConfig
 from blockstore.errors import BlockstoreError, Fenced, Unavailable
-from blockstore.faults import FaultRule, FaultyStore
-from blockstore.fence import FENCE_SPAN, FENCE_WINDOW, LogRule
-from blockstore.objectstore import MemoryStore, ObjectInfo, ObjectStore
-from blockstore.retry import RetryConfig, RetryingStore
-from blockstore.segment import WRITE, Record, SegmentHeader
-from blockstore.volume import Volume, VolumeConfig
+from blockstore.format import keys
+from blockstore.format.segment import WRITE, Record, SegmentHeader
+from blockstore.store.base import ObjectInfo, ObjectStore
+from blockstore.store.faults import FaultRule, FaultyStore
+from blockstore.store.memory import MemoryStore
+from blockstore.store.retry import RetryConfig, RetryingStore
 
 KiB = 4096 // 4
 BLOCK = 4096
@@ -483,7 +484,7 @@ def test_a_new_writer_fences_a_writer_that_keeps_writing(
 def test_a_replica_judges_a_torn_run_and_a_resume_like_the_primary() -> None:
     """The replicator copies torn (empty) segment objects as they are, so the secondary's log
     reads the same, past the torn position and the writer's resume."""
-    from blockstore.replication import DiskReplicator
+    from blockstore.geo.replication import DiskReplicator
 
     primary, secondary = MemoryStore(), MemoryStore()
     Volume.create(primary, "d", 1 << 20)

@@ -20,9 +20,10 @@ from hypothesis.stateful import (
 )
 
 from blockstore.clock import FakeClock
+from blockstore.engine.volume import Volume, VolumeConfig
 from blockstore.errors import Conflict
-from blockstore.objectstore import MemoryStore, ObjectStore
-from blockstore.volume import Volume, VolumeConfig
+from blockstore.store.base import ObjectStore
+from blockstore.store.memory import MemoryStore
 
 S = 512
 START_SECTORS = 192  # 96 KiB: small disks and segments make collisions and GC likely

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import settings
 from hypothesis.stateful import run_state_machine_as_test
 
+from blockstore.engine.volume import Volume, VolumeConfig
 from blockstore.errors import Fenced, IntegrityError
-from blockstore.objectstore import ObjectStore
-from blockstore.volume import Volume, VolumeConfig
+from blockstore.store.base import ObjectStore
 from tests.test_volume_model import VolumeMachine
 
 CFG = VolumeConfig(gc_interval_seconds=0, segment_max_bytes=64 * 1024, checkpoint_every_segments=4)

@@ -9,10 +9,10 @@ torn position is applied, and the disk opens.
 
 from __future__ import annotations
 
-from blockstore import keys
-from blockstore.objectstore import MemoryStore
-from blockstore.segment import WRITE, Record, encode_segment
-from blockstore.volume import Volume, VolumeConfig
+from blockstore.engine.volume import Volume, VolumeConfig
+from blockstore.format import keys
+from blockstore.format.segment import WRITE, Record, encode_segment
+from blockstore.store.memory import MemoryStore
 
 
 def cfg() -> VolumeConfig:

@@ -20,7 +20,7 @@ from typing import Any
 import nbd
 import pytest
 
-from blockstore.embedded import free_ports
+from blockstore.host.embedded import free_ports
 from tests.test_serve import _start, _stop
 
 BIN = str(Path(sys.executable).parent / "blockstore")

@@ -1,0 +1,151 @@
+"""Prometheus collectors: the object store's counters and every served disk's I/O.
+
+Nothing is re-counted here: the store's `StoreStats` is read as it is, and each export's
+counters come from the JSON its plugin writes next to its socket (blockstore/host/iostats.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from blockstore.host.iostats import LATENCY_BUCKETS
+from blockstore.store.base import ObjectStore
+
+
+class StoreCollector:
+    """The control plane's own object-store client."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.store.stats.snapshot()
+        requests = CounterMetricFamily(
+            "blockstore_store_requests", "Object store requests by operation", labels=["op"]
+        )
+        for op in ("gets", "puts", "deletes", "lists", "heads"):
+            requests.add_metric([op.removesuffix("s")], float(stats[op]))  # type: ignore[arg-type]
+        yield requests
+        errors = CounterMetricFamily(
+            "blockstore_store_errors", "Object store errors by kind", labels=["kind"]
+        )
+        for kind, count in dict(stats["errors"]).items():  # type: ignore[call-overload]
+            errors.add_metric([kind], float(count))
+        yield errors
+        for name in ("bytes_fetched", "bytes_uploaded", "retries", "precondition_failed"):
+            yield CounterMetricFamily(
+                f"blockstore_store_{name}",
+                f"Object store {name.replace('_', ' ')}",
+                value=float(stats[name]),  # type: ignore[arg-type]
+            )
+
+
+class DiskCollector:
+    """Per-disk I/O of the exports this host serves: ops, bytes, latency, cache, store."""
+
+    def __init__(self, disks: Callable[[], list[tuple[str, dict[str, Any]]]]) -> None:
+        self.disks = disks  # () -> [(disk name, stats dict written by its plugin)]
+
+    def collect(self) -> Iterator[Metric]:
+        label = ["disk", "op"]
+        ops = CounterMetricFamily("blockstore_disk_ops", "NBD requests served", labels=label)
+        errs = CounterMetricFamily("blockstore_disk_errors", "NBD requests failed", labels=label)
+        nbytes = CounterMetricFamily(
+            "blockstore_disk_bytes", "Bytes per request kind", labels=label
+        )
+        lat = HistogramMetricFamily(
+            "blockstore_disk_latency_seconds", "NBD request latency", labels=label
+        )
+        hits = CounterMetricFamily(
+            "blockstore_disk_cache_hits", "Reads from the host cache", labels=["disk"]
+        )
+        misses = CounterMetricFamily(
+            "blockstore_disk_cache_misses", "Reads that went to the store", labels=["disk"]
+        )
+        dirty = GaugeMetricFamily(
+            "blockstore_disk_dirty_bytes",
+            "readwrite: bytes acknowledged but not yet in the store",
+            labels=["disk"],
+        )
+        sreq = CounterMetricFamily(
+            "blockstore_disk_store_requests",
+            "Object store requests of the disk's export",
+            labels=label,
+        )
+        serr = CounterMetricFamily(
+            "blockstore_disk_store_errors",
+            "Object store errors of the disk's export",
+            labels=["disk", "kind"],
+        )
+        for name, st in self.disks():
+            for op, o in st.get("io", {}).items():
+                ops.add_metric([name, op], float(o["count"]))
+                errs.add_metric([name, op], float(o["errors"]))
+                nbytes.add_metric([name, op], float(o["bytes"]))
+                cumulative, buckets = 0, []
+                for bound, n in zip((*LATENCY_BUCKETS, float("inf")), o["buckets"], strict=True):
+                    cumulative += n
+                    buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+                lat.add_metric([name, op], buckets, float(o["seconds"]))
+            cache = st.get("cache", {})
+            hits.add_metric([name], float(cache.get("hits", 0)))
+            misses.add_metric([name], float(cache.get("misses", 0)))
+            dirty.add_metric([name], float(cache.get("dirty_bytes", 0)))
+            store = st.get("store", {})
+            for op in ("gets", "puts", "deletes", "lists", "heads"):
+                sreq.add_metric([name, op.removesuffix("s")], float(store.get(op, 0)))
+            for kind, n in store.get("errors", {}).items():
+                serr.add_metric([name, kind], float(n))
+        yield from (ops, errs, nbytes, lat, hits, misses, dirty, sreq, serr)
+
+
+class ReplicationCollector:
+    """Per grs disk: replication lag (seconds, bytes), the RPO target and whether it is
+    exceeded, and what the replicator copied."""
+
+    def __init__(self, statuses: Callable[[], list[tuple[str, dict[str, Any]]]]) -> None:
+        self.statuses = statuses  # () -> [(disk name, DiskReplicator.status())]
+
+    def collect(self) -> Iterator[Metric]:
+        label = ["disk"]
+        lag = GaugeMetricFamily(
+            "blockstore_replication_lag_seconds",
+            "Time since the newest primary state fully on the secondary (the RPO now)",
+            labels=label,
+        )
+        lag_bytes = GaugeMetricFamily(
+            "blockstore_replication_lag_bytes",
+            "Bytes of segments on the primary not yet on the secondary",
+            labels=label,
+        )
+        target = GaugeMetricFamily(
+            "blockstore_replication_rpo_target_seconds", "Configured RPO target", labels=label
+        )
+        exceeded = GaugeMetricFamily(
+            "blockstore_replication_rpo_exceeded",
+            "1 when the lag exceeds the RPO target",
+            labels=label,
+        )
+        copied = CounterMetricFamily(
+            "blockstore_replication_bytes_copied", "Bytes copied to the secondary", labels=label
+        )
+        errors = CounterMetricFamily(
+            "blockstore_replication_errors", "Replication passes that failed", labels=label
+        )
+        for name, st in self.statuses():
+            if st.get("lag_seconds") is not None:
+                lag.add_metric([name], float(st["lag_seconds"]))
+            lag_bytes.add_metric([name], float(st.get("lag_bytes") or 0))
+            target.add_metric([name], float(st.get("rpo_target_seconds") or 0))
+            exceeded.add_metric([name], 1.0 if st.get("rpo_exceeded") else 0.0)
+            copied.add_metric([name], float(st.get("bytes_copied") or 0))
+            errors.add_metric([name], float(st.get("errors") or 0))
+        yield from (lag, lag_bytes, target, exceeded, copied, errors)

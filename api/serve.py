@@ -1,0 +1,173 @@
+"""`blockstore serve`: the embedded object store (when none is configured) plus the API.
+
+Start order: settings -> the home, claimed (one service per home) -> the embedded SeaweedFS if
+no endpoint is configured (its data under `<home>/seaweedfs`, so a restart finds every disk
+again), else a check of the configured store -> the bucket -> the API on 127.0.0.1, its URL
+recorded in `<home>/service.json` for the CLI. A configuration error on the way raises a
+`BlockstoreError` whose message the CLI prints as one line.
+SIGINT and SIGTERM stop uvicorn, then everything this process started, in reverse order. The
+embedded store also gets PR_SET_PDEATHSIG, so even a `kill -9` of this process leaves no orphan.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from contextlib import ExitStack
+from dataclasses import replace
+
+import uvicorn
+
+from blockstore.control.service import ControlService, host_id_of
+from blockstore.errors import InvalidArgument, Unavailable
+from blockstore.geo.replication import ReplicationConfig
+from blockstore.host import servicefile
+from blockstore.host.config import DEFAULT_BUCKET, Settings, api_token
+from blockstore.host.embedded import Credentials, EmbeddedSeaweed
+from blockstore.host.supervisor import ExportSupervisor, SupervisorConfig
+from blockstore.store import check as storecheck
+from blockstore.store.chunkprobe import probe_in_background
+from blockstore.store.health import StoreProbe
+from blockstore.store.s3 import S3Config, S3Store
+from blockstore.store.stack import build_store
+
+log = logging.getLogger("blockstore")
+
+
+def start_store(settings: Settings, stack: ExitStack) -> Settings:
+    """Make sure an object store is reachable; start the embedded one when none is configured.
+
+    Returns settings whose `s3` is filled in."""
+    if settings.s3 is None:
+        creds = Credentials.load_or_create(settings.home / "s3-credentials")
+        weed = EmbeddedSeaweed(settings.home / "seaweedfs", creds)
+        log.info("starting embedded SeaweedFS, data in %s", weed.data_dir)
+        weed.start()
+        stack.callback(weed.stop)
+        log.info("embedded SeaweedFS S3 endpoint %s (pid %d)", weed.endpoint, weed.pid)
+        settings = replace(
+            settings,
+            s3=S3Config(weed.endpoint, DEFAULT_BUCKET, creds.access_key, creds.secret_key),
+            embedded=True,
+        )
+        assert settings.s3 is not None
+        raw = S3Store(settings.s3)
+        raw.ensure_bucket()
+        raw.close()
+    return settings
+
+
+def check_configured_store(settings: Settings) -> None:
+    """Before anything else uses it, check that a configured (external) store answers,
+    takes the credentials and has the bucket (created when allowed): a configuration error
+    ends the start with one line (blockstore/store/check.py), not a traceback."""
+    if settings.s3 is None or settings.embedded:
+        return
+    log.info("checking the object store at %s, bucket %r", settings.s3.endpoint, settings.s3.bucket)
+    try:
+        note = storecheck.check_store(settings.s3, settings.retry.deadline_seconds)
+    except Unavailable as exc:
+        if settings.secondary is None:
+            raise
+        # With a second region the service must come up while the primary is down: that is
+        # when its grs disks are failed over (README, "Geo-redundant disks").
+        log.warning("%s; starting anyway, grs disks can fail over to the secondary region", exc)
+        return
+    if note:
+        log.info("%s", note)
+
+
+def check_port_free(settings: Settings) -> None:
+    """Say at once, before starting anything, when the API's port is taken (uvicorn would
+    only find out after the store and the exports are up)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            s.bind(("127.0.0.1", settings.port))
+        except OSError as exc:
+            raise InvalidArgument(
+                f"cannot listen on 127.0.0.1:{settings.port} ({exc.strerror}): choose another "
+                "port with --port or BLOCKSTORE_PORT"
+            ) from None
+
+
+def claim_home(settings: Settings, stack: ExitStack) -> None:
+    """One service per home (blockstore/host/servicefile.py): refuse to start beside another."""
+    fd = servicefile.claim(settings.home)
+    stack.callback(os.close, fd)
+
+
+def record_service(settings: Settings, stack: ExitStack) -> None:
+    """Write `<home>/service.json` (the URL, this pid) for the CLI, removed at a clean stop."""
+    servicefile.write(settings.home, f"http://127.0.0.1:{settings.port}")
+    stack.callback(servicefile.remove, settings.home)
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM; stop everything started here on the way out."""
+    from api.app import AppContext, create_app  # the core imports no web framework at load
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.umask(0o077)  # the home, the caches, the store's files: the service's alone
+    settings.home.mkdir(parents=True, exist_ok=True)
+    token = api_token(settings.home)
+    with ExitStack() as stack:
+        claim_home(settings, stack)
+        check_port_free(settings)
+        settings = start_store(settings, stack)
+        check_configured_store(settings)
+        assert settings.s3 is not None
+        store = build_store(settings.s3, settings.retry)
+        stack.callback(store.close)
+        if not settings.embedded:  # the embedded store is set right (1 MiB filer chunks)
+            probe_in_background(settings.s3)  # logs one line; a slow store gets a warning
+        secondary = None
+        if settings.secondary is not None:
+            secondary = build_store(settings.secondary, settings.retry)
+            stack.callback(secondary.close)
+        supervisor = ExportSupervisor(
+            SupervisorConfig(
+                home=settings.home,
+                s3=settings.s3,
+                retry_seconds=settings.retry.deadline_seconds,
+                secondary=settings.secondary,
+                socket_group=settings.socket_group,
+            )
+        )
+        stack.callback(supervisor.close)
+        control = ControlService(
+            store,
+            host_id_of(settings.home),
+            supervisor,
+            secondary=secondary,
+            replication_config=ReplicationConfig(rpo_target_seconds=settings.rpo_seconds),
+        )
+        if control.replication is not None:
+            control.replication.start()
+            stack.callback(control.replication.close)
+        served = control.resume()
+        if served:
+            log.info("serving again the disks attached here: %s", ", ".join(served))
+        health = StoreProbe(store).start()  # /healthz answers from it, never from the store
+        stack.callback(health.close)
+        context = AppContext(
+            settings=settings, store=store, token=token, control=control, health=health
+        )
+        app = create_app(context)
+        log.info(
+            "API on http://127.0.0.1:%d (bearer token in %s or $BLOCKSTORE_API_TOKEN)",
+            settings.port,
+            settings.home / "api-token",
+        )
+        # uvicorn re-raises the SIGINT/SIGTERM it handled once it has shut down, to the
+        # handlers that were there before it: make those no-ops, so that this function goes
+        # on to stop the exports (flushing them) before the store they flush to.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: None)
+        record_service(settings, stack)
+        uvicorn.run(
+            app, host="127.0.0.1", port=settings.port, log_level="warning", access_log=False
+        )
+        log.info("stopping")

@@ -1,0 +1,6 @@
+"""The volume engine: a page blob as a log of immutable segments in the object store.
+
+Place in the data path: under the host cache, over the object store stack. `volume.Volume` is the
+facade; the components behind it (replay, fencing, reads, the commit pipeline, checkpoints,
+snapshots and clones, GC) each have a module. A write is durable once its segment PUT returned.
+"""

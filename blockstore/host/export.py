@@ -1,0 +1,257 @@
+"""Start and stop nbdkit serving one disk on a Unix socket (the export of an attached disk).
+
+Place: the control plane supervises one `Export` per attached disk; the NBD tests and the bench
+use it too. nbdkit runs our plugin (`nbd_plugin/plugin.py`) in its embedded Python, which takes
+the first `python3` on PATH as its home (DESIGN.md): the launcher puts the project's virtualenv
+`bin/` first so that interpreter finds blockstore's dependencies, and the repository on
+PYTHONPATH. S3 credentials go to the child in its environment, never on its command line, so
+they do not show in `ps`.
+
+Failure behaviour: `start()` returns once the socket accepts connections (the plugin has opened
+the volume and replayed any journal by then), or raises `Unavailable` with the tail of nbdkit's
+log if it exits or does not get there in time. `stop()` sends SIGTERM (nbdkit's cleanup uploads
+what is dirty), waits, then SIGKILL. `kill()` is SIGKILL at once, as a crash (tests).
+
+One socket path serves one export at a time: `start()` takes the path over, and `stop()` and
+`kill()` remove the socket only if it is still the one this export's nbdkit created, so an
+export that stops late never takes away the socket of the export that replaced it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from blockstore.errors import InvalidArgument, Unavailable
+from blockstore.store.s3 import S3Config
+
+REPO = Path(__file__).resolve().parents[2]
+PLUGIN = REPO / "nbd_plugin" / "plugin.py"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How to serve one disk. Sizes are nbdkit size strings ("1G", "64K") or bytes."""
+
+    disk_id: str
+    socket: Path
+    s3: S3Config
+    cache_mode: str = "none"
+    cache_dir: Path | None = None
+    cache_size: str = "1G"
+    cache_block: str = "64K"
+    dirty_limit: str = "256M"
+    readahead: str = "1M"
+    retry_seconds: float = 30.0
+    request_timeout: float | None = None  # one S3 request (connect and read); None: S3Config's
+    write_wait_seconds: float = 30.0
+    readonly: bool = False
+    epoch: int | None = None  # writer epoch issued by the control plane; None: the next free one
+    fence_check_seconds: float = 1.0  # how often the plugin looks for a newer writer
+    # Whether a group may connect to the socket (the hypervisor's, e.g. libvirt-qemu's): it is
+    # made in a setgid run directory of that group, and opened to the group once it accepts.
+    socket_group: bool = False
+    threads: int = 16
+    nbdkit: str = "nbdkit"
+    verbose: bool = False
+    exit_with_parent: bool = True  # tests: nbdkit dies with the test process
+    filters: tuple[str, ...] = ()
+    log_path: Path | None = None  # nbdkit's stderr; default: next to the socket
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # the S3Config repr already hides secrets
+        return f"ExportConfig(disk_id={self.disk_id!r}, socket={str(self.socket)!r}, ...)"
+
+
+def venv_bin() -> Path | None:
+    """The virtualenv this process runs in, if any (its python3 becomes nbdkit's home)."""
+    if sys.prefix != sys.base_prefix:
+        return Path(sys.prefix) / "bin"
+    candidate = REPO / ".venv" / "bin"
+    return candidate if candidate.is_dir() else None
+
+
+class Export:
+    """One nbdkit process serving one disk."""
+
+    def __init__(self, config: ExportConfig) -> None:
+        if config.cache_mode != "none" and config.cache_dir is None:
+            raise InvalidArgument(f"cache mode {config.cache_mode} needs a cache directory")
+        self.config = config
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = config.log_path or Path(f"{config.socket}.log")
+        self._socket_ino: int | None = None  # the socket our nbdkit bound, once it accepts
+
+    @property
+    def uri(self) -> str:
+        return f"nbd+unix:///?socket={self.config.socket}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def command(self) -> list[str]:
+        c = self.config
+        cmd = [c.nbdkit, "--foreground", "--unix", str(c.socket), "--threads", str(c.threads)]
+        if c.exit_with_parent:
+            cmd.append("--exit-with-parent")
+        if c.verbose:
+            cmd.append("--verbose")
+        if c.readonly:
+            cmd.append("--readonly")
+        for f in c.filters:
+            cmd += ["--filter", f]
+        cmd += ["python", str(PLUGIN), f"disk={c.disk_id}", f"endpoint={c.s3.endpoint}"]
+        cmd += [f"bucket={c.s3.bucket}", f"region={c.s3.region}", f"prefix={c.s3.prefix}"]
+        cmd += [f"cache={c.cache_mode}", f"retry-seconds={c.retry_seconds:g}"]
+        cmd += [f"write-wait={c.write_wait_seconds:g}", f"readonly={str(c.readonly).lower()}"]
+        if c.request_timeout is not None:
+            cmd.append(f"request-timeout={c.request_timeout:g}")
+        if c.epoch is not None:
+            cmd.append(f"epoch={c.epoch}")
+        cmd.append(f"fence-check={c.fence_check_seconds:g}")
+        if c.cache_dir is not None:
+            cmd += [f"cache-dir={c.cache_dir}", f"cache-size={c.cache_size}"]
+            cmd += [f"cache-block={c.cache_block}", f"dirty-limit={c.dirty_limit}"]
+            cmd += [f"readahead={c.readahead}"]
+        return cmd
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        vbin = venv_bin()
+        if vbin is not None:
+            env["PATH"] = f"{vbin}:{env.get('PATH', '/usr/bin:/bin')}"
+        env["PYTHONPATH"] = str(REPO)
+        env["BLOCKSTORE_S3_ACCESS_KEY"] = self.config.s3.access_key
+        env["BLOCKSTORE_S3_SECRET_KEY"] = self.config.s3.secret_key
+        env.update(self.config.extra_env)
+        return env
+
+    def start(self, timeout: float = 60.0) -> Export:
+        """Launch nbdkit and return once its socket accepts a connection."""
+        sock = self.config.socket
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        sock.unlink(missing_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.process = subprocess.Popen(
+                self.command(),
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise Unavailable(
+                    f"nbdkit for disk {self.config.disk_id} exited with "
+                    f"{self.process.returncode}: {self.log_tail()}"
+                )
+            if sock.exists() and _accepts(sock):
+                self._socket_ino = _inode(sock)
+                if self.config.socket_group:
+                    # nbdkit makes it 0755 whatever the umask; the setgid run directory gave it
+                    # the group, which may now connect. Others cannot reach the directory.
+                    os.chmod(sock, 0o660)
+                return self
+            time.sleep(0.02)
+        self.kill()
+        raise Unavailable(f"nbdkit for disk {self.config.disk_id} did not start: {self.log_tail()}")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (nbdkit uploads dirty data in cleanup), wait, then SIGKILL. Returns the
+        exit status."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._unlink_socket()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL now, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._unlink_socket()
+
+    def _unlink_socket(self) -> None:
+        """Remove the socket if it is still ours (not one a later export bound since)."""
+        if self._socket_ino is not None and _inode(self.config.socket) == self._socket_ino:
+            self.config.socket.unlink(missing_ok=True)
+        self._socket_ino = None
+
+    def clients(self) -> int:
+        """NBD clients connected now: the accepted connections of our socket
+        (/proc/net/unix lists each under the listening socket's path, state 03)."""
+        if self._socket_ino is None or self.process is None or self.process.poll() is not None:
+            return 0
+        return connected_clients(self.config.socket)
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n:].decode(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+
+    def __enter__(self) -> Export:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def connected_clients(path: Path) -> int:
+    """Connected (state 03) Unix sockets bound to `path`, but the listener: the connections a
+    server at `path` has accepted and not closed."""
+    want = str(path)
+    n = 0
+    with open("/proc/net/unix") as f:
+        next(f)  # header
+        for line in f:
+            parts = line.split(None, 7)
+            if len(parts) == 8 and parts[7].rstrip("\n") == want and parts[5] == "03":
+                n += 1
+    return n
+
+
+def _accepts(path: Path) -> bool:
+    """Whether nbdkit greets a connection. The socket is bound before the plugin's after_fork
+    (volume open, journal replay) runs, but the greeting is sent only once that is done."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(0.5)
+        s.connect(str(path))
+        return s.recv(8) == b"NBDMAGIC"
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def start_export(config: ExportConfig, timeout: float = 60.0) -> Export:
+    """Start nbdkit for `config.disk_id` and return the running `Export`."""
+    return Export(config).start(timeout)
