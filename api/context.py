@@ -1,0 +1,35 @@
+"""What a request handler may touch, built once by `blockstore serve` (api/serve.py) or a test.
+
+`create_app` keeps it in `app.state.context`; routes reach it through the `Context` dependency
+(api/routes/common.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from blockstore.control.service import ControlService
+from blockstore.errors import Unavailable
+from blockstore.host.config import Settings
+from blockstore.store.base import ObjectStore
+from blockstore.store.health import StoreProbe
+
+
+@dataclass
+class AppContext:
+    """The settings, the store, the API token and the services the routes call."""
+
+    settings: Settings
+    store: ObjectStore
+    token: str
+    control: ControlService | None = None
+    health: StoreProbe | None = None  # None: create_app makes one on `store`
+
+    def service(self) -> ControlService:
+        if self.control is None:
+            raise Unavailable("the control plane is not running on this server")
+        return self.control
+
+    def close(self) -> None:
+        if self.health is not None:
+            self.health.close()

@@ -1,0 +1,69 @@
+"""`/v1/disks`: create, list, show, change (size, caching, redundancy) and delete disks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from api.models import DiskCreate, DiskUpdate
+from api.routes.common import Context, DiskName
+from blockstore.control.service import DiskSpec
+
+router = APIRouter(tags=["disks"])
+
+
+@router.post("/disks", status_code=201)
+def create_disk(body: DiskCreate, response: Response, context: Context) -> dict[str, Any]:
+    """Create a disk (the same request again returns it with 200; a different one, 409)."""
+    svc = context.service()
+    spec = DiskSpec(
+        name=body.name,
+        size_bytes=body.size(),
+        kind=body.kind,
+        caching=body.caching,
+        redundancy=body.redundancy,
+        source_snapshot=body.source_snapshot,
+    )
+    disk, created = svc.create_disk(spec)
+    if not created:
+        response.status_code = 200
+    return svc.describe(disk)
+
+
+@router.get("/disks")
+def list_disks(context: Context) -> dict[str, Any]:
+    svc = context.service()
+    return {"disks": [svc.describe(d) for d in svc.list_disks()]}
+
+
+@router.get("/disks/{name}")
+def get_disk(name: DiskName, context: Context) -> dict[str, Any]:
+    svc = context.service()
+    return svc.describe(svc.get_disk(name))
+
+
+@router.patch("/disks/{name}")
+def update_disk(
+    name: DiskName, body: DiskUpdate, response: Response, context: Context
+) -> dict[str, Any]:
+    """Grow (online, too), shrink with allow_shrink, or change caching (applied when the
+    export next starts).
+    A change of redundancy (lrs <-> grs) seeds or removes the secondary copy: the answer is
+    then 202 with the operation."""
+    svc = context.service()
+    disk = svc.update_disk(
+        name, size_bytes=body.size(), caching=body.caching, allow_shrink=body.allow_shrink
+    )
+    if body.redundancy is not None:
+        op = svc.set_redundancy(name, body.redundancy)
+        if op is not None:
+            response.status_code = 202
+            return op
+    return svc.describe(disk)
+
+
+@router.delete("/disks/{name}", status_code=202)
+def delete_disk(name: DiskName, context: Context) -> dict[str, Any]:
+    """Gone from listings at once; its objects are removed by the returned operation."""
+    return context.service().delete_disk(name)
