@@ -33,8 +33,8 @@ def metrics_registry(context: AppContext) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(StoreCollector(context.store))
     if context.control is not None:
-        registry.register(DiskCollector(context.control.disk_stats))
-        registry.register(ReplicationCollector(context.control.replication_statuses))
+        registry.register(DiskCollector(context.control.attachments.disk_stats))
+        registry.register(ReplicationCollector(context.control.geo.replication_statuses))
     return registry
 
 

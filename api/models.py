@@ -10,14 +10,14 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from blockstore.control.service import GIB, Caching, DiskKind, Redundancy
+from blockstore.control.model import GIB, MAX_DISK_BYTES, Caching, DiskKind, Redundancy
 from blockstore.format import keys
 
 # pydantic matches patterns with Rust's regex engine, where `$` is the end of the text only:
 # "name\n" does not match (tests/test_api_limits.py checks it in bodies, paths and queries).
 NAME_PATTERN = rf"^{keys.NAME}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1-63 of a-z, 0-9, '-'")]
-MAX_GIB = 64 * 1024
+MAX_GIB = MAX_DISK_BYTES // GIB
 # FastAPI validates a body as Python objects, where a strict enum field takes only enum
 # instances; these take the enum's string value (and nothing else: no coercion from numbers).
 KindField = Annotated[DiskKind, Field(strict=False)]
@@ -32,7 +32,7 @@ class Strict(BaseModel):
 class Sized(Strict):
     """A size given as size_bytes or size_gib (not both)."""
 
-    size_bytes: Annotated[int | None, Field(gt=0, le=64 << 40)] = None
+    size_bytes: Annotated[int | None, Field(gt=0, le=MAX_DISK_BYTES)] = None
     size_gib: Annotated[int | None, Field(gt=0, le=MAX_GIB)] = None
 
     @model_validator(mode="after")

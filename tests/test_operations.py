@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from blockstore.clock import FakeClock
-from blockstore.control.service import OPERATION_RETENTION_SECONDS, OperationService
+from blockstore.control.operations import OPERATION_RETENTION_SECONDS, OperationService
 from blockstore.errors import InvalidArgument, NotFound
 from blockstore.store.memory import MemoryStore
 

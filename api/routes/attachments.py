@@ -14,7 +14,7 @@ router = APIRouter(tags=["attachments"])
 
 @router.post("/disks/{name}/attach")
 def attach(name: DiskName, body: AttachRequest, context: Context) -> dict[str, Any]:
-    return context.service().attach(name, body.vm, force=body.force)
+    return context.service().attachments.attach(name, body.vm, force=body.force)
 
 
 @router.post("/disks/{name}/detach")
@@ -22,4 +22,4 @@ def detach(name: DiskName, context: Context, body: DetachRequest | None = None) 
     """409 while NBD clients are connected, unless force (the guest's next I/O fails);
     503 when acknowledged writes could not be made durable (the disk stays attached)."""
     svc = context.service()
-    return svc.describe(svc.detach(name, force=bool(body and body.force)))
+    return svc.disks.describe(svc.attachments.detach(name, force=bool(body and body.force)))

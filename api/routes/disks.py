@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 
 from api.models import DiskCreate, DiskUpdate
 from api.routes.common import Context, DiskName
-from blockstore.control.service import DiskSpec
+from blockstore.control.model import DiskSpec
 
 router = APIRouter(tags=["disks"])
 
@@ -25,22 +25,22 @@ def create_disk(body: DiskCreate, response: Response, context: Context) -> dict[
         redundancy=body.redundancy,
         source_snapshot=body.source_snapshot,
     )
-    disk, created = svc.create_disk(spec)
+    disk, created = svc.disks.create(spec)
     if not created:
         response.status_code = 200
-    return svc.describe(disk)
+    return svc.disks.describe(disk)
 
 
 @router.get("/disks")
 def list_disks(context: Context) -> dict[str, Any]:
     svc = context.service()
-    return {"disks": [svc.describe(d) for d in svc.list_disks()]}
+    return {"disks": [svc.disks.describe(d) for d in svc.disks.list_disks()]}
 
 
 @router.get("/disks/{name}")
 def get_disk(name: DiskName, context: Context) -> dict[str, Any]:
     svc = context.service()
-    return svc.describe(svc.get_disk(name))
+    return svc.disks.describe(svc.disks.get(name))
 
 
 @router.patch("/disks/{name}")
@@ -52,18 +52,18 @@ def update_disk(
     A change of redundancy (lrs <-> grs) seeds or removes the secondary copy: the answer is
     then 202 with the operation."""
     svc = context.service()
-    disk = svc.update_disk(
+    disk = svc.disks.update(
         name, size_bytes=body.size(), caching=body.caching, allow_shrink=body.allow_shrink
     )
     if body.redundancy is not None:
-        op = svc.set_redundancy(name, body.redundancy)
+        op = svc.geo.set_redundancy(name, body.redundancy)
         if op is not None:
             response.status_code = 202
             return op
-    return svc.describe(disk)
+    return svc.disks.describe(disk)
 
 
 @router.delete("/disks/{name}", status_code=202)
 def delete_disk(name: DiskName, context: Context) -> dict[str, Any]:
     """Gone from listings at once; its objects are removed by the returned operation."""
-    return context.service().delete_disk(name)
+    return context.service().disks.delete(name)

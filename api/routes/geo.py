@@ -17,16 +17,16 @@ router = APIRouter(tags=["geo"])
 def failover(name: DiskName, context: Context) -> dict[str, Any]:
     """Serve a grs disk from the secondary region (fencing the primary's writer)."""
     svc = context.service()
-    return svc.describe(svc.failover(name))
+    return svc.disks.describe(svc.geo.failover(name))
 
 
 @router.post("/disks/{name}/failback", status_code=202)
 def failback(name: DiskName, context: Context) -> dict[str, Any]:
     """Re-seed the primary region from the secondary and serve from it again."""
-    return context.service().failback(name)
+    return context.service().geo.failback(name)
 
 
 @router.post("/disks/{name}/snapshots/{snapshot}/copy", status_code=202)
 def copy_snapshot(name: DiskName, snapshot: SnapName, context: Context) -> dict[str, Any]:
     """Copy one snapshot to the other region (incremental against earlier copies)."""
-    return context.service().copy_snapshot(name, snapshot)
+    return context.service().geo.copy_snapshot(name, snapshot)

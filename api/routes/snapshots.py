@@ -16,7 +16,7 @@ router = APIRouter(tags=["snapshots"])
 def create_snapshot(
     name: DiskName, body: SnapshotCreate, response: Response, context: Context
 ) -> dict[str, Any]:
-    snap, created = context.service().create_snapshot(name, body.name)
+    snap, created = context.service().snapshots.create(name, body.name)
     if not created:
         response.status_code = 200
     return snap
@@ -24,12 +24,12 @@ def create_snapshot(
 
 @router.get("/disks/{name}/snapshots")
 def list_snapshots(name: DiskName, context: Context) -> dict[str, Any]:
-    return {"snapshots": context.service().list_snapshots(name)}
+    return {"snapshots": context.service().snapshots.list_snapshots(name)}
 
 
 @router.delete("/disks/{name}/snapshots/{snapshot}", status_code=204)
 def delete_snapshot(name: DiskName, snapshot: SnapName, context: Context) -> Response:
-    context.service().delete_snapshot(name, snapshot)
+    context.service().snapshots.delete(name, snapshot)
     return Response(status_code=204)
 
 
@@ -42,4 +42,4 @@ def changes(
 ) -> dict[str, Any]:
     """Ranges whose content differs between snapshot `since` (default: empty disk) and
     `snapshot`: what an incremental backup or copy must read."""
-    return context.service().changed_ranges(name, snapshot, since)
+    return context.service().snapshots.changed_ranges(name, snapshot, since)

@@ -505,6 +505,12 @@ class DiskReplicator:
         with self._lock:
             self._pool.shutdown(wait=True)
 
+    def __enter__(self) -> DiskReplicator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 # -- failover helpers (used by the control plane) -------------------------------------------
 
