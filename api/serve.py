@@ -22,12 +22,13 @@ import uvicorn
 
 from blockstore.control.service import ControlService, host_id_of
 from blockstore.errors import InvalidArgument, Unavailable
-from blockstore.geo.replication import ReplicationConfig
+from blockstore.geo.config import ReplicationConfig
 from blockstore.host import servicefile
 from blockstore.host.config import DEFAULT_BUCKET, Settings, api_token
 from blockstore.host.embedded import Credentials, EmbeddedSeaweed
 from blockstore.host.supervisor import ExportSupervisor, SupervisorConfig
 from blockstore.store import check as storecheck
+from blockstore.store.base import ObjectStore
 from blockstore.store.chunkprobe import probe_in_background
 from blockstore.store.health import StoreProbe
 from blockstore.store.s3 import S3Config, S3Store
@@ -105,6 +106,53 @@ def record_service(settings: Settings, stack: ExitStack) -> None:
     stack.callback(servicefile.remove, settings.home)
 
 
+def open_stores(settings: Settings, stack: ExitStack) -> tuple[ObjectStore, ObjectStore | None]:
+    """The store stack over the primary region's bucket, and over the secondary's if one is
+    configured."""
+    assert settings.s3 is not None
+    store = build_store(settings.s3, settings.retry)
+    stack.callback(store.close)
+    if not settings.embedded:  # the embedded store is set right (1 MiB filer chunks)
+        probe_in_background(settings.s3)  # logs one line; a slow store gets a warning
+    secondary = None
+    if settings.secondary is not None:
+        secondary = build_store(settings.secondary, settings.retry)
+        stack.callback(secondary.close)
+    return store, secondary
+
+
+def start_control(
+    settings: Settings, store: ObjectStore, secondary: ObjectStore | None, stack: ExitStack
+) -> ControlService:
+    """The export supervisor and the control plane over it; replication started; the disks
+    attached here served again."""
+    assert settings.s3 is not None
+    supervisor = ExportSupervisor(
+        SupervisorConfig(
+            home=settings.home,
+            s3=settings.s3,
+            retry_seconds=settings.retry.deadline_seconds,
+            secondary=settings.secondary,
+            socket_group=settings.socket_group,
+        )
+    )
+    stack.callback(supervisor.close)
+    control = ControlService(
+        store,
+        host_id_of(settings.home),
+        supervisor,
+        secondary=secondary,
+        replication_config=ReplicationConfig(rpo_target_seconds=settings.rpo_seconds),
+    )
+    if control.replication is not None:
+        control.replication.start()
+        stack.callback(control.replication.close)
+    served = control.resume()
+    if served:
+        log.info("serving again the disks attached here: %s", ", ".join(served))
+    return control
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM; stop everything started here on the way out."""
     from api.app import AppContext, create_app  # the core imports no web framework at load
@@ -118,38 +166,8 @@ def serve(settings: Settings) -> None:
         check_port_free(settings)
         settings = start_store(settings, stack)
         check_configured_store(settings)
-        assert settings.s3 is not None
-        store = build_store(settings.s3, settings.retry)
-        stack.callback(store.close)
-        if not settings.embedded:  # the embedded store is set right (1 MiB filer chunks)
-            probe_in_background(settings.s3)  # logs one line; a slow store gets a warning
-        secondary = None
-        if settings.secondary is not None:
-            secondary = build_store(settings.secondary, settings.retry)
-            stack.callback(secondary.close)
-        supervisor = ExportSupervisor(
-            SupervisorConfig(
-                home=settings.home,
-                s3=settings.s3,
-                retry_seconds=settings.retry.deadline_seconds,
-                secondary=settings.secondary,
-                socket_group=settings.socket_group,
-            )
-        )
-        stack.callback(supervisor.close)
-        control = ControlService(
-            store,
-            host_id_of(settings.home),
-            supervisor,
-            secondary=secondary,
-            replication_config=ReplicationConfig(rpo_target_seconds=settings.rpo_seconds),
-        )
-        if control.replication is not None:
-            control.replication.start()
-            stack.callback(control.replication.close)
-        served = control.resume()
-        if served:
-            log.info("serving again the disks attached here: %s", ", ".join(served))
+        store, secondary = open_stores(settings, stack)
+        control = start_control(settings, store, secondary, stack)
         health = StoreProbe(store).start()  # /healthz answers from it, never from the store
         stack.callback(health.close)
         context = AppContext(

@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 
 from blockstore.engine.volume import Volume, VolumeConfig
-from blockstore.geo.replication import DiskReplicator, ReplicationConfig, trim_after_frontier
+from blockstore.geo.config import ReplicationConfig
+from blockstore.geo.frontier import trim_after_frontier
+from blockstore.geo.replicator import DiskReplicator
 from blockstore.host.embedded import Credentials, EmbeddedSeaweed
 from blockstore.store.retry import RetryConfig, RetryingStore
 from blockstore.store.s3 import S3Config, S3Store

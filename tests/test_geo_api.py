@@ -20,7 +20,7 @@ from api.app import AppContext, create_app
 from blockstore.control.service import ControlService
 from blockstore.engine.volume import Volume
 from blockstore.format import keys
-from blockstore.geo.replication import ReplicationConfig
+from blockstore.geo.config import ReplicationConfig
 from blockstore.host.config import Settings
 from blockstore.host.supervisor import ExportSupervisor, SupervisorConfig
 from blockstore.store.retry import RetryConfig

@@ -22,13 +22,10 @@ import pytest
 from blockstore.engine.volume import Volume, VolumeConfig
 from blockstore.errors import BlockstoreError, NotFound
 from blockstore.format import keys
-from blockstore.geo.replication import (
-    DiskReplicator,
-    ReplicationConfig,
-    progress_key,
-    trim_after_frontier,
-    truncate_after,
-)
+from blockstore.geo.config import ReplicationConfig
+from blockstore.geo.frontier import trim_after_frontier, truncate_after
+from blockstore.geo.replicator import DiskReplicator
+from blockstore.geo.status import progress_key
 from blockstore.store.base import ObjectStore
 from blockstore.store.faults import FaultRule, FaultyStore
 from blockstore.store.memory import MemoryStore

@@ -484,7 +484,7 @@ def test_a_new_writer_fences_a_writer_that_keeps_writing(
 def test_a_replica_judges_a_torn_run_and_a_resume_like_the_primary() -> None:
     """The replicator copies torn (empty) segment objects as they are, so the secondary's log
     reads the same, past the torn position and the writer's resume."""
-    from blockstore.geo.replication import DiskReplicator
+    from blockstore.geo.replicator import DiskReplicator
 
     primary, secondary = MemoryStore(), MemoryStore()
     Volume.create(primary, "d", 1 << 20)

@@ -19,7 +19,7 @@ from blockstore.control.operations import OperationService
 from blockstore.control.records import MirroredRecords, Record, Records, RecordStore
 from blockstore.errors import InvalidArgument, NotFound
 from blockstore.format import keys
-from blockstore.geo.replication import ReplicationConfig
+from blockstore.geo.config import ReplicationConfig
 from blockstore.store.base import ObjectStore
 
 
@@ -135,9 +135,4 @@ class ControlContext:
         return result
 
     def set_fields(self, name: str, **fields: Any) -> Record:
-        def change(current: Record | None) -> Record:
-            if current is None:
-                raise NotFound(f"disk {name!r} does not exist")
-            return {**current, **fields}
-
-        return self.update(name, change)
+        return self.disks.set_fields(name, fields, missing=f"disk {name!r} does not exist")

@@ -17,7 +17,6 @@ operation and can be retried.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -39,14 +38,11 @@ from blockstore.control.snapshots import SnapshotService
 from blockstore.engine.volume import Volume
 from blockstore.errors import BlockstoreError, Conflict, NotFound
 from blockstore.format import keys
-from blockstore.geo.replication import (
-    DiskReplicator,
-    ReplicationService,
-    delete_copy,
-    progress_key,
-    trim_after_frontier,
-    truncate_after,
-)
+from blockstore.geo.delete import delete_copy
+from blockstore.geo.frontier import trim_after_frontier, truncate_after
+from blockstore.geo.replicator import DiskReplicator
+from blockstore.geo.service import ReplicationService
+from blockstore.geo.status import progress_key, status_from_marker
 from blockstore.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -152,7 +148,12 @@ class GeoService:
         if self.replication is not None:
             status = self.replication.status(disk_id_of(disk))
         if status is None:
-            status = self._status_from_marker(disk)
+            status = status_from_marker(
+                self.ctx.require_secondary(),
+                disk_id_of(disk),
+                self.config.rpo_target_seconds,
+                self.ctx.clock,
+            )
         if status.get("last_sync_time") is not None:
             status["last_sync_time"] = datetime.fromtimestamp(
                 float(status["last_sync_time"]), UTC
@@ -169,25 +170,6 @@ class GeoService:
             for name, d in self.ctx.disks.items()
             if d.get("volume_id") in by_disk_id and d.get("state") == "ready"
         ]
-
-    def _status_from_marker(self, disk: Record) -> dict[str, Any]:
-        assert self.ctx.secondary is not None
-        target = self.config.rpo_target_seconds
-        try:
-            marker = json.loads(self.ctx.secondary.get(progress_key(disk_id_of(disk))))
-        except (NotFound, ValueError):
-            marker = {}
-        last = marker.get("last_sync_time")
-        lag = self.ctx.clock.time() - float(last) if last is not None else None
-        return {
-            "state": "synced" if last is not None else "seeding",
-            "last_sync_time": last,
-            "lag_seconds": round(lag, 3) if lag is not None else None,
-            "lag_bytes": None,
-            "rpo_target_seconds": target,
-            "rpo_exceeded": lag is None or lag > target,
-            "reported_by": "progress marker",
-        }
 
     # -- checks ---------------------------------------------------------------------------
 

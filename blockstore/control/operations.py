@@ -66,12 +66,7 @@ class OperationService:
         return record
 
     def _set(self, op_id: str, **fields: Any) -> None:
-        def change(current: Record | None) -> Record:
-            if current is None:
-                raise NotFound(f"operation {op_id} vanished")
-            return {**current, **fields}
-
-        self.records.update(op_id, change)
+        self.records.set_fields(op_id, fields, missing=f"operation {op_id} vanished")
 
     def _run(self, op_id: str, work: Work) -> None:
         last = [0.0]

@@ -112,6 +112,18 @@ class Records(ABC):
     def delete(self, name: str) -> None:
         self.update(name, lambda current: None)
 
+    def set_fields(self, name: str, fields: Record, *, missing: str) -> Record:
+        """Set `fields` in the current value; `NotFound(missing)` if there is none."""
+
+        def change(current: Record | None) -> Record:
+            if current is None:
+                raise NotFound(missing)
+            return {**current, **fields}
+
+        result = self.update(name, change)
+        assert result is not None
+        return result
+
 
 class RecordStore(Records):
     """Records of one kind (e.g. `control/disks/`), each a series of immutable versions."""

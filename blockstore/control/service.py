@@ -34,7 +34,7 @@ from blockstore.control.context import ControlContext, Exports
 from blockstore.control.disks import DiskService
 from blockstore.control.geo import GeoService
 from blockstore.control.snapshots import SnapshotService
-from blockstore.geo.replication import ReplicationConfig
+from blockstore.geo.config import ReplicationConfig
 from blockstore.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
