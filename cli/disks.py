@@ -1,0 +1,166 @@
+"""`blockstore disk ...`: create, list, show, resize, delete, attach, detach; fail a grs disk
+over and back; change its redundancy."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cli.client import ApiClient
+from cli.common import (
+    WaitOption,
+    api_command,
+    call,
+    key_values,
+    parse_size,
+    size_text,
+    whole_lines,
+)
+from cli.operations import follow, start
+
+disk_app = typer.Typer(
+    help="Create, list, show, resize, delete, attach and detach disks.", no_args_is_help=True
+)
+
+NewSize = Annotated[str, typer.Argument(help="New size: 40G, or bytes")]
+AllowShrink = Annotated[bool, typer.Option(help="Allow dropping the tail")]
+
+
+def _disk_table(disks: list[dict[str, Any]]) -> None:
+    t = Table("NAME", "SIZE", "KIND", "CACHING", "REDUNDANCY", "ATTACHED TO", "STORED", "CREATED")
+    for d in disks:
+        att = d.get("attachment")
+        t.add_row(
+            d["name"],
+            size_text(d["size_bytes"]),
+            d["kind"],
+            d["caching"],
+            d["redundancy"],
+            f"{att['vm']} ({att['host']})" if att else "-",
+            size_text(d.get("bytes_stored")),
+            d["created"],
+        )
+    Console().print(t)
+
+
+@api_command(disk_app, "create")
+def disk_create(
+    c: ApiClient,
+    as_json: bool,
+    name: str,
+    size: Annotated[str | None, typer.Option(help="Size: 20G, 512M, 1T or bytes")] = None,
+    kind: Annotated[str, typer.Option(help="os, data or ephemeral")] = "data",
+    caching: Annotated[str | None, typer.Option(help="none, readonly or readwrite")] = None,
+    redundancy: Annotated[str, typer.Option(help="lrs or grs")] = "lrs",
+    source_snapshot: Annotated[str | None, typer.Option(help="<disk>/<snapshot>")] = None,
+) -> None:
+    """Create a disk."""
+    body: dict[str, Any] = {"name": name, "kind": kind, "redundancy": redundancy}
+    if size is not None:
+        body["size_bytes"] = parse_size(size)
+    if caching:
+        body["caching"] = caching
+    if source_snapshot:
+        body["source_snapshot"] = source_snapshot
+    call(lambda: c.post("/v1/disks", body), as_json, key_values(f"disk {name}"))
+
+
+@api_command(disk_app, "list")
+def disk_list(c: ApiClient, as_json: bool) -> None:
+    """List disks."""
+    call(lambda: c.get("/v1/disks")["disks"], as_json, _disk_table)
+
+
+@api_command(disk_app, "show")
+def disk_show(c: ApiClient, as_json: bool, name: str) -> None:
+    """Show one disk (its attachment's URI and QEMU/libvirt snippets whole, one per line)."""
+    call(lambda: c.get(f"/v1/disks/{name}"), as_json, whole_lines)
+
+
+@api_command(disk_app, "resize")
+def disk_resize(
+    c: ApiClient,
+    as_json: bool,
+    name: str,
+    size: NewSize,
+    allow_shrink: AllowShrink = False,
+) -> None:
+    """Grow a disk (attached or not); shrink only with --allow-shrink."""
+    body = {"size_bytes": parse_size(size), "allow_shrink": allow_shrink}
+    call(lambda: c.patch(f"/v1/disks/{name}", body), as_json, key_values(f"disk {name}"))
+
+
+@api_command(disk_app, "delete")
+def disk_delete(
+    c: ApiClient,
+    as_json: bool,
+    name: str,
+    wait: Annotated[bool, typer.Option(help="Wait for the removal")] = False,
+) -> None:
+    """Delete a disk (it must be detached); its objects are removed in the background."""
+    op = call(lambda: c.delete(f"/v1/disks/{name}"), as_json, key_values("operation"))
+    if wait:
+        follow(c, op["id"], as_json)
+
+
+@api_command(disk_app, "attach")
+def disk_attach(
+    c: ApiClient,
+    as_json: bool,
+    name: str,
+    vm: Annotated[str, typer.Option(help="The VM to attach to")],
+    force: Annotated[bool, typer.Option(help="Take it from another VM/host (fences it)")] = False,
+) -> None:
+    """Attach a disk to a VM on this host and print how to connect to it."""
+    call(
+        lambda: c.post(f"/v1/disks/{name}/attach", {"vm": vm, "force": force}),
+        as_json,
+        whole_lines,
+    )
+
+
+@api_command(disk_app, "detach")
+def disk_detach(
+    c: ApiClient,
+    as_json: bool,
+    name: str,
+    force: Annotated[
+        bool,
+        typer.Option(help="Detach even while a VM is connected (its next I/O fails)"),
+    ] = False,
+) -> None:
+    """Flush and detach a disk; it keeps its data. Refused while a VM is connected to it."""
+    body = {"force": force}
+    call(lambda: c.post(f"/v1/disks/{name}/detach", body), as_json, key_values(f"disk {name}"))
+
+
+@api_command(disk_app, "failover")
+def disk_failover(c: ApiClient, as_json: bool, name: str) -> None:
+    """Serve a geo-redundant (grs) disk from the secondary region from now on."""
+    call(lambda: c.post(f"/v1/disks/{name}/failover"), as_json, key_values(f"disk {name}"))
+
+
+@api_command(disk_app, "failback")
+def disk_failback(c: ApiClient, as_json: bool, name: str, *, wait: WaitOption = True) -> None:
+    """Re-seed the primary region from the secondary and serve the disk from it again."""
+    start(c, lambda: c.post(f"/v1/disks/{name}/failback"), as_json=as_json, wait=wait)
+
+
+@api_command(disk_app, "redundancy")
+def disk_redundancy(
+    c: ApiClient,
+    as_json: bool,
+    name: str,
+    redundancy: Annotated[str, typer.Argument(help="lrs or grs")],
+    *,
+    wait: WaitOption = True,
+) -> None:
+    """Change a disk to grs (seeds the secondary copy) or lrs (removes it)."""
+    res = call(lambda: c.patch(f"/v1/disks/{name}", {"redundancy": redundancy}), False)
+    if "status" in res and wait:
+        follow(c, res["id"], as_json)
+    else:
+        call(lambda: res, as_json, key_values(f"disk {name}"))
