@@ -25,6 +25,7 @@ from blockstore.control.context import ControlContext
 from blockstore.control.geo import GeoService
 from blockstore.control.model import (
     DEFAULT_CACHING,
+    DISK_ID_FIELD,
     Caching,
     DiskKind,
     DiskSpec,
@@ -64,7 +65,7 @@ class DiskService:
             return disk, False
         record: Record = {
             "name": spec.name,
-            "volume_id": "v" + secrets.token_hex(8),  # the engine's disk id: new for every disk
+            DISK_ID_FIELD: "v" + secrets.token_hex(8),  # new for every disk
             **wanted,
             "state": "creating",
             "created": self.ctx.now(),
@@ -254,7 +255,7 @@ class DiskService:
         progress(0.9)
 
         def change(current: Record | None) -> Record | None:
-            if current is not None and current.get("volume_id") != disk["volume_id"]:
+            if current is not None and current.get(DISK_ID_FIELD) != disk_id_of(disk):
                 return current  # the name was reused meanwhile; leave the new disk alone
             return None
 

@@ -24,6 +24,7 @@ from typing import Any
 from blockstore.control.attachments import AttachmentService
 from blockstore.control.context import ControlContext
 from blockstore.control.model import (
+    DISK_ID_FIELD,
     PRIMARY,
     SECONDARY,
     DiskKind,
@@ -166,9 +167,9 @@ class GeoService:
             return []
         by_disk_id = dict(self.replication.statuses())
         return [
-            (name, by_disk_id[d["volume_id"]])
+            (name, by_disk_id[disk_id_of(d)])
             for name, d in self.ctx.disks.items()
-            if d.get("volume_id") in by_disk_id and d.get("state") == "ready"
+            if d.get(DISK_ID_FIELD) in by_disk_id and d.get("state") == "ready"
         ]
 
     # -- checks ---------------------------------------------------------------------------

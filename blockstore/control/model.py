@@ -23,6 +23,7 @@ from blockstore.errors import InvalidArgument
 
 __all__ = ["PRIMARY", "SECONDARY"]
 
+DISK_ID_FIELD = "volume_id"  # the record field holding the engine's disk id (stored as named)
 MIB = 1 << 20
 GIB = 1 << 30
 MIN_DISK_BYTES = MIB
@@ -77,7 +78,7 @@ def validate_size(size_bytes: int) -> int:
 
 def disk_id_of(disk: Record) -> str:
     """The engine's disk id of a disk's data (the record's `volume_id` field)."""
-    disk_id: str = disk["volume_id"]
+    disk_id: str = disk[DISK_ID_FIELD]
     return disk_id
 
 
