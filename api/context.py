@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from blockstore.control.service import ControlService
 from blockstore.errors import Unavailable
@@ -21,7 +21,7 @@ class AppContext:
 
     settings: Settings
     store: ObjectStore
-    token: str
+    token: str = field(repr=False)  # the API's bearer token: never in a log line
     control: ControlService | None = None
     health: StoreProbe | None = None  # None: create_app makes one on `store`
 

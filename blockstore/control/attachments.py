@@ -42,6 +42,8 @@ class _NotHeld(Exception):
 
 
 class AttachmentService:
+    """Attach, detach and serve this host's disks; the supervisor's `Authority`."""
+
     def __init__(self, context: ControlContext) -> None:
         self.ctx = context
 

@@ -43,6 +43,8 @@ from blockstore.format import keys
 
 
 class DiskService:
+    """Create, show, change and delete the disks in `context`'s records."""
+
     def __init__(
         self, context: ControlContext, snapshots: SnapshotService, geo: GeoService
     ) -> None:

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 
 class GeoService:
+    """Replication of this host's grs disks, their lag, and their changes of region."""
+
     def __init__(
         self,
         context: ControlContext,

@@ -27,6 +27,8 @@ Source = tuple[str, str, dict[str, Any]]
 
 
 class SnapshotService:
+    """Snapshots of the disks in `context`'s records."""
+
     def __init__(self, context: ControlContext) -> None:
         self.ctx = context
 
