@@ -47,6 +47,8 @@ from blockstore.engine import volume
 from blockstore.engine.volume import Volume
 from blockstore.errors import BlockstoreError, Conflict, InvalidArgument, NotFound, Unavailable
 from blockstore.format import keys
+from blockstore.geo.lag import measure as measure_lag
+from blockstore.geo.lag import status_fields as lag_fields
 from blockstore.geo.replication import (
     DiskReplicator,
     ReplicationConfig,
@@ -941,8 +943,9 @@ class ControlService:
         self._unfenced = []
 
     def replication_status(self, disk: Record) -> dict[str, Any] | None:
-        """Lag of a grs disk: from this host's replicator, else from the progress marker the
-        replicating host keeps in the secondary (None for lrs disks)."""
+        """Lag of a grs disk against what its primary has acknowledged, measured now on both
+        stores (blockstore/geo/lag.py), plus the copy counters of this host's replicator or
+        the progress marker of the host that replicates it (None for lrs disks)."""
         if disk.get("redundancy") != Redundancy.grs or self.secondary is None:
             return None
         if disk.get("primary", "primary") == "secondary":
@@ -956,11 +959,37 @@ class ControlService:
             status = self.replication.status(disk["volume_id"])
         if status is None:
             status = self._status_from_marker(disk)
+        status.update(self._measured_lag(disk, status))
         if status.get("last_sync_time") is not None:
             status["last_sync_time"] = datetime.fromtimestamp(
                 float(status["last_sync_time"]), UTC
             ).isoformat(timespec="milliseconds")
         return status
+
+    def _measured_lag(self, disk: Record, counters: dict[str, Any]) -> dict[str, Any]:
+        """The lag fields, or "unknown" when the primary does not answer: a lag that cannot
+        be measured is never reported as none."""
+        assert self.secondary is not None
+        target = self.replication_config.rpo_target_seconds
+        try:
+            if isinstance(self.disks, MirroredRecords) and self.disks.primary_down():
+                raise Unavailable("the primary region does not answer")
+            lag = measure_lag(
+                self.store,
+                self.secondary,
+                disk["volume_id"],
+                known=int(counters.get("frontier_seq") or 0),
+            )
+        except BlockstoreError as exc:
+            return {
+                "state": "unknown",
+                "lag_seconds": None,
+                "lag_bytes": None,
+                "rpo_target_seconds": target,
+                "rpo_exceeded": True,
+                "error": f"lag not measured: {exc}",
+            }
+        return lag_fields(lag, self.clock.time(), counters.get("last_sync_time"), target)
 
     def replication_statuses(self) -> list[tuple[str, dict[str, Any]]]:
         """(disk name, status) of every grs disk this host replicates, for /metrics."""
@@ -968,29 +997,22 @@ class ControlService:
             return []
         by_volume = dict(self.replication.statuses())
         return [
-            (name, by_volume[d["volume_id"]])
+            (name, status)
             for name, d in self.disks.items()
-            if d.get("volume_id") in by_volume and d.get("state") == "ready"
+            if d.get("volume_id") in by_volume
+            and d.get("state") == "ready"
+            and (status := self.replication_status(d)) is not None
         ]
 
     def _status_from_marker(self, disk: Record) -> dict[str, Any]:
+        """When the replicating host last proved the copy complete (its progress marker); the
+        frontier in it is a hint only, so it is not used to measure the lag."""
         assert self.secondary is not None
-        target = self.replication_config.rpo_target_seconds
         try:
             marker = json.loads(self.secondary.get(progress_key(disk["volume_id"])))
         except (NotFound, ValueError):
             marker = {}
-        last = marker.get("last_sync_time")
-        lag = self.clock.time() - float(last) if last is not None else None
-        return {
-            "state": "synced" if last is not None else "seeding",
-            "last_sync_time": last,
-            "lag_seconds": round(lag, 3) if lag is not None else None,
-            "lag_bytes": None,
-            "rpo_target_seconds": target,
-            "rpo_exceeded": lag is None or lag > target,
-            "reported_by": "progress marker",
-        }
+        return {"last_sync_time": marker.get("last_sync_time"), "reported_by": "progress marker"}
 
     def _require_grs(self, disk: Record) -> None:
         self._require_volume(disk)

@@ -426,7 +426,10 @@ class S3Store(ObjectStore):
             ):
                 name = obj.object_name or ""
                 yield ObjectInfo(
-                    key=name[strip:], size=obj.size or 0, etag=(obj.etag or "").strip('"')
+                    key=name[strip:],
+                    size=obj.size or 0,
+                    etag=(obj.etag or "").strip('"'),
+                    modified=obj.last_modified.timestamp() if obj.last_modified else None,
                 )
         except Exception as exc:
             self._error(exc, prefix)

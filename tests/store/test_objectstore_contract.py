@@ -163,6 +163,21 @@ def test_list_by_prefix_in_order_with_start_after(store: ObjectStore) -> None:
     assert list(store.list("zzz/")) == []
 
 
+def test_list_says_when_each_object_was_written(store: ObjectStore) -> None:
+    """Replication lag is the age of the oldest object not yet copied, read off a listing: every
+    store says when it wrote an object, to the second, and a later write is not older."""
+    before = time.time()
+    store.put("m/1", b"x")
+    time.sleep(1.1)
+    store.put("m/2", b"y")
+    after = time.time()
+    first, second = list(store.list("m/"))
+    assert first.modified is not None and second.modified is not None
+    assert before - 1.0 <= first.modified <= after  # S3 lists whole seconds
+    assert before - 1.0 <= second.modified <= after
+    assert second.modified > first.modified
+
+
 def test_keys_that_need_escaping_in_a_url_round_trip(seaweed: SeaweedServer) -> None:
     """The signed URL escapes the key once: a prefix or key with a space, '+', '%', '=' or a
     non-ASCII letter reads, lists, heads and deletes like any other."""

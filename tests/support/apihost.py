@@ -67,6 +67,7 @@ class GeoHost(_Client):
         primary_endpoint: str | None = None,
         retry_seconds: float = 10.0,
         primary_hold_seconds: float = 30.0,
+        replication: ReplicationConfig | None = None,
     ) -> None:
         self.prefix = prefix
         s3 = seaweed.s3_config(prefix)
@@ -84,7 +85,8 @@ class GeoHost(_Client):
             f"host-{home.name}",
             self.supervisor,
             secondary=self.secondary,
-            replication_config=ReplicationConfig(rpo_target_seconds=60, marker_every_seconds=0),
+            replication_config=replication
+            or ReplicationConfig(rpo_target_seconds=60, marker_every_seconds=0),
             primary_hold_seconds=primary_hold_seconds,
         )
         ctx = AppContext(Settings(home=home, s3=s3, secondary=s3b), self.store, TOKEN, self.control)
