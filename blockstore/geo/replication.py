@@ -59,7 +59,8 @@ from typing import Any
 from blockstore.clock import SYSTEM_CLOCK, Clock
 from blockstore.errors import BlockstoreError, IntegrityError, NotFound, PreconditionFailed
 from blockstore.format import keys
-from blockstore.format.segment import decode_checkpoint, decode_segment_header
+from blockstore.format.checkpoint import decode_checkpoint
+from blockstore.format.segment import decode_segment_header
 from blockstore.store.base import ObjectStore
 from blockstore.store.repair import verify_object
 

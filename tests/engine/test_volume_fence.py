@@ -27,7 +27,7 @@ from blockstore.engine.fence import FENCE_SPAN, FENCE_WINDOW, LogRule
 from blockstore.engine.volume import Volume, VolumeConfig
 from blockstore.errors import BlockstoreError, Fenced, Unavailable
 from blockstore.format import keys
-from blockstore.format.segment import WRITE, Record, SegmentHeader
+from blockstore.format.segment import WRITE, LogRecord, SegmentHeader
 from blockstore.store.base import ObjectInfo, ObjectStore
 from blockstore.store.faults import FaultRule, FaultyStore
 from blockstore.store.memory import MemoryStore
@@ -92,7 +92,7 @@ class FrozenListing(ObjectStore):
 
 
 def hdr(seq: int, epoch: int, data: bool = True) -> SegmentHeader:
-    recs = [Record(WRITE, 0, 512, data_off=0)] if data else []
+    recs = [LogRecord(WRITE, 0, 512, data_off=0)] if data else []
     return SegmentHeader(seq, epoch, "d", 4096, recs, 0, 512 if data else 0)
 
 

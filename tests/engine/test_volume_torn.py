@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from blockstore.engine.volume import Volume, VolumeConfig
 from blockstore.format import keys
-from blockstore.format.segment import WRITE, Record, encode_segment
+from blockstore.format.segment import WRITE, LogRecord, encode_segment
 from blockstore.store.memory import MemoryStore
 
 
@@ -34,7 +34,7 @@ def written_volume() -> tuple[MemoryStore, int, int]:
 
 def late_segment(seq: int, epoch: int) -> bytes:
     """A complete segment of `epoch` at `seq` writing 'Z' * 4096 at offset 0."""
-    rec = Record(WRITE, 0, 4096, mem=b"Z" * 4096)
+    rec = LogRecord(WRITE, 0, 4096, mem=b"Z" * 4096)
     return encode_segment(keys.segment_key("d", seq), "d", seq, epoch, 4096, [rec])
 
 

@@ -7,15 +7,14 @@ import os
 import pytest
 
 from blockstore.errors import IntegrityError
+from blockstore.format.checkpoint import decode_checkpoint, encode_checkpoint
 from blockstore.format.segment import (
     RESIZE,
     SEG_PREFIX_LEN,
     TRIM,
     WRITE,
-    Record,
-    decode_checkpoint,
+    LogRecord,
     decode_segment_header,
-    encode_checkpoint,
     encode_segment,
     segment_header_length,
     verify_chunks,
@@ -24,13 +23,13 @@ from blockstore.format.segment import (
 KEY = "disks/d/seg/0000000000000007-00000003"
 
 
-def _segment() -> tuple[bytes, list[Record], list[bytes]]:
+def _segment() -> tuple[bytes, list[LogRecord], list[bytes]]:
     datas = [os.urandom(4096 * 3 + 512), os.urandom(512)]
     recs = [
-        Record(WRITE, 8192, len(datas[0]), mem=datas[0]),
-        Record(TRIM, 0, 4096),
-        Record(WRITE, 1 << 40, len(datas[1]), mem=datas[1]),
-        Record(RESIZE, 2 << 40, 0),
+        LogRecord(WRITE, 8192, len(datas[0]), mem=datas[0]),
+        LogRecord(TRIM, 0, 4096),
+        LogRecord(WRITE, 1 << 40, len(datas[1]), mem=datas[1]),
+        LogRecord(RESIZE, 2 << 40, 0),
     ]
     blob = encode_segment(KEY, "d", 7, 3, 4096, recs)
     return blob, recs, datas
