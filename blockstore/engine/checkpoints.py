@@ -17,31 +17,25 @@ from __future__ import annotations
 import contextlib
 import threading
 
-from blockstore.engine.config import VolumeConfig, VolumeStats
-from blockstore.engine.state import VolumeState
+from blockstore.engine.state import Context
 from blockstore.errors import PreconditionFailed
 from blockstore.format import keys
 from blockstore.format.checkpoint import encode_checkpoint
-from blockstore.store.base import ObjectStore
 
 
 class Checkpointer:
     """Writes one volume's checkpoints and decides when the next is due."""
 
-    def __init__(
-        self, state: VolumeState, store: ObjectStore, stats: VolumeStats, config: VolumeConfig
-    ) -> None:
-        self.state = state
-        self.store = store
-        self.stats = stats
-        self.config = config
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.state = ctx.state
         self.lock = threading.Lock()  # one checkpoint at a time
         self._asked_seq = 0  # acked seq when the last checkpoint was asked for (state.lock)
 
     def due_locked(self) -> bool:
         """Whether enough was acknowledged since the last checkpoint to write one; when it is,
         the position is taken as asked for (called under `state.lock` after acknowledging)."""
-        st, cfg = self.state, self.config
+        st, cfg = self.state, self.ctx.config
         extents = len(st.durable) // cfg.checkpoint_extents_per_segment
         every = max(cfg.checkpoint_every_segments, min(cfg.checkpoint_max_segments, extents))
         if st.acked_seq - max(st.last_ckpt_seq, self._asked_seq, 0) < every:
@@ -68,7 +62,7 @@ class Checkpointer:
             )
             # A checkpoint already at this seq describes the same log prefix: same content.
             with contextlib.suppress(PreconditionFailed):
-                self.store.put(keys.checkpoint_key(st.disk_id, seq), blob, if_none_match=True)
+                self.ctx.store.put(keys.checkpoint_key(st.disk_id, seq), blob, if_none_match=True)
             with st.lock:
                 st.last_ckpt_seq = seq
                 st.last_ckpt_refs = refs
@@ -78,5 +72,5 @@ class Checkpointer:
                 st.segments = {k: v for k, v in st.segments.items() if k in refs or k > newer}
                 born = st.segment_acked_at
                 st.segment_acked_at = {k: t for k, t in born.items() if k in st.segments}
-                self.stats.checkpoints_written += 1
+                self.ctx.stats.checkpoints_written += 1
             return seq, refs

@@ -33,36 +33,23 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from blockstore import deadline as request_deadline
-from blockstore.clock import Clock
 from blockstore.engine.checkpoints import Checkpointer
-from blockstore.engine.config import VolumeConfig, VolumeStats, check_size
-from blockstore.engine.state import VolumeState
+from blockstore.engine.config import check_size
+from blockstore.engine.state import Context
 from blockstore.engine.uploader import Batch, SegmentUploader, TornPosition
 from blockstore.errors import BlockstoreError, Conflict, Fenced, Unavailable
 from blockstore.format import keys
 from blockstore.format.segment import RESIZE, TRIM, WRITE, LogRecord, encoded_size
-from blockstore.store.base import ObjectStore
 
 
 class CommitPipeline:
     """The batches of one writable volume, from append to acknowledgement."""
 
-    def __init__(
-        self,
-        state: VolumeState,
-        store: ObjectStore,
-        stats: VolumeStats,
-        config: VolumeConfig,
-        clock: Clock,
-        checkpointer: Checkpointer,
-    ) -> None:
-        self.state = state
-        self.store = store
-        self.stats = stats
-        self.config = config
-        self.clock = clock
+    def __init__(self, ctx: Context, checkpointer: Checkpointer) -> None:
+        self.ctx = ctx
+        self.state = state = ctx.state
         self.checkpointer = checkpointer
-        self.uploader = SegmentUploader(store, state.disk_id, state.epoch, config)
+        self.uploader = SegmentUploader(ctx.store, state.disk_id, state.epoch, ctx.config)
         # All below under state.lock.
         self.open: Batch | None = None
         self.sealed: deque[Batch] = deque()
@@ -82,7 +69,8 @@ class CommitPipeline:
     def start_puts(self) -> None:
         """Start the pool that runs the PUTs the committer sends (`submit_locked`)."""
         self.executor = ThreadPoolExecutor(
-            self.config.max_inflight_segments, thread_name_prefix=f"seg-put-{self.state.disk_id}"
+            self.ctx.config.max_inflight_segments,
+            thread_name_prefix=f"seg-put-{self.state.disk_id}",
         )
 
     def stop(self, *, wait_puts: bool) -> None:
@@ -104,7 +92,7 @@ class CommitPipeline:
             return
         # Copy once: the caller (nbdkit) reuses its buffer after we return.
         payload = data if isinstance(data, bytes) else mv.tobytes()
-        step = self.config.write_step
+        step = self.ctx.config.write_step
         with st.lock:
             st.check_can_write_locked()
             self.backpressure_locked()
@@ -113,8 +101,8 @@ class CommitPipeline:
                 piece = payload[pos : pos + step] if n > step else payload
                 rec = LogRecord(WRITE, offset + pos, len(piece), mem=piece)
                 target = self.append_locked(rec, wake=not durable)
-            self.stats.writes += 1
-            self.stats.bytes_written += n
+            self.ctx.stats.writes += 1
+            self.ctx.stats.bytes_written += n
         if durable:
             self.commit_through(target)
 
@@ -128,7 +116,7 @@ class CommitPipeline:
             st.check_can_write_locked()
             self.backpressure_locked()
             target = self.append_locked(LogRecord(TRIM, offset, length), wake=not durable)
-            self.stats.trims += 1
+            self.ctx.stats.trims += 1
         if durable:
             self.commit_through(target)
 
@@ -154,7 +142,7 @@ class CommitPipeline:
         with st.lock:
             if st.fatal is not None:
                 raise st.fatal
-            self.stats.flushes += 1
+            self.ctx.stats.flushes += 1
             target = self.next_n - 1
             if self.acked_n >= target:
                 return
@@ -175,10 +163,10 @@ class CommitPipeline:
                 self.state.cv.notify_all()
         b.records.append(rec)
         self.state.add_pending_locked(rec)
-        b.nbytes += encoded_size(rec.kind, rec.length, self.config.checksum_chunk)
+        b.nbytes += encoded_size(rec.kind, rec.length, self.ctx.config.checksum_chunk)
         if rec.kind == WRITE:
             b.data_len += rec.length
-        if b.nbytes >= self.config.segment_max_bytes:
+        if b.nbytes >= self.ctx.config.segment_max_bytes:
             self.seal_locked()
         return b.n
 
@@ -191,7 +179,7 @@ class CommitPipeline:
 
     def backpressure_locked(self) -> None:
         """Bound memory: wait while too many batches are queued behind the store."""
-        limit = 2 * self.config.max_inflight_segments
+        limit = 2 * self.ctx.config.max_inflight_segments
         if len(self.sealed) + len(self.inflight) < limit:
             return
         oldest = (self.inflight or self.sealed)[0].n
@@ -229,7 +217,7 @@ class CommitPipeline:
             and self.error is None
             and self.state.fatal is None
             and self.resume_at is None
-            and len(self.inflight) + len(self.sealed) < self.config.max_inflight_segments
+            and len(self.inflight) + len(self.sealed) < self.ctx.config.max_inflight_segments
         ):
             # Left to the committer, the batch would stay open until that thread got the GIL,
             # and the other writers of a QD4 stream would pile into it: one big PUT at a time
@@ -269,7 +257,7 @@ class CommitPipeline:
         while self.acked_n < target:
             if st.fatal is not None:
                 raise st.fatal
-            left = request_deadline.remaining(self.clock)
+            left = request_deadline.remaining(self.ctx.clock)
             err = self.error
             if err is not None and self.error_gen >= my_gen:
                 if left is not None and left > 0 and isinstance(err, Unavailable):
@@ -300,7 +288,7 @@ class CommitPipeline:
             if b.future is None:
                 b.future = executor.submit(self.uploader.put, b)
                 b.future.add_done_callback(self._wake)
-        while self.sealed and len(self.inflight) < self.config.max_inflight_segments:
+        while self.sealed and len(self.inflight) < self.ctx.config.max_inflight_segments:
             b = self.sealed.popleft()
             b.future = executor.submit(self.uploader.put, b)
             b.future.add_done_callback(self._wake)
@@ -314,7 +302,7 @@ class CommitPipeline:
         if self.error is None:
             self.error = exc
             self.error_gen = self.flush_gen
-            self.stats.commit_errors += 1
+            self.ctx.stats.commit_errors += 1
         self.state.cv.notify_all()
 
     # -- acknowledgement --
@@ -327,7 +315,7 @@ class CommitPipeline:
         if st.abandoned or st.fatal is not None:
             return False
         acked = False
-        now = self.clock.monotonic()
+        now = self.ctx.clock.monotonic()
         while self.inflight:
             b = self.inflight[0]
             f = b.future
@@ -380,7 +368,7 @@ class CommitPipeline:
         b.blob = None
         st.acked_seq = b.seq
         self.acked_n = b.n
-        self.stats.segments_written += 1
+        self.ctx.stats.segments_written += 1
 
     def move_batches_locked(self, torn: int, resume_at: int) -> None:
         """After our resume fence at `resume_at`: every batch not acknowledged (the first at
@@ -397,5 +385,5 @@ class CommitPipeline:
         self.next_seq = resume_at + 1 + len(batches)
         st.acked_seq = resume_at
         self.resume_at = None
-        self.stats.log_resumes += 1
+        self.ctx.stats.log_resumes += 1
         st.cv.notify_all()

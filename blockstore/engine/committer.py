@@ -52,13 +52,13 @@ class Committer:
             try:
                 self.p.checkpointer.write()
             except BlockstoreError:
-                with self.p.stats.lock:
-                    self.p.stats.commit_errors += 1  # the next one will try again
+                with self.p.ctx.stats.lock:
+                    self.p.ctx.stats.commit_errors += 1  # the next one will try again
 
     def _next_job_locked(self) -> str | None:
         """Move the batches along until there is a job outside the lock (`_RESUME`,
         `_CHECKPOINT`) or the thread should return (None)."""
-        p, st, cfg = self.p, self.state, self.p.config
+        p, st, cfg = self.p, self.state, self.p.ctx.config
         while True:
             if st.abandoned:
                 return None
@@ -102,7 +102,7 @@ class Committer:
         if (
             ob is not None
             and (room or stopping)
-            and (stopping or p.flush_target >= ob.n or now - ob.first >= p.config.commit_delay)
+            and (stopping or p.flush_target >= ob.n or now - ob.first >= p.ctx.config.commit_delay)
         ):
             p.seal_locked()
 
@@ -117,7 +117,7 @@ class Committer:
         if torn is None:
             return
         try:
-            at = resume_position(p.store, p.stats, st.disk_id, st.epoch, torn, p.config)
+            at = resume_position(p.ctx.store, p.ctx.stats, st.disk_id, st.epoch, torn, p.ctx.config)
         except Fenced as exc:
             with st.lock:
                 if st.fatal is None:

@@ -29,18 +29,15 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from blockstore.clock import Clock
 from blockstore.engine.checkpoints import Checkpointer
 from blockstore.engine.commit import CommitPipeline
-from blockstore.engine.config import VolumeConfig, VolumeStats
 from blockstore.engine.meta import listing, newer_epoch, read_checkpoint
 from blockstore.engine.reader import Reader
 from blockstore.engine.snapshots import list_snapshots
-from blockstore.engine.state import VolumeState
+from blockstore.engine.state import Context
 from blockstore.errors import BlockstoreError, Fenced, NotFound
 from blockstore.format import keys
 from blockstore.format.segment import WRITE, LogRecord, n_chunks
-from blockstore.store.base import ObjectStore
 
 # A live piece of a segment: (disk start, disk end, record, offset in the record).
 _Piece = tuple[int, int, LogRecord, int]
@@ -60,23 +57,14 @@ class GarbageCollector:
 
     def __init__(
         self,
-        state: VolumeState,
-        store: ObjectStore,
-        records_store: ObjectStore,
-        stats: VolumeStats,
-        config: VolumeConfig,
-        clock: Clock,
+        ctx: Context,
         pipeline: CommitPipeline,
         checkpointer: Checkpointer,
         reader: Reader,
         lock: threading.Lock,
     ) -> None:
-        self.state = state
-        self.store = store
-        self.records_store = records_store  # snapshot records are read uncounted
-        self.stats = stats
-        self.config = config
-        self.clock = clock
+        self.ctx = ctx
+        self.state = ctx.state
         self.pipeline = pipeline
         self.checkpointer = checkpointer
         self.reader = reader
@@ -91,12 +79,12 @@ class GarbageCollector:
         return g
 
     def _loop(self) -> None:
-        while not self.stop_event.wait(self.config.gc_interval_seconds):
+        while not self.stop_event.wait(self.ctx.config.gc_interval_seconds):
             try:
                 self.run()
             except BlockstoreError:
-                with self.stats.lock:
-                    self.stats.gc_errors += 1
+                with self.ctx.stats.lock:
+                    self.ctx.stats.gc_errors += 1
                 if self.state.fatal is not None:
                     return
 
@@ -109,12 +97,12 @@ class GarbageCollector:
             self.pipeline.flush()
             ckpt_seq, ckpt_refs = self.checkpointer.write()
             self._delete_unreferenced(ckpt_seq, ckpt_refs | pinned_segs, pinned_ckpts, result)
-            with self.stats.lock:
-                self.stats.gc_passes += 1
-                self.stats.gc_segments_compacted += result.segments_compacted
-                self.stats.gc_bytes_rewritten += result.bytes_rewritten
-                self.stats.gc_objects_deleted += result.objects_deleted
-                self.stats.gc_bytes_deleted += result.bytes_deleted
+            with self.ctx.stats.lock:
+                self.ctx.stats.gc_passes += 1
+                self.ctx.stats.gc_segments_compacted += result.segments_compacted
+                self.ctx.stats.gc_bytes_rewritten += result.bytes_rewritten
+                self.ctx.stats.gc_objects_deleted += result.objects_deleted
+                self.ctx.stats.gc_bytes_deleted += result.bytes_deleted
             return result
 
     def _snapshot_pins(self) -> tuple[set[str], set[int]]:
@@ -122,12 +110,13 @@ class GarbageCollector:
         disk_id = self.state.disk_id
         segs: set[str] = set()
         ckpts: set[int] = set()
-        for info in list_snapshots(self.records_store, disk_id):
+        # Snapshot records are read uncounted (the stack below), checkpoints counted.
+        for info in list_snapshots(self.ctx.store.inner, disk_id):
             ckey = keys.checkpoint_key(disk_id, info.checkpoint_seq)
             ckpts.add(info.checkpoint_seq)
             refs = self._snap_refs_cache.get(ckey)
             if refs is None:
-                refs = set(read_checkpoint(self.store, ckey).segments)
+                refs = set(read_checkpoint(self.ctx.store, ckey).segments)
                 self._snap_refs_cache[ckey] = refs
             segs |= refs
         return segs, ckpts
@@ -137,7 +126,7 @@ class GarbageCollector:
     def _compact(self, pinned: set[str], result: GcResult) -> None:
         """Rewrite the live data of sparse and of old small segments, in disk order, in
         batches of about one segment of live data."""
-        limit = self.config.segment_max_bytes
+        limit = self.ctx.config.segment_max_bytes
         fetched: set[str] = set()
         batch: list[_Piece] = []
         live_in_batch = 0
@@ -157,7 +146,7 @@ class GarbageCollector:
         than a segment holds: that one is a unit, placed at its first piece, so that it is
         fetched once and not once per batch."""
         sparse, small = self._candidates(pinned)
-        limit = self.config.segment_max_bytes
+        limit = self.ctx.config.segment_max_bytes
         units = [[p] for pieces in small for p in pieces]
         for pieces in sparse:  # a segment's pieces come in disk order
             if pieces[-1][1] - pieces[0][0] <= limit:
@@ -171,7 +160,7 @@ class GarbageCollector:
         """The live pieces of every sparse segment, and of every small old one when together
         they make at least `gc_merge_below_bytes` (else none). Only this disk's own segments
         that no snapshot pins."""
-        st, cfg = self.state, self.config
+        st, cfg = self.state, self.ctx.config
         own = keys.segment_prefix(st.disk_id)
         with st.lock:
             live: dict[str, list[_Piece]] = {}
@@ -181,7 +170,7 @@ class GarbageCollector:
             # Merged output comes in segments of up to segment_max_bytes: only what is well
             # below that counts as small, or merged segments would be merged again forever.
             merge_below = min(cfg.gc_merge_below_bytes, cfg.segment_max_bytes // 4)
-            young = self.clock.monotonic() - cfg.gc_merge_min_age_seconds
+            young = self.ctx.clock.monotonic() - cfg.gc_merge_min_age_seconds
             sparse, small = [], []
             small_used = 0
             for key, pieces in live.items():
@@ -200,7 +189,7 @@ class GarbageCollector:
         """Copy the live pieces of a batch into the open batch, in disk order; runs of
         adjacent pieces become one record (one extent, however many writes made it)."""
         blobs = self._fetch(batch, fetched)
-        st, step = self.state, self.config.write_step
+        st, step = self.state, self.ctx.config.write_step
         run_start, run_end = 0, 0
         parts: list[memoryview] = []
         rewritten = 0
@@ -237,7 +226,7 @@ class GarbageCollector:
         blobs: dict[str, tuple[int, bytes]] = {}
         for key, (lo, hi) in spans.items():
             with contextlib.suppress(NotFound):  # deleted by an earlier pass meanwhile
-                blobs[key] = (lo, self.store.get(key, lo, hi - lo))
+                blobs[key] = (lo, self.ctx.store.get(key, lo, hi - lo))
                 fetched.add(key)
         return blobs
 
@@ -268,19 +257,19 @@ class GarbageCollector:
         self, ckpt_seq: int, referenced: set[str], pinned_ckpts: set[int], result: GcResult
     ) -> None:
         """Delete what has been unreferenced for `gc_min_age_seconds` (module docstring)."""
-        now = self.clock.time()
+        now = self.ctx.clock.time()
         doomed = self._aged(self._unreferenced(ckpt_seq, referenced, pinned_ckpts), now, result)
         if not doomed:
             return
         # A superseded writer must not delete anything on the strength of a stale view.
         st = self.state
-        if newer_epoch(self.store, st.disk_id, st.epoch) is not None:
+        if newer_epoch(self.ctx.store, st.disk_id, st.epoch) is not None:
             with st.lock:
                 st.fatal = Fenced(f"disk {st.disk_id!r}: writer epoch {st.epoch} superseded")
                 st.cv.notify_all()
             raise st.fatal
         for key, size in doomed:
-            self.store.delete(key)
+            self.ctx.store.delete(key)
             self._unref_since.pop(key, None)
             self._snap_refs_cache.pop(key, None)
             result.objects_deleted += 1
@@ -296,14 +285,14 @@ class GarbageCollector:
             fences = set(st.fences)
         keep = live | referenced
         out: list[tuple[str, int]] = []
-        for key, size in listing(self.store, keys.segment_prefix(st.disk_id)):
+        for key, size in listing(self.ctx.store, keys.segment_prefix(st.disk_id)):
             p = keys.parse_segment_key(key)
             # Only at or below the newest checkpoint: replay never reads those, so deleting
             # them cannot open a gap in anyone's log. Fences are never deleted.
             if p is None or p[1] > ckpt_seq or key in keep or p[1] in fences:
                 continue
             out.append((key, size))
-        for key, size in listing(self.store, keys.checkpoint_prefix(st.disk_id)):
+        for key, size in listing(self.ctx.store, keys.checkpoint_prefix(st.disk_id)):
             c = keys.parse_checkpoint_key(key)
             if c is None or c[1] >= ckpt_seq or c[1] in pinned_ckpts:
                 continue
@@ -318,7 +307,7 @@ class GarbageCollector:
         doomed: list[tuple[str, int]] = []
         for key, size in candidates:
             first = self._unref_since.setdefault(key, now)
-            if now - first >= self.config.gc_min_age_seconds:
+            if now - first >= self.ctx.config.gc_min_age_seconds:
                 doomed.append((key, size))
             else:
                 result.objects_waiting += 1

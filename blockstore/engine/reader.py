@@ -18,11 +18,9 @@ import contextvars
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from blockstore.engine.config import VolumeStats
-from blockstore.engine.state import VolumeState
+from blockstore.engine.state import Context, Piece
 from blockstore.errors import IntegrityError, NotFound
 from blockstore.format.segment import WRITE, LogRecord, n_chunks, verify_chunks
-from blockstore.store.base import ObjectStore
 
 READ_PARALLEL = 8  # ranged GETs of one read that may run at once
 COALESCE_GAP = 64 << 10  # pieces of one segment closer than this share a ranged GET
@@ -45,10 +43,9 @@ def zero_fill(dst: memoryview) -> None:
 class Reader:
     """The read side of one open volume."""
 
-    def __init__(self, state: VolumeState, store: ObjectStore, stats: VolumeStats) -> None:
-        self.state = state
-        self.store = store
-        self.stats = stats
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.state = ctx.state
         self._pool: ThreadPoolExecutor | None = None  # made at the first multi-GET read
         self._pool_lock = threading.Lock()
 
@@ -58,12 +55,8 @@ class Reader:
         if buf.format != "B" or buf.ndim != 1:
             buf = buf.cast("B")
         n = len(buf)
-        st = self.state
-        st.check_range(offset, n)
-        with st.lock:
-            pieces = st.resolve_locked(offset, offset + n)
         stored: list[tuple[LogRecord, int, memoryview]] = []
-        for s, e, rec, delta in pieces:
+        for s, e, rec, delta in self._pieces(offset, n):
             dst = buf[s - offset : e - offset]
             if rec is None or rec.kind != WRITE:
                 zero_fill(dst)
@@ -75,24 +68,27 @@ class Reader:
                 stored.append((rec, delta, dst))
         if stored:
             self._fetch_all(stored)
-        with self.stats.lock:
-            self.stats.reads += 1
-            self.stats.bytes_read += n
+        with self.ctx.stats.lock:
+            self.ctx.stats.reads += 1
+            self.ctx.stats.bytes_read += n
 
     def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
         """(offset, length, is_hole) runs covering exactly [offset, offset+length)."""
-        st = self.state
-        st.check_range(offset, length)
-        with st.lock:
-            pieces = st.resolve_locked(offset, offset + length)
         out: list[tuple[int, int, bool]] = []
-        for s, e, rec, _d in pieces:
+        for s, e, rec, _d in self._pieces(offset, length):
             hole = rec is None or rec.kind != WRITE
             if out and out[-1][2] == hole and out[-1][0] + out[-1][1] == s:
                 out[-1] = (out[-1][0], out[-1][1] + e - s, hole)
             else:
                 out.append((s, e - s, hole))
         return out
+
+    def _pieces(self, offset: int, length: int) -> list[Piece]:
+        """The range checked, then resolved under the lock (pending overlay over durable)."""
+        st = self.state
+        st.check_range(offset, length)
+        with st.lock:
+            return st.resolve_locked(offset, offset + length)
 
     def verify(
         self, rec: LogRecord, first_chunk: int, data: bytes | memoryview, expect: int
@@ -101,8 +97,8 @@ class Reader:
         from `first_chunk` on."""
         bad = verify_chunks(rec, first_chunk, data) if len(data) == expect else -1
         if bad is not None:
-            with self.stats.lock:
-                self.stats.checksum_failures += 1
+            with self.ctx.stats.lock:
+                self.ctx.stats.checksum_failures += 1
             where = "object too short" if bad == -1 else f"record byte {bad}"
             raise IntegrityError(
                 f"disk {self.state.disk_id}: checksum mismatch in {rec.seg_key} ({where}); "
@@ -155,10 +151,10 @@ class Reader:
         direct = len(group) == 1 and delta == c0 * rec.chunk and len(dst) == hi - lo
         try:
             if direct:
-                got = self.store.get_into(key, glo, dst)
+                got = self.ctx.store.get_into(key, glo, dst)
                 self.verify(rec, c0, dst[:got], hi - lo)
                 return
-            data = memoryview(self.store.get(key, glo, ghi - glo))
+            data = memoryview(self.ctx.store.get(key, glo, ghi - glo))
         except NotFound:
             raise IntegrityError(
                 f"segment {key} named by the extent map is missing (removed by GC while "

@@ -20,7 +20,6 @@ import json
 import threading
 from collections.abc import Callable
 
-from blockstore.clock import Clock
 from blockstore.engine.checkpoints import Checkpointer
 from blockstore.engine.meta import (
     SnapshotInfo,
@@ -31,7 +30,7 @@ from blockstore.engine.meta import (
     read_snapshot,
     snapshot_info,
 )
-from blockstore.engine.state import VolumeState
+from blockstore.engine.state import Context
 from blockstore.errors import Conflict, NotFound, PreconditionFailed
 from blockstore.format import keys
 from blockstore.format.checkpoint import Checkpoint
@@ -92,32 +91,28 @@ class Snapshots:
 
     def __init__(
         self,
-        state: VolumeState,
-        store: ObjectStore,
-        clock: Clock,
+        ctx: Context,
         flush: Callable[[], None],
         checkpointer: Checkpointer,
         gc_lock: threading.Lock,
     ) -> None:
-        self.state = state
-        self.store = store
-        self.clock = clock
+        self.ctx = ctx
         self.flush = flush
         self.checkpointer = checkpointer
         self.gc_lock = gc_lock
 
     def create(self, name: str) -> SnapshotInfo:
         """Flush, checkpoint, and record an immutable snapshot pinning that checkpoint."""
-        disk_id = self.state.disk_id
+        disk_id = self.ctx.state.disk_id
         keys.validate_snapshot_name(name)
         key = keys.snapshot_key(disk_id, name)
-        if exists(self.store, key):
+        if exists(self.ctx.store, key):
             raise Conflict(f"disk {disk_id!r} already has a snapshot {name!r}")
         with self.gc_lock:  # our own GC must not retire the checkpoint before it is pinned
             self.flush()
             seq, _refs = self.checkpointer.write()
-            size = self.state.last_ckpt_size
-            info = SnapshotInfo(name, disk_id, size, self.clock.time(), seq)
+            size = self.ctx.state.last_ckpt_size
+            info = SnapshotInfo(name, disk_id, size, self.ctx.clock.time(), seq)
             body = json.dumps(
                 {
                     "format": 1,
@@ -130,7 +125,7 @@ class Snapshots:
                 }
             ).encode()
             try:
-                self.store.put(key, body, if_none_match=True)
+                self.ctx.store.put(key, body, if_none_match=True)
             except PreconditionFailed:
                 raise Conflict(f"disk {disk_id!r} already has a snapshot {name!r}") from None
         return info
@@ -144,7 +139,7 @@ class Snapshots:
             a = _located(ck.starts, ck.ends, ck.vals)
         if until is None:
             self.flush()
-            st = self.state
+            st = self.ctx.state
             with st.lock:
                 starts, ends, vals = st.durable.copy().lists()
                 limit = st.durable_size
@@ -156,9 +151,9 @@ class Snapshots:
         return _diff(a, b, limit)
 
     def _checkpoint_of(self, name: str) -> Checkpoint:
-        disk_id = self.state.disk_id
-        info = read_snapshot(self.store, disk_id, name)
-        return read_checkpoint(self.store, keys.checkpoint_key(disk_id, info.checkpoint_seq))
+        disk_id = self.ctx.state.disk_id
+        info = read_snapshot(self.ctx.store, disk_id, name)
+        return read_checkpoint(self.ctx.store, keys.checkpoint_key(disk_id, info.checkpoint_seq))
 
 
 def _located(starts: list[int], ends: list[int], vals: list[tuple[LogRecord, int]]) -> _Located:

@@ -25,13 +25,15 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from blockstore.engine.config import SECTOR, VolumeStats
+from blockstore.clock import Clock
+from blockstore.engine.config import SECTOR, VolumeConfig, VolumeStats
 from blockstore.engine.extentmap import ExtentMap
 from blockstore.engine.fence import LogRule
 from blockstore.errors import BlockstoreError, Conflict, InvalidArgument
 from blockstore.format import keys
 from blockstore.format.checkpoint import Checkpoint
 from blockstore.format.segment import RESIZE, TRIM, WRITE, LogRecord, SegmentHeader
+from blockstore.store.counting import CountingStore
 
 FAR = 1 << 62  # "to the end of any disk" for clearing tails
 
@@ -187,3 +189,15 @@ class VolumeState:
             self.pending.remove_where(rec.offset, end, lambda r, rec=rec: r is rec)  # type: ignore[misc]
         for rec in records:
             rec.mem = None  # reads now go to the store
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every component of one open volume is built with: its live state, its store (the
+    stack below, counted in `stats`), its settings and its clock."""
+
+    state: VolumeState
+    store: CountingStore
+    stats: VolumeStats
+    config: VolumeConfig
+    clock: Clock

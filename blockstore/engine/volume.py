@@ -61,7 +61,7 @@ from blockstore.engine.meta import (
 from blockstore.engine.reader import Reader
 from blockstore.engine.replay import load_state
 from blockstore.engine.snapshots import Snapshots, delete_snapshot, list_snapshots
-from blockstore.engine.state import LogState, VolumeState
+from blockstore.engine.state import Context, LogState, VolumeState
 from blockstore.errors import Conflict, InvalidArgument
 from blockstore.format import keys
 from blockstore.store.base import ObjectStore
@@ -93,9 +93,9 @@ class Volume:
         disk_id: str,
         size: int,
         *,
+        source: tuple[str, str] | None = None,
         config: VolumeConfig | None = None,
         clock: Clock | None = None,
-        source: tuple[str, str] | None = None,
     ) -> None:
         """Create an empty volume, or a clone of snapshot `source = (src_disk_id, name)`
         (size 0 means the snapshot's size; a larger size grows the clone); Conflict if the
@@ -195,15 +195,13 @@ class Volume:
         self._config = config
         self.writable = writable
         st = self._state = VolumeState(log, disk_id, epoch, writable)
+        ctx = Context(st, io, stats, config, clock)
         gc_lock = threading.Lock()  # one GC pass at a time, and no pass while a snapshot pins
-        self._checkpointer = Checkpointer(st, io, stats, config)
-        self._reader = Reader(st, io, stats)
-        self._commit = CommitPipeline(st, io, stats, config, clock, self._checkpointer)
-        self._snapshots = Snapshots(st, io, clock, self.flush, self._checkpointer, gc_lock)
-        self._gc = GarbageCollector(
-            st, io, self._store, stats, config, clock, self._commit, self._checkpointer,
-            self._reader, gc_lock,
-        )  # fmt: skip
+        self._checkpointer = Checkpointer(ctx)
+        self._reader = Reader(ctx)
+        self._commit = CommitPipeline(ctx, self._checkpointer)
+        self._snapshots = Snapshots(ctx, self.flush, self._checkpointer, gc_lock)
+        self._gc = GarbageCollector(ctx, self._commit, self._checkpointer, self._reader, gc_lock)
         if writable:
             st.threads.append(Committer(self._commit).start())
             if config.gc_interval_seconds > 0:
