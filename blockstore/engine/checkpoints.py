@@ -34,7 +34,11 @@ class Checkpointer:
 
     def due_locked(self) -> bool:
         """Whether enough was acknowledged since the last checkpoint to write one; when it is,
-        the position is taken as asked for (called under `state.lock` after acknowledging)."""
+        the position is taken as asked for (called under `state.lock` after acknowledging).
+
+        A checkpoint costs CPU and bytes in proportion to the map, so a big map is checkpointed
+        less often (one per `checkpoint_extents_per_segment` extents, up to
+        `checkpoint_max_segments`): its cost per segment stays bounded."""
         st, cfg = self.state, self.ctx.config
         extents = len(st.durable) // cfg.checkpoint_extents_per_segment
         every = max(cfg.checkpoint_every_segments, min(cfg.checkpoint_max_segments, extents))

@@ -6,9 +6,11 @@ A pass, in order:
 
 1. *Compact*: live data of segments under `gc_live_threshold`, and of small segments older than
    `gc_merge_min_age_seconds` once they make a segment together, is rewritten through the
-   commit pipeline like any write, in disk order (docs/engine-measurements.md says why), runs of
-   adjacent pieces as one record. Only bytes still served from the very place read are copied:
-   anything written or trimmed since wins. Every byte copied is verified first.
+   commit pipeline like any write, in disk order, runs of adjacent pieces as one record: small
+   random writes leave a region spread over one object per write, and merging them by age
+   would spread it over one merged segment per batch (docs/engine-measurements.md). Only
+   bytes still served from the very place read are copied: anything written or trimmed since
+   wins. Every byte copied is verified first.
 2. Flush, and checkpoint at the acknowledged position.
 3. *Delete*: segments at or below that checkpoint that neither the map, the checkpoint nor a
    snapshot names, and checkpoints older than it that no snapshot pins, once each has been seen

@@ -144,10 +144,11 @@ class Volume:
         *,
         epoch: int | None = None,
         config: VolumeConfig | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """Fence every writer of the disk and write nothing more: a writable open (which claims
         a new epoch and takes the log over) dropped at once, as `abandon` drops it."""
-        cls.open(store, disk_id, writable=True, epoch=epoch, config=config).abandon()
+        cls.open(store, disk_id, writable=True, epoch=epoch, config=config, clock=clock).abandon()
 
     @classmethod
     def open_snapshot(
