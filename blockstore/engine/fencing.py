@@ -21,6 +21,7 @@ claims the next epoch and starts over. A newer epoch met anywhere raises `Fenced
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from blockstore.engine.config import VolumeConfig, VolumeStats
@@ -184,36 +185,20 @@ def resume_position(
 
     Raises `Fenced` (for good) when a newer epoch is claimed or holds a position, or when that
     cannot be ruled out (the LIST fails); any other `BlockstoreError` may be retried."""
-
-    def fenced(why: str) -> Fenced:
-        return Fenced(
-            f"disk {disk_id!r}: writer epoch {epoch} cannot resume "
-            f"past its torn segment at {torn}: {why}"
-        )
-
     try:
         newer = newer_epoch(store, disk_id, epoch)
     except BlockstoreError as exc:
-        raise fenced(f"no proof that no newer writer was claimed ({exc})") from exc
+        why = f"no proof that no newer writer was claimed ({exc})"
+        raise _cannot_resume(disk_id, epoch, torn, why) from exc
     if newer is not None:
-        raise fenced(f"epoch {newer} was claimed")
+        raise _cannot_resume(disk_id, epoch, torn, f"epoch {newer} was claimed")
     todo = list(range(torn + 1, torn + FENCE_WINDOW + 1))
     with ThreadPoolExecutor(len(todo), thread_name_prefix=f"resume-{disk_id}") as pool:
         while True:
             got = list(
                 pool.map(lambda q: take_position(store, stats, disk_id, epoch, q, config), todo)
             )
-            resume_at = None
-            for q, (ours, hdr) in zip(todo, got, strict=True):
-                if not ours and hdr is not None and hdr.epoch > epoch:
-                    raise fenced(f"epoch {hdr.epoch} holds position {q}")
-                if not ours and hdr is not None and hdr.epoch < epoch:
-                    raise IntegrityError(
-                        f"disk {disk_id}: epoch {hdr.epoch} holds position {q}, "
-                        f"inside epoch {epoch}'s data; refusing to resume"
-                    )
-                if ours and q >= torn + FENCE_WINDOW and resume_at is None:
-                    resume_at = q
+            resume_at = _first_resume_fence(disk_id, epoch, torn, zip(todo, got, strict=True))
             if todo[-1] >= torn + 2 * FENCE_WINDOW:
                 # Our reach must stay inside a newer writer's fence span (FENCE_SPAN from its
                 # first fence, which is past `torn`): give up rather than go on.
@@ -223,3 +208,30 @@ def resume_position(
             if resume_at is not None:
                 return resume_at
             todo = [todo[-1] + 1]  # our resume fence was torn too: the next one
+
+
+def _first_resume_fence(
+    disk_id: str, epoch: int, torn: int, round_: Iterable[tuple[int, Taken]]
+) -> int | None:
+    """Of one round of resume fences, the first we hold at or after torn + FENCE_WINDOW (None:
+    none yet). Another epoch's object among them: `Fenced` for a newer one, `IntegrityError`
+    for an older one (inside our own data, which cannot be)."""
+    resume_at = None
+    for q, (ours, hdr) in round_:
+        if not ours and hdr is not None and hdr.epoch > epoch:
+            raise _cannot_resume(disk_id, epoch, torn, f"epoch {hdr.epoch} holds position {q}")
+        if not ours and hdr is not None and hdr.epoch < epoch:
+            raise IntegrityError(
+                f"disk {disk_id}: epoch {hdr.epoch} holds position {q}, "
+                f"inside epoch {epoch}'s data; refusing to resume"
+            )
+        if ours and q >= torn + FENCE_WINDOW and resume_at is None:
+            resume_at = q
+    return resume_at
+
+
+def _cannot_resume(disk_id: str, epoch: int, torn: int, why: str) -> Fenced:
+    return Fenced(
+        f"disk {disk_id!r}: writer epoch {epoch} cannot resume "
+        f"past its torn segment at {torn}: {why}"
+    )
