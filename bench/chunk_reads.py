@@ -44,7 +44,7 @@ from blockstore.store.chunkprobe import probe_small_reads  # noqa: E402
 from blockstore.store.retry import RetryConfig  # noqa: E402
 from blockstore.store.s3 import S3Config, S3Store  # noqa: E402
 from blockstore.store.stack import build_store  # noqa: E402
-from tests.servehost import ServeHost, connect  # noqa: E402
+from tests.support.servehost import ServeHost, connect  # noqa: E402
 
 MiB, KiB = 1 << 20, 1 << 10
 SCRIPT = REPO / "scripts" / "seaweedfs-cluster.sh"

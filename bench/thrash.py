@@ -83,8 +83,8 @@ import nbd
 
 from blockstore.host.embedded import Credentials, EmbeddedSeaweed
 from blockstore.store.s3 import S3Config, S3Store
-from tests.faultproxy import FaultProxy
-from tests.servehost import ServeHost
+from tests.support.faultproxy import FaultProxy
+from tests.support.servehost import ServeHost
 
 SECTOR = 512
 MiB = 1 << 20

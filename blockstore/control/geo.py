@@ -37,13 +37,14 @@ from blockstore.control.operations import Progress
 from blockstore.control.records import Record
 from blockstore.control.snapshots import SnapshotService
 from blockstore.engine.volume import Volume
-from blockstore.errors import BlockstoreError, Conflict, NotFound
+from blockstore.errors import BlockstoreError, Conflict, NotFound, Unavailable
 from blockstore.format import keys
+from blockstore.geo import lag
 from blockstore.geo.delete import delete_copy
 from blockstore.geo.frontier import trim_after_frontier, truncate_after
+from blockstore.geo.progress import marker_counters, progress_key
 from blockstore.geo.replicator import DiskReplicator
 from blockstore.geo.service import ReplicationService
-from blockstore.geo.status import progress_key, status_from_marker
 from blockstore.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class GeoService:
             if disk is None or not failover.get("fence_pending"):
                 continue
             try:
-                Volume.open(self.ctx.store, disk_id_of(disk), writable=True).abandon()
+                Volume.fence_writers(self.ctx.store, disk_id_of(disk))
             except NotFound:
                 pass  # no log there at all: nothing can be written to it
             except BlockstoreError as exc:
@@ -137,8 +138,9 @@ class GeoService:
     # -- lag ------------------------------------------------------------------------------
 
     def replication_status(self, disk: Record) -> dict[str, Any] | None:
-        """Lag of a grs disk: from this host's replicator, else from the progress marker the
-        replicating host keeps in the secondary (None for lrs disks)."""
+        """Lag of a grs disk against what its primary has acknowledged, measured now on both
+        stores (blockstore/geo/lag.py), plus the copy counters of this host's replicator or
+        the progress marker of the host that replicates it (None for lrs disks)."""
         if disk.get("redundancy") != Redundancy.grs or self.ctx.secondary is None:
             return None
         if region_of(disk) == SECONDARY:
@@ -151,17 +153,40 @@ class GeoService:
         if self.replication is not None:
             status = self.replication.status(disk_id_of(disk))
         if status is None:
-            status = status_from_marker(
-                self.ctx.require_secondary(),
-                disk_id_of(disk),
-                self.config.rpo_target_seconds,
-                self.ctx.clock,
-            )
+            status = marker_counters(self.ctx.secondary, disk_id_of(disk))
+        status.update(self._measured_lag(disk, status))
         if status.get("last_sync_time") is not None:
             status["last_sync_time"] = datetime.fromtimestamp(
                 float(status["last_sync_time"]), UTC
             ).isoformat(timespec="milliseconds")
         return status
+
+    def _measured_lag(self, disk: Record, counters: dict[str, Any]) -> dict[str, Any]:
+        """The lag fields, or "unknown" when the primary does not answer: a lag that cannot
+        be measured is never reported as none."""
+        secondary = self.ctx.require_secondary()
+        target = self.config.rpo_target_seconds
+        try:
+            if self.ctx.primary_down():
+                raise Unavailable("the primary region does not answer")
+            measured = lag.measure(
+                self.ctx.store,
+                secondary,
+                disk_id_of(disk),
+                known=int(counters.get("frontier_seq") or 0),
+            )
+        except BlockstoreError as exc:
+            return {
+                "state": "unknown",
+                "lag_seconds": None,
+                "lag_bytes": None,
+                "rpo_target_seconds": target,
+                "rpo_exceeded": True,
+                "error": f"lag not measured: {exc}",
+            }
+        return lag.status_fields(
+            measured, self.ctx.clock.time(), counters.get("last_sync_time"), target
+        )
 
     def replication_statuses(self) -> list[tuple[str, dict[str, Any]]]:
         """(disk name, status) of every grs disk this host replicates, for /metrics."""
@@ -169,9 +194,11 @@ class GeoService:
             return []
         by_disk_id = dict(self.replication.statuses())
         return [
-            (name, by_disk_id[disk_id_of(d)])
+            (name, status)
             for name, d in self.ctx.disks.items()
-            if d.get(DISK_ID_FIELD) in by_disk_id and d.get("state") == "ready"
+            if d.get(DISK_ID_FIELD) in by_disk_id
+            and d.get("state") == "ready"
+            and (status := self.replication_status(d)) is not None
         ]
 
     # -- checks ---------------------------------------------------------------------------
@@ -257,7 +284,7 @@ class GeoService:
             return False
         disk_id = disk_id_of(disk)
         try:
-            Volume.open(self.ctx.store, disk_id, writable=True).abandon()
+            Volume.fence_writers(self.ctx.store, disk_id)
             with DiskReplicator(self.ctx.store, secondary, disk_id, config=self.config) as drain:
                 drain.catch_up(max_passes=20)
         except BlockstoreError:
@@ -283,7 +310,7 @@ class GeoService:
         disk_id = disk_id_of(disk)
         primary, secondary = self.ctx.store, self.ctx.require_secondary()
         fork = int((disk.get("failover") or {}).get("fork_seq", 0))
-        Volume.open(primary, disk_id, writable=True).abandon()  # fence any old-primary writer
+        Volume.fence_writers(primary, disk_id)  # any old-primary writer
         truncate_after(primary, disk_id, fork)
         with DiskReplicator(
             secondary, primary, disk_id, config=self.config, check_target_after=fork

@@ -1,8 +1,8 @@
-"""The on-store format: log segments and checkpoints (encode, decode, verify).
+"""The segment format: log records, their checksums, and the segment codec (encode, decode).
 
-Sits between `volume.py` (which decides what goes in a segment and when) and the object store
-(which only sees opaque bytes). docs/format.md describes the bytes; this module is the only code
-that reads or writes them.
+Sits between the engine (blockstore/engine/, which decides what goes in a segment and when) and
+the object store (which only sees opaque bytes). docs/format.md describes the bytes; this module
+and `checkpoint.py` beside it are the only code that reads or writes them.
 
 A segment is `prefix | header body | data`:
 
@@ -14,10 +14,7 @@ A segment is `prefix | header body | data`:
 A segment with no records is a *fence*: a new writer's claim on a log position (docs/format.md).
 
 Records apply in order. Data offsets in the body are relative to the end of the body; decoded
-`Record.data_off` is absolute within the object so a read is one ranged GET. A checkpoint is
-`magic "BLKCKP01" | u16 version | u16 flags | u32 0 | u64 xxh3_64(body) | u64 body length | body`
-with the whole extent map, the size, the log's epoch and fence positions at that seq, and the
-table of segments it references.
+`LogRecord.data_off` is absolute within the object so a read is one ranged GET.
 
 Guarantees: anything malformed (bad magic, unknown version, checksum mismatch, truncated, a
 record pointing outside the object) raises `IntegrityError`; decoders never return partial
@@ -29,6 +26,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import xxhash
 
@@ -36,7 +34,6 @@ from blockstore.errors import IntegrityError
 
 FORMAT_VERSION = 2  # 2: one segment key per seq, fences; checkpoints list fence seqs
 SEG_MAGIC = b"BLKSEG01"
-CKPT_MAGIC = b"BLKCKP01"
 
 WRITE = 1
 TRIM = 2
@@ -46,13 +43,10 @@ _SEG_PREFIX = struct.Struct("<8sHHIQ")  # magic, version, flags, body length, xx
 SEG_PREFIX_LEN = _SEG_PREFIX.size
 _SEG_FIXED = struct.Struct("<QIIH")  # seq, epoch, chunk, disk id length
 _REC_HEAD = struct.Struct("<BQQ")  # kind, offset, length
-_U64 = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
-_U16 = struct.Struct("<H")
-_CKPT_PREFIX = struct.Struct("<8sHHIQQ")  # magic, version, flags, reserved, xxh3, body length
-_CKPT_FIXED = struct.Struct("<QIQIH")  # seq, epoch, size, chunk (unused, 0), disk id length
-_CKPT_REC = struct.Struct("<IQQI")  # segment index, data offset, length, chunk
-_CKPT_EXT = struct.Struct("<QQIQ")  # start, end, record index, delta
+U64 = struct.Struct("<Q")
+U32 = struct.Struct("<I")
+U16 = struct.Struct("<H")
+SUM_LEN = U64.size  # one xxh3_64 per checksum chunk
 
 MAX_OFFSET = 1 << 62
 
@@ -61,8 +55,9 @@ def n_chunks(length: int, chunk: int) -> int:
     return -(-length // chunk)
 
 
-class Record:
-    """One log record. WRITE records also describe where their data lives.
+class LogRecord:
+    """One record of the segment log (WRITE, TRIM or RESIZE). WRITE records also describe
+    where their data lives.
 
     While a write is pending, `mem` holds its bytes and `seg_key` is empty; once its segment is
     encoded, `seg_key`, `data_off`, `chunk` and `sums` say where the bytes are in the store, and
@@ -94,9 +89,45 @@ class Record:
 
     def __repr__(self) -> str:
         return (
-            f"Record(kind={self.kind}, offset={self.offset}, length={self.length}, "
+            f"LogRecord(kind={self.kind}, offset={self.offset}, length={self.length}, "
             f"seg={self.seg_key!r})"
         )
+
+
+def encoded_size(kind: int, length: int, chunk: int) -> int:
+    """Bytes a record adds to its segment: its header entry and, for a WRITE, its data offset,
+    checksums and data. The engine closes a batch on this count."""
+    if kind == WRITE:
+        return _REC_HEAD.size + U64.size + SUM_LEN * n_chunks(length, chunk) + length
+    return _REC_HEAD.size
+
+
+class Cursor:
+    """Reads fields in order from a decoded body. A struct read past the end raises
+    `struct.error`; `take` past the end returns fewer bytes (the caller checks where the format
+    requires it). The decoders turn both into `IntegrityError`."""
+
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: memoryview) -> None:
+        self.buf = buf
+        self.pos = 0
+
+    def unpack(self, st: struct.Struct) -> tuple[Any, ...]:
+        out = st.unpack_from(self.buf, self.pos)
+        self.pos += st.size
+        return out
+
+    def read_int(self, st: struct.Struct) -> int:
+        return int(self.unpack(st)[0])
+
+    def take(self, n: int) -> bytes:
+        out = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return out
+
+    def left(self) -> int:
+        return len(self.buf) - self.pos
 
 
 def _digests(mv: memoryview, chunk: int) -> bytes:
@@ -110,33 +141,33 @@ def chunk_sums(data: bytes | memoryview, chunk: int) -> bytes:
     return _digests(memoryview(data), chunk)
 
 
-def verify_chunks(rec: Record, first_chunk: int, data: bytes | memoryview) -> int | None:
+def verify_chunks(rec: LogRecord, first_chunk: int, data: bytes | memoryview) -> int | None:
     """Check `data` (the record's bytes from chunk `first_chunk` on) against the record's sums.
 
     Returns None when every chunk matches, else the record-relative byte offset of the first bad
     chunk. One checksum per chunk: a 4 KiB read of a 4 MiB extent verifies 4 KiB.
     """
     got = _digests(memoryview(data), rec.chunk)
-    want = rec.sums[8 * first_chunk : 8 * first_chunk + len(got)]
+    want = rec.sums[SUM_LEN * first_chunk : SUM_LEN * first_chunk + len(got)]
     if got == want:
         return None
-    for i in range(0, len(got), 8):
-        if got[i : i + 8] != want[i : i + 8]:
-            return (first_chunk + i // 8) * rec.chunk
+    for i in range(0, len(got), SUM_LEN):
+        if got[i : i + SUM_LEN] != want[i : i + SUM_LEN]:
+            return (first_chunk + i // SUM_LEN) * rec.chunk
     return None  # pragma: no cover - unreachable: the two differ somewhere
 
 
-# --- segments -----------------------------------------------------------------------------
+# --- encoding -----------------------------------------------------------------------------
 
 
 def encode_segment(
-    key: str, disk_id: str, seq: int, epoch: int, chunk: int, records: Sequence[Record]
+    key: str, disk_id: str, seq: int, epoch: int, chunk: int, records: Sequence[LogRecord]
 ) -> bytes:
     """The segment object for `records` (in order). Fills in each WRITE record's `seg_key`,
     `data_off`, `chunk` and `sums`, so the records can go into the durable map once the PUT is
     acknowledged."""
     did = disk_id.encode()
-    parts = [_SEG_FIXED.pack(seq, epoch, chunk, len(did)), did, _U32.pack(len(records))]
+    parts = [_SEG_FIXED.pack(seq, epoch, chunk, len(did)), did, U32.pack(len(records))]
     rel = 0
     for rec in records:
         parts.append(_REC_HEAD.pack(rec.kind, rec.offset, rec.length))
@@ -144,7 +175,7 @@ def encode_segment(
             assert rec.mem is not None and len(rec.mem) == rec.length
             rec.sums = chunk_sums(rec.mem, chunk)
             rec.chunk = chunk
-            parts.append(_U64.pack(rel))
+            parts.append(U64.pack(rel))
             parts.append(rec.sums)
             rec.data_off = rel  # made absolute below, once the body length is known
             rel += rec.length
@@ -163,13 +194,16 @@ def encode_segment(
     return b"".join(out)
 
 
+# --- decoding -----------------------------------------------------------------------------
+
+
 @dataclass
 class SegmentHeader:
     seq: int
     epoch: int
     disk_id: str
     chunk: int
-    records: list[Record]
+    records: list[LogRecord]
     data_start: int
     data_len: int
 
@@ -196,49 +230,19 @@ def decode_segment_header(blob: bytes, key: str, object_size: int | None = None)
     body = memoryview(blob)[SEG_PREFIX_LEN:total]
     if xxhash.xxh3_64_intdigest(body) != body_sum:
         raise IntegrityError(f"segment {key}: header checksum mismatch")
+    cur = Cursor(body)
     try:
-        seq, epoch, chunk, did_len = _SEG_FIXED.unpack_from(body, 0)
-        pos = _SEG_FIXED.size
-        disk_id = bytes(body[pos : pos + did_len]).decode()
-        pos += did_len
-        (n,) = _U32.unpack_from(body, pos)
-        pos += 4
+        seq, epoch, chunk, did_len = cur.unpack(_SEG_FIXED)
+        disk_id = cur.take(did_len).decode()
+        n = cur.read_int(U32)
         if chunk <= 0:
             raise IntegrityError(f"segment {key}: chunk size {chunk}")
-        records: list[Record] = []
-        data_len = 0
-        for _ in range(n):
-            kind, offset, length = _REC_HEAD.unpack_from(body, pos)
-            pos += _REC_HEAD.size
-            if offset > MAX_OFFSET or length > MAX_OFFSET:
-                raise IntegrityError(f"segment {key}: record offset/length out of range")
-            if kind == WRITE:
-                (rel,) = _U64.unpack_from(body, pos)
-                pos += 8
-                nsum = 8 * n_chunks(length, chunk)
-                sums = bytes(body[pos : pos + nsum])
-                if len(sums) != nsum:
-                    raise IntegrityError(f"segment {key}: checksum list truncated")
-                pos += nsum
-                rec = Record(
-                    WRITE,
-                    offset,
-                    length,
-                    seg_key=key,
-                    data_off=total + rel,
-                    chunk=chunk,
-                    sums=sums,
-                )
-                data_len = max(data_len, rel + length)
-                records.append(rec)
-            elif kind in (TRIM, RESIZE):
-                records.append(Record(kind, offset, length))
-            else:
-                raise IntegrityError(f"segment {key}: unknown record kind {kind}")
-        if pos != len(body):
-            raise IntegrityError(f"segment {key}: {len(body) - pos} stray bytes in header")
+        records = [_decode_record(cur, key, chunk, total) for _ in range(n)]
+        if cur.left():
+            raise IntegrityError(f"segment {key}: {cur.left()} stray bytes in header")
     except (struct.error, UnicodeDecodeError) as exc:
         raise IntegrityError(f"segment {key}: malformed header ({exc})") from exc
+    data_len = max((r.data_off - total + r.length for r in records if r.kind == WRITE), default=0)
     if object_size is not None and total + data_len > object_size:
         raise IntegrityError(
             f"segment {key}: records need {total + data_len} bytes, object has {object_size}"
@@ -246,146 +250,20 @@ def decode_segment_header(blob: bytes, key: str, object_size: int | None = None)
     return SegmentHeader(seq, epoch, disk_id, chunk, records, total, data_len)
 
 
-# --- checkpoints --------------------------------------------------------------------------
-
-
-@dataclass
-class Checkpoint:
-    """A decoded checkpoint: the durable state of a volume after applying segment `seq`."""
-
-    disk_id: str
-    seq: int
-    epoch: int  # the log's epoch at `seq`: the highest epoch of any segment applied so far
-    size: int
-    starts: list[int]
-    ends: list[int]
-    vals: list[tuple[Record, int]]
-    segments: dict[str, int]  # every segment key the map references -> its data bytes
-    fences: list[int]  # seqs of the first segment of every epoch in the log (never deleted)
-
-
-def encode_checkpoint(
-    disk_id: str,
-    seq: int,
-    epoch: int,
-    size: int,
-    starts: list[int],
-    ends: list[int],
-    vals: list[tuple[Record, int]],
-    segment_sizes: dict[str, int],
-    fences: Sequence[int] = (),
-) -> bytes:
-    seg_index: dict[str, int] = {}
-    rec_index: dict[int, int] = {}
-    seg_parts: list[bytes] = []
-    rec_parts: list[bytes] = []
-    ext_parts: list[bytes] = []
-    for s, e, (rec, delta) in zip(starts, ends, vals, strict=True):
-        ri = rec_index.get(id(rec))
-        if ri is None:
-            si = seg_index.get(rec.seg_key)
-            if si is None:
-                si = seg_index[rec.seg_key] = len(seg_index)
-                k = rec.seg_key.encode()
-                seg_parts.append(
-                    _U16.pack(len(k)) + k + _U64.pack(segment_sizes.get(rec.seg_key, 0))
-                )
-            ri = rec_index[id(rec)] = len(rec_index)
-            rec_parts.append(_CKPT_REC.pack(si, rec.data_off, rec.length, rec.chunk) + rec.sums)
-        ext_parts.append(_CKPT_EXT.pack(s, e, ri, delta))
-    did = disk_id.encode()
-    body = b"".join(
-        [
-            _CKPT_FIXED.pack(seq, epoch, size, 0, len(did)),
-            did,
-            _U32.pack(len(fences)),
-            *(_U64.pack(f) for f in fences),
-            _U32.pack(len(seg_parts)),
-            *seg_parts,
-            _U32.pack(len(rec_parts)),
-            *rec_parts,
-            _U64.pack(len(ext_parts)),
-            *ext_parts,
-        ]
+def _decode_record(cur: Cursor, key: str, chunk: int, data_start: int) -> LogRecord:
+    """One record of a segment header; a WRITE's data offset made absolute (+ `data_start`)."""
+    kind, offset, length = cur.unpack(_REC_HEAD)
+    if offset > MAX_OFFSET or length > MAX_OFFSET:
+        raise IntegrityError(f"segment {key}: record offset/length out of range")
+    if kind in (TRIM, RESIZE):
+        return LogRecord(kind, offset, length)
+    if kind != WRITE:
+        raise IntegrityError(f"segment {key}: unknown record kind {kind}")
+    rel = cur.read_int(U64)
+    nsum = SUM_LEN * n_chunks(length, chunk)
+    sums = cur.take(nsum)
+    if len(sums) != nsum:
+        raise IntegrityError(f"segment {key}: checksum list truncated")
+    return LogRecord(
+        WRITE, offset, length, seg_key=key, data_off=data_start + rel, chunk=chunk, sums=sums
     )
-    prefix = _CKPT_PREFIX.pack(
-        CKPT_MAGIC, FORMAT_VERSION, 0, 0, xxhash.xxh3_64_intdigest(body), len(body)
-    )
-    return prefix + body
-
-
-def decode_checkpoint(blob: bytes, key: str) -> Checkpoint:
-    if len(blob) < _CKPT_PREFIX.size:
-        raise IntegrityError(f"checkpoint {key}: truncated ({len(blob)} bytes)")
-    magic, version, _flags, _res, body_sum, body_len = _CKPT_PREFIX.unpack_from(blob)
-    if magic != CKPT_MAGIC:
-        raise IntegrityError(f"checkpoint {key}: bad magic {magic!r}")
-    if version != FORMAT_VERSION:
-        raise IntegrityError(f"checkpoint {key}: unsupported format version {version}")
-    body = memoryview(blob)[_CKPT_PREFIX.size :]
-    if len(body) != body_len or xxhash.xxh3_64_intdigest(body) != body_sum:
-        raise IntegrityError(f"checkpoint {key}: checksum or length mismatch")
-    try:
-        seq, epoch, size, _chunk, did_len = _CKPT_FIXED.unpack_from(body, 0)
-        pos = _CKPT_FIXED.size
-        disk_id = bytes(body[pos : pos + did_len]).decode()
-        pos += did_len
-        (nfence,) = _U32.unpack_from(body, pos)
-        pos += 4
-        fences = [_U64.unpack_from(body, pos + 8 * i)[0] for i in range(nfence)]
-        pos += 8 * nfence
-        (nseg,) = _U32.unpack_from(body, pos)
-        pos += 4
-        seg_keys: list[str] = []
-        segments: dict[str, int] = {}
-        for _ in range(nseg):
-            (klen,) = _U16.unpack_from(body, pos)
-            pos += 2
-            k = bytes(body[pos : pos + klen]).decode()
-            pos += klen
-            (dlen,) = _U64.unpack_from(body, pos)
-            pos += 8
-            seg_keys.append(k)
-            segments[k] = dlen
-        (nrec,) = _U32.unpack_from(body, pos)
-        pos += 4
-        recs: list[Record] = []
-        for _ in range(nrec):
-            si, data_off, length, chunk = _CKPT_REC.unpack_from(body, pos)
-            pos += _CKPT_REC.size
-            if chunk <= 0:
-                raise IntegrityError(f"checkpoint {key}: chunk size {chunk}")
-            nsum = 8 * n_chunks(length, chunk)
-            sums = bytes(body[pos : pos + nsum])
-            pos += nsum
-            recs.append(
-                Record(
-                    WRITE,
-                    0,
-                    length,
-                    seg_key=seg_keys[si],
-                    data_off=data_off,
-                    chunk=chunk,
-                    sums=sums,
-                )
-            )
-        (next_,) = _U64.unpack_from(body, pos)
-        pos += 8
-        starts: list[int] = []
-        ends: list[int] = []
-        vals: list[tuple[Record, int]] = []
-        end_pos = pos + next_ * _CKPT_EXT.size
-        if end_pos != len(body):
-            raise IntegrityError(f"checkpoint {key}: extent table length mismatch")
-        prev_end = 0
-        for s, e, ri, delta in _CKPT_EXT.iter_unpack(body[pos:end_pos]):
-            rec = recs[ri]
-            if s < prev_end or e <= s or delta + (e - s) > rec.length:
-                raise IntegrityError(f"checkpoint {key}: extent [{s}, {e}) is inconsistent")
-            prev_end = e
-            starts.append(s)
-            ends.append(e)
-            vals.append((rec, delta))
-    except (struct.error, UnicodeDecodeError, IndexError) as exc:
-        raise IntegrityError(f"checkpoint {key}: malformed ({exc})") from exc
-    return Checkpoint(disk_id, seq, epoch, size, starts, ends, vals, segments, fences)

@@ -7,7 +7,8 @@ reports. The copy is always a consistent prefix of the primary log. Its parts:
 - `replicator`: `DiskReplicator`, one disk's copier and its pass;
 - `frontier`: where a copy's log ends, and the cuts a failover and a failback make there;
 - `gc`: the secondary's garbage collection (mirrored deletions);
-- `status`: counters, lag against the RPO target, the progress marker;
+- `lag`: how far the copy is behind what the primary acknowledged, measured on both stores;
+- `progress`: the replicator's counters and its progress marker;
 - `service`: `ReplicationService`, the per-host thread over every replicated disk;
 - `delete`: removing a whole copy.
 

@@ -15,9 +15,9 @@ import json
 from collections.abc import Collection
 
 from blockstore.format import keys
-from blockstore.format.segment import decode_checkpoint
+from blockstore.format.checkpoint import decode_checkpoint
 from blockstore.geo.frontier import TargetView
-from blockstore.geo.status import ReplicationStats, progress_key
+from blockstore.geo.progress import ReplicationStats, progress_key
 from blockstore.store.base import ObjectStore
 
 

@@ -20,7 +20,7 @@ immutable, so "already there" is success. A pass:
 5. Snapshot records after their checkpoint (and its segments); clone registrations;
    tombstones.
 6. After a new source checkpoint, or every `mirror_every` passes, deletions are mirrored
-   (geo/gc.py); the progress marker is written (geo/status.py).
+   (geo/gc.py); the progress marker is written (geo/progress.py).
 
 Resume: the replicator rebuilds its view by listing the target (nothing is recopied: a copy is
 skipped when the target listing has the key) and reads the progress marker, so the lag
@@ -46,12 +46,13 @@ from typing import Any
 from blockstore.clock import SYSTEM_CLOCK, Clock
 from blockstore.errors import BlockstoreError, IntegrityError, NotFound, PreconditionFailed
 from blockstore.format import keys
-from blockstore.format.segment import decode_checkpoint, decode_segment_header
-from blockstore.geo import status
+from blockstore.format.checkpoint import decode_checkpoint
+from blockstore.format.segment import decode_segment_header
+from blockstore.geo import progress
 from blockstore.geo.config import MAX_WINDOW, ReplicationConfig
 from blockstore.geo.frontier import TargetView, run_end
 from blockstore.geo.gc import mirror_deletions
-from blockstore.geo.status import ReplicationStats
+from blockstore.geo.progress import ReplicationStats
 from blockstore.store.base import ObjectStore
 from blockstore.store.repair import verify_object
 
@@ -371,7 +372,7 @@ class DiskReplicator:
 
     def _load_marker(self) -> None:
         self._marker_loaded = True
-        last = status.read_marker(self.target, self.disk_id).get("last_sync_time")
+        last = progress.read_marker(self.target, self.disk_id).get("last_sync_time")
         if isinstance(last, int | float) and self.stats.last_sync_time is None:
             self.stats.last_sync_time = float(last)
 
@@ -380,7 +381,7 @@ class DiskReplicator:
         if now - self._marker_written < self.config.marker_every_seconds:
             return
         self._marker_written = now
-        status.write_marker(self.target, self.disk_id, self.stats, self.clock.time())
+        progress.write_marker(self.target, self.disk_id, self.stats, self.clock.time())
 
     # -- catching up, status, stopping ----------------------------------------------------
 
@@ -404,10 +405,10 @@ class DiskReplicator:
         return False
 
     def status(self) -> dict[str, Any]:
-        """What the API shows: lag in seconds and bytes, against the RPO target."""
-        return status.replicator_status(
-            self.stats, self.config.rpo_target_seconds, self.clock.time()
-        )
+        """This replicator's counters for the API. Lag is not among them: it is measured
+        against the primary's log when asked for (blockstore/geo/lag.py), because the last
+        listing of a pass may predate writes that have already been acknowledged."""
+        return progress.counters(self.stats)
 
     def stop(self) -> None:
         """Make a running pass end after its current window; later passes still work."""

@@ -38,6 +38,9 @@ class ObjectInfo:
     key: str
     size: int
     etag: str
+    # When the store wrote it (Unix seconds, its own clock; S3 lists whole seconds), or None
+    # where the answer does not say (HEAD). Replication lag is measured with it.
+    modified: float | None = None
 
 
 @dataclass

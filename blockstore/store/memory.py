@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+from blockstore.clock import SYSTEM_CLOCK, Clock
 from blockstore.errors import NotFound, PreconditionFailed
 from blockstore.store.base import Buffer, ObjectInfo, ObjectStore, StoreStats, etag_of
 
@@ -16,9 +17,11 @@ from blockstore.store.base import Buffer, ObjectInfo, ObjectStore, StoreStats, e
 class MemoryStore(ObjectStore):
     """An object store in a dict: same contract, no network. Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
         self.stats = StoreStats()
+        self.clock = clock
         self._objects: dict[str, bytes] = {}
+        self._written: dict[str, float] = {}  # key -> when put (not for objects put in raw())
         self._lock = threading.Lock()
 
     def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
@@ -54,6 +57,7 @@ class MemoryStore(ObjectStore):
                 self.stats.precondition_failed += 1
                 raise PreconditionFailed(f"object {key!r} does not have ETag {if_match}")
             self._objects[key] = body
+            self._written[key] = self.clock.time()
             self.stats.bytes_uploaded += len(body)
         return etag_of(body)
 
@@ -61,17 +65,18 @@ class MemoryStore(ObjectStore):
         with self._lock:
             self.stats.deletes += 1
             self._objects.pop(key, None)
+            self._written.pop(key, None)
 
     def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
         with self._lock:
             self.stats.lists += 1
             items = sorted(
-                (k, v)
+                (k, v, self._written.get(k))
                 for k, v in self._objects.items()
                 if k.startswith(prefix) and (start_after is None or k > start_after)
             )
-        for key, data in items:
-            yield ObjectInfo(key=key, size=len(data), etag=etag_of(data))
+        for key, data, written in items:
+            yield ObjectInfo(key=key, size=len(data), etag=etag_of(data), modified=written)
 
     def head(self, key: str) -> ObjectInfo:
         with self._lock:

@@ -6,12 +6,13 @@ are touched; every other call goes to the primary unchanged.
 
 How a bad object is noticed without changing the engine: the engine verifies every byte it
 fetches, but by then the wrapper has already returned. So the wrapper verifies first, with the
-same decoders (blockstore/format/segment.py):
+same decoders (blockstore/format/):
 
 - a *checkpoint* read whole is decoded (its body checksum covers everything);
 - a *segment* read is checked against the segment's header, which the wrapper fetches once per
-  segment (an LRU of headers) and verifies by its own checksum: every checksum chunk of a WRITE
-  record lying wholly inside the fetched range is hashed. The engine always fetches whole chunks
+  segment (an LRU of headers; `segment_head.read_segment_head`, as the engine reads them) and
+  verifies by its own checksum: every checksum chunk of a WRITE record lying wholly inside
+  the fetched range is hashed. The engine always fetches whole chunks
   (docs/format.md), so a read the engine would reject is one the wrapper rejects first.
 
 A missing object (NotFound) or one that fails verification is fetched whole from the secondary,
@@ -22,7 +23,7 @@ answer (the NotFound, or the bad bytes, which the engine then rejects with Integ
 returned unchanged: this layer never makes a failure worse, and never returns unverified bytes
 it fetched from the secondary.
 
-Cost: one extra ranged GET per segment per process (the header, at most `header_read_bytes`),
+Cost: one extra ranged GET per segment per process (the header, `HEADER_READ_BYTES` or more),
 and one extra xxh3 pass over the bytes read.
 """
 
@@ -36,18 +37,17 @@ from dataclasses import dataclass, fields
 
 from blockstore.errors import IntegrityError, NotFound, PreconditionFailed
 from blockstore.format import keys
+from blockstore.format.checkpoint import decode_checkpoint
 from blockstore.format.segment import (
     WRITE,
     SegmentHeader,
-    decode_checkpoint,
     decode_segment_header,
     n_chunks,
     segment_header_length,
     verify_chunks,
 )
 from blockstore.store.base import Buffer, ObjectInfo, ObjectStore
-
-HEADER_READ = 64 << 10
+from blockstore.store.segment_head import read_segment_head
 
 
 @dataclass
@@ -159,11 +159,7 @@ class RepairingStore(ObjectStore):
                 self._headers.move_to_end(key)
                 return hdr
         self.repair_stats.header_fetches += 1
-        head = self.primary.get(key, 0, HEADER_READ)
-        need = segment_header_length(head, key)
-        if need > len(head):
-            head += self.primary.get(key, len(head), need - len(head))
-        hdr = decode_segment_header(head, key)
+        hdr = decode_segment_header(read_segment_head(self.primary, key), key)
         self._remember(key, hdr)
         return hdr
 

@@ -1,12 +1,11 @@
 """`S3Store`: the object store on any S3-compatible endpoint.
 
 Bottom of the stack on the data path. The object calls of the data path (GET, PUT, HEAD,
-DELETE) go through libcurl (pycurl), which also signs them (SigV4): a conditional 4 KiB PUT
-costs 140 us of client CPU that way against 470 us through the MinIO SDK over urllib3, and
-takes 0.3 ms less (docs/s3-client.md). A request takes an idle curl handle from a pool (each
-keeps its connection alive) and puts it back when done. Bucket creation and listing stay on
-the MinIO SDK (its XML parsing; not on the data path). `Boto3Store` keeps the same contract
-for comparison.
+DELETE) go through libcurl (pycurl), which also signs them (SigV4): it costs about a third of
+the MinIO SDK's client CPU per request (docs/s3-client.md has the measurements). A request
+takes an idle curl handle from a pool (each keeps its connection alive) and puts it back when
+done. Bucket creation and listing stay on
+the MinIO SDK (its XML parsing; not on the data path).
 
 Failure behaviour: nothing is retried here (`RetryingStore` owns retries and their deadline).
 One request takes at most the connect and read timeouts (a PUT: the read timeout plus 1 ms per
@@ -426,7 +425,10 @@ class S3Store(ObjectStore):
             ):
                 name = obj.object_name or ""
                 yield ObjectInfo(
-                    key=name[strip:], size=obj.size or 0, etag=(obj.etag or "").strip('"')
+                    key=name[strip:],
+                    size=obj.size or 0,
+                    etag=(obj.etag or "").strip('"'),
+                    modified=obj.last_modified.timestamp() if obj.last_modified else None,
                 )
         except Exception as exc:
             self._error(exc, prefix)

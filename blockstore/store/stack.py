@@ -1,7 +1,8 @@
 """Builds the object-store stack, bottom up, in the order DESIGN.md draws it.
 
     RetryingStore   bounded retries with jitter; gives up with Unavailable at the deadline
-      S3Store       MinIO SDK, one connection pool, errors mapped to the blockstore hierarchy
+      S3Store       libcurl with a pool of kept-alive handles, errors mapped to the blockstore
+                    hierarchy (listing and bucket creation through the MinIO SDK)
 
 Retries sit above the S3 client and below everything else, so the volume sees one call that
 either succeeded or failed for good; the deadline is what bounds an NBD client's wait for EIO.

@@ -1,0 +1,93 @@
+"""Creating and destroying a volume's objects (no open handle needed).
+
+`create_volume` writes the volume record last, with If-None-Match, so of two creators exactly
+one succeeds and a crash before it leaves at most a clone registration (which only blocks the
+source snapshot's delete until the disk is destroyed). `destroy_volume` deletes every object
+and the volume record last, so an interrupted destroy is simply run again.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from blockstore.clock import Clock
+from blockstore.engine.config import check_size
+from blockstore.engine.meta import listing, read_json, read_snapshot
+from blockstore.engine.snapshots import register_clone
+from blockstore.errors import (
+    Conflict,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    PreconditionFailed,
+)
+from blockstore.format import keys
+from blockstore.store.base import ObjectStore
+
+
+def create_volume(
+    store: ObjectStore, disk_id: str, size: int, clock: Clock, source: tuple[str, str] | None
+) -> None:
+    """Create an empty volume, or a clone of snapshot `source = (src_disk_id, name)` (size 0
+    means the snapshot's size; a larger size grows the clone); Conflict if the disk exists or
+    has leftover objects."""
+    keys.validate_disk_id(disk_id)
+    meta: dict[str, Any] = {"format": 1, "disk_id": disk_id, "created": clock.time()}
+    if listing(store, keys.disk_prefix(disk_id)):
+        raise Conflict(f"disk {disk_id!r} already exists (or has objects left from a destroy)")
+    registration: str | None = None
+    if source is None:
+        meta["size"] = check_size("size", size)
+        meta["source"] = None
+    else:
+        src, name = keys.validate_disk_id(source[0]), keys.validate_snapshot_name(source[1])
+        snap = read_snapshot(store, src, name)
+        if size == 0:
+            size = snap.size
+        check_size("size", size)
+        if size < snap.size:
+            raise InvalidArgument(
+                f"size {size} is smaller than snapshot {src}/{name} ({snap.size} bytes)"
+            )
+        registration = register_clone(store, src, name, disk_id)
+        meta["size"] = size
+        meta["source"] = {
+            "disk_id": src,
+            "snapshot": name,
+            "checkpoint_seq": snap.checkpoint_seq,
+            "checkpoint_key": keys.checkpoint_key(src, snap.checkpoint_seq),
+        }
+    try:
+        store.put(keys.volume_key(disk_id), json.dumps(meta).encode(), if_none_match=True)
+    except PreconditionFailed:
+        if registration is not None:
+            store.delete(registration)
+        raise Conflict(f"disk {disk_id!r} already exists") from None
+
+
+def destroy_volume(store: ObjectStore, disk_id: str) -> None:
+    """Delete every object of the volume; Conflict while a clone depends on one of its
+    snapshots. The volume record goes last, so an interrupted destroy can be re-run."""
+    objects = listing(store, keys.disk_prefix(disk_id))
+    if not objects:
+        raise NotFound(f"disk {disk_id!r} does not exist")
+    for key, _size in objects:
+        ref = keys.parse_clone_ref_key(key)
+        if ref is not None:
+            raise Conflict(
+                f"disk {disk_id!r} cannot be destroyed: clone {ref[1]!r} depends on "
+                f"its snapshot {ref[0]!r}"
+            )
+    meta_key = keys.volume_key(disk_id)
+    try:
+        meta = read_json(store, meta_key)
+    except (NotFound, IntegrityError):
+        meta = {}
+    source = meta.get("source")
+    if source:
+        store.delete(keys.clone_ref_key(source["disk_id"], source["snapshot"], disk_id))
+    for key, _size in objects:
+        if key != meta_key:
+            store.delete(key)
+    store.delete(meta_key)

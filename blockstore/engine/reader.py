@@ -1,0 +1,188 @@
+"""Reads: resolve a range against the volume's maps, then fetch and verify the stored pieces.
+
+A read takes the volume lock only to resolve its range into pieces (pending overlay first,
+durable map under its gaps); the bytes of a write not yet acknowledged are copied from memory,
+holes are zeros, and stored pieces are fetched without the lock: one ranged GET per run of
+pieces that lie close together in one segment, whole checksum chunks so each piece verifies on
+its own, the GETs of one read in parallel (`READ_PARALLEL` at most).
+
+Guarantees: every byte fetched is checked against its chunk checksum before it is returned; a
+mismatch counts `checksum_failures` and raises `IntegrityError`, never wrong data. Inside an
+NBD request each GET carries the request's deadline (blockstore/deadline.py), also the GETs
+handed to the read pool. Reads change no state, so a crash during one loses nothing.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from blockstore.engine.state import Context, Piece
+from blockstore.errors import IntegrityError, NotFound
+from blockstore.format.segment import WRITE, LogRecord, n_chunks, verify_chunks
+
+READ_PARALLEL = 8  # ranged GETs of one read that may run at once
+COALESCE_GAP = 64 << 10  # pieces of one segment closer than this share a ranged GET
+_ZEROS = memoryview(bytes(1 << 20))
+
+# A stored piece to fetch: (segment key, object start, object end, first chunk index, the
+# record, the offset in the record, where the piece goes in the caller's buffer).
+_Span = tuple[str, int, int, int, LogRecord, int, memoryview]
+
+
+def zero_fill(dst: memoryview) -> None:
+    n = len(dst)
+    pos = 0
+    while pos < n:
+        k = min(n - pos, len(_ZEROS))
+        dst[pos : pos + k] = _ZEROS[:k]
+        pos += k
+
+
+class Reader:
+    """The read side of one open volume."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.state = ctx.state
+        self._pool: ThreadPoolExecutor | None = None  # made at the first multi-GET read
+        self._pool_lock = threading.Lock()
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        """Fill `buf` with the bytes at `offset`; holes read as zeros."""
+        buf = memoryview(buf)
+        if buf.format != "B" or buf.ndim != 1:
+            buf = buf.cast("B")
+        n = len(buf)
+        stored: list[tuple[LogRecord, int, memoryview]] = []
+        for s, e, rec, delta in self._pieces(offset, n):
+            dst = buf[s - offset : e - offset]
+            if rec is None or rec.kind != WRITE:
+                zero_fill(dst)
+                continue
+            mem = rec.mem  # read once: the committer drops it after the segment is acked
+            if mem is not None:
+                dst[:] = memoryview(mem)[delta : delta + (e - s)]
+            else:
+                stored.append((rec, delta, dst))
+        if stored:
+            self._fetch_all(stored)
+        with self.ctx.stats.lock:
+            self.ctx.stats.reads += 1
+            self.ctx.stats.bytes_read += n
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        """(offset, length, is_hole) runs covering exactly [offset, offset+length)."""
+        out: list[tuple[int, int, bool]] = []
+        for s, e, rec, _d in self._pieces(offset, length):
+            hole = rec is None or rec.kind != WRITE
+            if out and out[-1][2] == hole and out[-1][0] + out[-1][1] == s:
+                out[-1] = (out[-1][0], out[-1][1] + e - s, hole)
+            else:
+                out.append((s, e - s, hole))
+        return out
+
+    def _pieces(self, offset: int, length: int) -> list[Piece]:
+        """The range checked, then resolved under the lock (pending overlay over durable)."""
+        st = self.state
+        st.check_range(offset, length)
+        with st.lock:
+            return st.resolve_locked(offset, offset + length)
+
+    def verify(
+        self, rec: LogRecord, first_chunk: int, data: bytes | memoryview, expect: int
+    ) -> None:
+        """Raise `IntegrityError` unless `data` is `expect` bytes matching the record's sums
+        from `first_chunk` on."""
+        bad = verify_chunks(rec, first_chunk, data) if len(data) == expect else -1
+        if bad is not None:
+            with self.ctx.stats.lock:
+                self.ctx.stats.checksum_failures += 1
+            where = "object too short" if bad == -1 else f"record byte {bad}"
+            raise IntegrityError(
+                f"disk {self.state.disk_id}: checksum mismatch in {rec.seg_key} ({where}); "
+                "refusing to return wrong data"
+            )
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def _fetch_all(self, pieces: list[tuple[LogRecord, int, memoryview]]) -> None:
+        """Fetch stored pieces, the groups of one read in parallel; every piece verified
+        before it is copied into the caller's buffer."""
+        groups = _group(pieces)
+        if len(groups) == 1:
+            self._fetch_group(groups[0])
+            return
+        pool = self._read_pool()
+        # Each GET carries the request's deadline along (blockstore/deadline.py): one queued
+        # behind other reads' GETs starts no attempt past it.
+        futures = [pool.submit(contextvars.copy_context().run, self._fetch_group, g)
+                   for g in groups[1:]]  # fmt: skip
+        try:
+            self._fetch_group(groups[0])
+        finally:
+            for f in futures:
+                f.exception()  # wait for all: none may write into the buffer after we return
+        for f in futures:
+            f.result()
+
+    def _read_pool(self) -> ThreadPoolExecutor:
+        pool = self._pool
+        if pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(  # the caller fetches one group too
+                        READ_PARALLEL - 1, thread_name_prefix=f"seg-get-{self.state.disk_id}"
+                    )
+                pool = self._pool
+        return pool
+
+    def _fetch_group(self, group: list[_Span]) -> None:
+        key = group[0][0]
+        glo = group[0][1]
+        ghi = max(x[2] for x in group)
+        _k, lo, hi, c0, rec, delta, dst = group[0]
+        # The GET is exactly the caller's piece (whole chunks, e.g. an aligned 1 MiB read):
+        # the body lands in the caller's buffer and is verified there. On a mismatch the read
+        # fails, so bad bytes in the buffer are never returned.
+        direct = len(group) == 1 and delta == c0 * rec.chunk and len(dst) == hi - lo
+        try:
+            if direct:
+                got = self.ctx.store.get_into(key, glo, dst)
+                self.verify(rec, c0, dst[:got], hi - lo)
+                return
+            data = memoryview(self.ctx.store.get(key, glo, ghi - glo))
+        except NotFound:
+            raise IntegrityError(
+                f"segment {key} named by the extent map is missing (removed by GC while "
+                "this read-only view was open past gc_min_age_seconds, or lost)"
+            ) from None
+        for _key, lo, hi, c0, rec, delta, dst in group:
+            part = data[lo - glo : hi - glo]
+            self.verify(rec, c0, part, hi - lo)
+            skip = delta - c0 * rec.chunk
+            dst[:] = part[skip : skip + len(dst)]
+
+
+def _group(pieces: list[tuple[LogRecord, int, memoryview]]) -> list[list[_Span]]:
+    """Pieces as whole-chunk spans of their segments, sorted, and grouped into runs that lie
+    within `COALESCE_GAP` of each other in one segment (one ranged GET per group)."""
+    spans: list[_Span] = []
+    for rec, delta, dst in pieces:
+        chunk = rec.chunk
+        c0 = delta // chunk
+        lo = rec.data_off + c0 * chunk
+        hi = rec.data_off + min(n_chunks(delta + len(dst), chunk) * chunk, rec.length)
+        spans.append((rec.seg_key, lo, hi, c0, rec, delta, dst))
+    spans.sort(key=lambda x: (x[0], x[1]))
+    groups: list[list[_Span]] = []
+    for sp in spans:
+        g = groups[-1] if groups else None
+        if g is not None and g[0][0] == sp[0] and sp[1] <= max(x[2] for x in g) + COALESCE_GAP:
+            g.append(sp)
+        else:
+            groups.append([sp])
+    return groups

@@ -1,0 +1,193 @@
+"""The CLI finds a real `blockstore serve` from `--home` alone (through `<home>/service.json`),
+ignores a record left by a service that is gone, and prints an attachment whole on an
+80-column terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from blockstore.host import servicefile
+from blockstore.host.embedded import free_ports
+from tests.support.paths import BIN, REPO
+from tests.support.seaweed import SeaweedServer
+
+
+def _clean_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKSTORE_")}
+    env.update(values, PYTHONPATH=str(REPO), COLUMNS="80", TERM="xterm")
+    return env
+
+
+class Service:
+    """`blockstore serve --home HOME --port <free>` on the test SeaweedFS; its token is the
+    one it generates into the home (no $BLOCKSTORE_API_TOKEN)."""
+
+    def __init__(self, seaweed: SeaweedServer, home: Path) -> None:
+        self.seaweed = seaweed
+        self.home = home
+        self.port = free_ports(1)[0]
+        self.env = _clean_env(
+            BLOCKSTORE_S3_ENDPOINT=seaweed.endpoint,
+            BLOCKSTORE_S3_BUCKET=seaweed.bucket,
+            BLOCKSTORE_S3_ACCESS_KEY=seaweed.access_key,
+            BLOCKSTORE_S3_SECRET_KEY=seaweed.secret_key,
+            BLOCKSTORE_S3_PREFIX=f"cli-{uuid.uuid4().hex[:8]}/",
+            BLOCKSTORE_RETRY_SECONDS="5",
+        )
+        self.log = home.parent / f"{home.name}-serve.log"
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [BIN, "serve", "--home", str(home), "--port", str(self.port)],
+                env=self.env,
+                stdout=out,
+                stderr=out,
+            )
+        deadline = time.monotonic() + 60
+        while not servicefile.path_of(home).exists() or self.cli("disk", "list").returncode:
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.3)
+
+    def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """The CLI as a user on this host runs it: `--home` and nothing else."""
+        return subprocess.run(
+            [BIN, *args, "--home", str(self.home)],
+            env=_clean_env(**env),
+            cwd=self.home.parent,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+
+@pytest.fixture
+def service(seaweed: SeaweedServer, tmp_path: Path) -> Iterator[Service]:
+    s = Service(seaweed, tmp_path / "home")
+    try:
+        yield s
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait(30)
+
+
+def test_cli_finds_the_service_from_home_alone(service: Service) -> None:
+    path = servicefile.path_of(service.home)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    record = json.loads(path.read_text())
+    assert record["url"] == f"http://127.0.0.1:{service.port}"
+    assert record["pid"] == service.proc.pid
+    assert service.port != 8470
+    out = service.cli("disk", "list", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
+    assert out.stderr == ""
+    service.proc.send_signal(signal.SIGTERM)
+    service.proc.wait(60)
+    assert not path.exists(), "service.json outlived a clean stop"
+
+
+def test_a_second_service_on_the_same_home_is_refused(service: Service) -> None:
+    proc = subprocess.run(
+        [BIN, "serve", "--home", str(service.home), "--port", str(free_ports(1)[0])],
+        env=service.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"blockstore serve: error: another blockstore serve already runs with home "
+        f"{service.home} (at http://127.0.0.1:{service.port}): stop it first, or give this "
+        "one its own --home"
+    ), proc.stderr
+    assert service.proc.poll() is None
+    assert service.cli("disk", "list").returncode == 0
+    # The lock goes with the process, even with kill -9: the next start is not blocked.
+    service.proc.kill()
+    service.proc.wait(30)
+    again = Service(service.seaweed, service.home)
+    try:
+        assert again.cli("disk", "list").returncode == 0
+    finally:
+        again.proc.send_signal(signal.SIGTERM)
+        again.proc.wait(60)
+
+
+def test_a_record_left_by_a_killed_service_is_ignored(service: Service) -> None:
+    path = servicefile.path_of(service.home)
+    service.proc.kill()
+    service.proc.wait(30)
+    assert path.exists()  # kill -9: nothing could remove it
+    nothing_there = free_ports(1)[0]
+    out = service.cli("disk", "list", BLOCKSTORE_PORT=str(nothing_there))
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert (
+        f"note: ignoring {path}: the service that wrote it (pid {service.proc.pid}, "
+        f"http://127.0.0.1:{service.port}) is not running any more; "
+        f"trying http://127.0.0.1:{nothing_there}"
+    ) in out.stderr.replace("\n", " ")
+    assert f"cannot reach the blockstore API at http://127.0.0.1:{nothing_there}" in out.stderr
+
+
+def test_a_reused_pid_is_not_the_service(tmp_path: Path) -> None:
+    """A record whose pid now belongs to another process (here: this test) is stale too."""
+    home = tmp_path / "home"
+    home.mkdir()
+    servicefile.write(home, "http://127.0.0.1:1")
+    assert servicefile.find(home) == ("http://127.0.0.1:1", None)
+    record = json.loads(servicefile.path_of(home).read_text())
+    record["pid_started"] -= 1  # written by an earlier process that had this pid
+    servicefile.path_of(home).write_text(json.dumps(record))
+    url, notice = servicefile.find(home)
+    assert url is None and notice is not None and "not running any more" in notice
+    servicefile.path_of(home).write_text("{not json")
+    url, notice = servicefile.find(home)
+    assert url is None and notice is not None and "unreadable" in notice
+
+
+def test_attach_prints_uri_and_blockdev_whole_at_80_columns(service: Service) -> None:
+    name = ("long-disk-name-" + uuid.uuid4().hex)[:63].ljust(63, "x")
+    assert len(name) == 63
+    out = service.cli("disk", "create", name, "--size", "16M", "--kind", "data")
+    assert out.returncode == 0, out.stderr
+    out = service.cli("disk", "attach", name, "--vm", "vm1")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    fields = dict(line.split(": ", 1) for line in lines if ": " in line and "<" not in line)
+    sock = fields["socket"]
+    assert Path(sock).is_socket()
+    assert fields["nbd_uri"] == f"nbd+unix:///{name}?socket={sock}"
+    assert fields["qemu_blockdev"].startswith(
+        f"driver=nbd,server.type=unix,server.path={sock},export={name},node-name="
+    )
+    assert max(len(line) for line in lines) > 80  # printed whole, not cut to the terminal
+    assert "…" not in out.stdout
+    assert "libvirt_xml:" in lines and "</disk>" in lines
+    # What was printed works as printed: QEMU's own tools open the URI.
+    info = subprocess.run(
+        ["qemu-img", "info", "--output=json", fields["nbd_uri"]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["virtual-size"] == 16 << 20
+    # `disk show` prints the attachment the same way.
+    out = service.cli("disk", "show", name)
+    assert out.returncode == 0, out.stderr
+    assert f"attachment.nbd_uri: {fields['nbd_uri']}" in out.stdout.splitlines()
+    assert f"attachment.qemu_blockdev: {fields['qemu_blockdev']}" in out.stdout.splitlines()
+    assert f"name: {name}" in out.stdout.splitlines()
+    out = service.cli("disk", "detach", name)
+    assert out.returncode == 0, out.stderr

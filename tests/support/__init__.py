@@ -1,0 +1,1 @@
+"""Helpers the tests share: servers, hosts, NBD tools. No test lives here."""
