@@ -75,5 +75,9 @@ class DetachRequest(Strict):
     force: bool = False
 
 
+class ReplicationWait(Strict):
+    timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
+
 class SnapshotCreate(Strict):
     name: Name

@@ -1,5 +1,5 @@
 """`blockstore disk ...`: create, list, show, resize, delete, attach, detach; fail a grs disk
-over and back; change its redundancy."""
+over and back, show or drain its replication; change its redundancy."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from blockstore.errors import Conflict
 from cli.client import ApiClient
 from cli.common import (
     WaitOption,
@@ -141,6 +142,33 @@ def disk_detach(
 def disk_failover(c: ApiClient, as_json: bool, name: str) -> None:
     """Serve a geo-redundant (grs) disk from the secondary region from now on."""
     call(lambda: c.post(f"/v1/disks/{name}/failover"), as_json, key_values(f"disk {name}"))
+
+
+@api_command(disk_app, "replication")
+def disk_replication(
+    c: ApiClient,
+    as_json: bool,
+    name: str,
+    *,
+    wait: Annotated[
+        bool, typer.Option(help="Wait until the secondary holds every write acknowledged so far")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait at most")] = 60.0,
+) -> None:
+    """Show a grs disk's replication lag, measured now; --wait drains it before a failover."""
+    path = f"/v1/disks/{name}"
+
+    def fetch() -> Any:
+        if not wait:
+            status = c.get(path)["replication"]
+            if status is None:
+                raise Conflict(f"disk {name!r} is locally redundant (lrs): nothing is replicated")
+            return status
+        # the HTTP call outlasts the wait, so the service's answer (200 or 409) is what shows
+        body = {"timeout_seconds": timeout}
+        return c.request("POST", f"{path}/replication/wait", json=body, timeout=timeout + 30)
+
+    call(fetch, as_json, key_values(f"disk {name}: replication"))
 
 
 @api_command(disk_app, "failback")

@@ -188,6 +188,37 @@ class GeoService:
             measured, self.ctx.clock.time(), counters.get("last_sync_time"), target
         )
 
+    def wait_replicated(self, name: str, timeout_seconds: float) -> dict[str, Any]:
+        """Return the status once the secondary holds everything the primary had acknowledged
+        when the call began: the drain before a planned failover. Writes acknowledged during
+        the wait are not waited for, so a busy writer cannot hold it off. Conflict when
+        `timeout_seconds` pass first (saying what is still pending), Unavailable when the
+        primary does not answer."""
+        disk = self.ctx.get_disk(name)
+        self._require_grs(disk)
+        if region_of(disk) == SECONDARY:
+            raise Conflict(f"disk {name!r} is served from the secondary region: nothing to drain")
+        clock = self.ctx.clock
+        deadline = clock.monotonic() + timeout_seconds
+        goal: int | None = None
+        while True:
+            status = self.replication_status(disk)
+            assert status is not None
+            if status["state"] == "unknown":
+                raise Unavailable(f"disk {name!r}: {status['error']}")
+            goal = status["source_seq"] if goal is None else goal
+            if not status["pending_segments"] or status["frontier_seq"] >= goal:
+                return status
+            left = deadline - clock.monotonic()
+            if left <= 0:
+                raise Conflict(
+                    f"disk {name!r}: the secondary is still {status['lag_bytes']} bytes behind "
+                    f"({status['pending_segments']} segments, the oldest written "
+                    f"{status['lag_seconds']} s ago) after {timeout_seconds:g} s; wait longer, "
+                    f"or check the replication errors in GET /v1/disks/{name}"
+                )
+            clock.sleep(min(0.2, left))
+
     def replication_statuses(self) -> list[tuple[str, dict[str, Any]]]:
         """(disk name, status) of every grs disk this host replicates, for /metrics."""
         if self.replication is None:

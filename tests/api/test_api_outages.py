@@ -182,7 +182,9 @@ def test_a_cache_left_by_an_earlier_attachment_is_not_replayed_over_newer_writes
     b = GeoHost(seaweed, seaweed2, a.prefix, tmp_path / "b")  # reaches the store directly
     try:
         a("POST", "/v1/disks", json={"name": "os", "size_bytes": 4 * MiB, "kind": "os"})
-        att = a("POST", "/v1/disks/os/attach", json={"vm": "vm1"}).json()
+        r = a("POST", "/v1/disks/os/attach", json={"vm": "vm1"})
+        assert r.status_code == 200, r.text
+        att = r.json()
         proxy.arm("down")  # host a is cut off from the store with a write in its cache
         h = nbd.NBD()
         h.connect_unix(att["socket"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,3 +179,46 @@ def test_export_of_a_grs_disk_repairs_reads_from_the_secondary(geo: GeoHost) -> 
     restored = {o.key for o in geo.store.list(keys.segment_prefix(vid))}
     assert set(segments) <= restored
     geo("POST", "/v1/disks/rr/detach")
+
+
+def test_replication_wait_drains_or_says_what_is_pending(geo: GeoHost) -> None:
+    """`POST .../replication/wait`: 409 saying what is pending while nothing copies; 200 with
+    a synced status once a pass has copied every write acknowledged before the call."""
+    body = {"name": "w", "size_bytes": 4 * MiB, "kind": "data", "redundancy": "grs"}
+    assert geo("POST", "/v1/disks", json=body).status_code == 201
+    geo.replicate()  # seeded
+    att = geo("POST", "/v1/disks/w/attach", json={"vm": "vm1"}).json()
+    payload = os.urandom(65536)
+    nbd_write(att["socket"], 0, payload)  # written and flushed: acknowledged
+    r = geo("POST", "/v1/disks/w/replication/wait", json={"timeout_seconds": 0.3})
+    assert r.status_code == 409, r.text
+    assert "bytes behind" in r.json()["detail"]
+    shown = geo("GET", "/v1/disks/w").json()["replication"]
+    assert shown["state"] == "lagging" and shown["lag_bytes"] > 0, shown
+    drain = threading.Timer(0.3, geo.replicate)  # the replicator's next pass, while we wait
+    drain.start()
+    r = geo("POST", "/v1/disks/w/replication/wait", json={"timeout_seconds": 30})
+    drain.join()
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "synced" and r.json()["lag_bytes"] == 0
+    assert geo.secondary is not None
+    vid = geo("GET", "/v1/disks/w").json()["volume_id"]
+    view = Volume.open(geo.secondary, vid, writable=False)
+    assert view.read(0, 65536) == payload
+    view.close()
+    # Without a body it waits the default time; bad input and other disks answer clearly.
+    assert geo("POST", "/v1/disks/w/replication/wait").status_code == 200
+    for bad in (
+        {"timeout_seconds": 0},
+        {"timeout_seconds": -1},
+        {"timeout_seconds": "x"},
+        {"timeout_seconds": 4000},
+        {"timeout": 5},
+    ):
+        assert geo("POST", "/v1/disks/w/replication/wait", json=bad).status_code == 422, bad
+    geo("POST", "/v1/disks", json={"name": "l", "size_bytes": MiB, "kind": "data"})
+    r = geo("POST", "/v1/disks/l/replication/wait")
+    assert r.status_code == 409 and "lrs" in r.json()["detail"]
+    assert geo("POST", "/v1/disks/nosuch/replication/wait").status_code == 404
+    assert geo("POST", "/v1/disks/BAD_/replication/wait").status_code == 422
+    geo("POST", "/v1/disks/w/detach")

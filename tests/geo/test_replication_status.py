@@ -13,9 +13,12 @@ second host on the same bucket, which runs no replicator for the disk, must neve
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
+import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,9 @@ import pytest
 from blockstore.geo.config import ReplicationConfig
 from tests.support.apihost import GeoHost
 from tests.support.faultproxy import FaultProxy
+from tests.support.paths import BIN
 from tests.support.seaweed import SeaweedServer
+from tests.support.servehost import TOKEN, ServeHost
 
 MiB = 1 << 20
 FAR = 100 * MiB  # the issue's second write: 1 MiB at 100 MiB
@@ -96,7 +101,9 @@ def test_the_first_synced_answer_is_true_at_failover(
         name = f"r{i}"
         body = {"name": name, "size_bytes": 128 * MiB, "kind": "data", "redundancy": "grs"}
         assert geo("POST", "/v1/disks", json=body).status_code == 201
-        att = geo("POST", f"/v1/disks/{name}/attach", json={"vm": f"vm{i}"}).json()
+        r = geo("POST", f"/v1/disks/{name}/attach", json={"vm": f"vm{i}"})
+        assert r.status_code == 200, r.text
+        att = r.json()
         writes = [
             (0, rng.randbytes(rng.randrange(1, 1025) * 4096)),  # 4 KiB .. 4 MiB at 0
             (FAR, rng.randbytes(rng.randrange(1, 257) * 4096)),  # 4 KiB .. 1 MiB at 100 MiB
@@ -130,3 +137,63 @@ def test_the_first_synced_answer_is_true_at_failover(
         assert geo("POST", f"/v1/disks/{name}/detach").status_code == 200
     # The status did report the lag at first (the bug was answering "synced" here).
     assert lagging_answers > 0
+
+
+def test_a_real_service_reports_the_measured_lag_in_the_api_metrics_and_cli(
+    seaweed: SeaweedServer, seaweed2: SeaweedServer, tmp_path: Path
+) -> None:
+    """`blockstore serve` with a secondary region: after a flush, `blockstore disk replication
+    --wait` drains, and then the API, `/metrics` and the CLI all say synced with no lag."""
+    prefix = f"rpo-serve-{next(_n)}-{os.getpid()}/"
+    host = ServeHost(
+        tmp_path / "h",
+        endpoint=seaweed.endpoint,
+        bucket=seaweed.bucket,
+        prefix=prefix,
+        access_key=seaweed.access_key,
+        secret_key=seaweed.secret_key,
+        extra_env={
+            "BLOCKSTORE_SECONDARY_ENDPOINT": seaweed2.endpoint,
+            "BLOCKSTORE_SECONDARY_BUCKET": seaweed2.bucket,
+            "BLOCKSTORE_SECONDARY_PREFIX": prefix,
+            "BLOCKSTORE_SECONDARY_ACCESS_KEY": seaweed2.access_key,
+            "BLOCKSTORE_SECONDARY_SECRET_KEY": seaweed2.secret_key,
+        },
+    ).start()
+    url = f"http://127.0.0.1:{host.port}"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [BIN, *args, "--url", url, "--token", TOKEN, "--json"],
+            env=host.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    try:
+        host.ok(
+            "POST",
+            "/v1/disks",
+            {"name": "g", "size_bytes": 8 * MiB, "kind": "data", "redundancy": "grs"},
+        )
+        host.ok("POST", "/v1/disks", {"name": "l", "size_bytes": MiB, "kind": "data"})
+        att = host.ok("POST", "/v1/disks/g/attach", {"vm": "vm1"})
+        write_and_flush(att["socket"], [(0, os.urandom(2 * MiB))])
+        drained = cli("disk", "replication", "g", "--wait", "--timeout", "60")
+        assert drained.returncode == 0, drained.stderr
+        assert json.loads(drained.stdout)["state"] == "synced"
+        shown = cli("disk", "replication", "g")
+        assert shown.returncode == 0, shown.stderr
+        st = json.loads(shown.stdout)
+        assert (st["state"], st["lag_bytes"], st["lag_seconds"]) == ("synced", 0, 0), st
+        req = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            text = r.read().decode()
+        assert 'blockstore_replication_lag_bytes{disk="g"} 0.0' in text, text[-2000:]
+        assert 'blockstore_replication_rpo_exceeded{disk="g"} 0.0' in text
+        lrs = cli("disk", "replication", "l")
+        assert lrs.returncode == 1 and "lrs" in lrs.stderr
+        host.ok("POST", "/v1/disks/g/detach")
+    finally:
+        host.stop()
