@@ -87,7 +87,14 @@ def destroy_volume(store: ObjectStore, disk_id: str) -> None:
     source = meta.get("source")
     if source:
         store.delete(keys.clone_ref_key(source["disk_id"], source["snapshot"], disk_id))
-    for key, _size in objects:
+    delete_all(store, disk_id, [key for key, _size in objects])
+
+
+def delete_all(store: ObjectStore, disk_id: str, objects: list[str]) -> None:
+    """Delete `objects` of a disk, its volume record last: a delete cut short by a crash
+    leaves the record, so the disk is still found, and the delete finished, later."""
+    meta_key = keys.volume_key(disk_id)
+    for key in objects:
         if key != meta_key:
             store.delete(key)
     store.delete(meta_key)

@@ -30,7 +30,6 @@ from blockstore.errors import InvalidArgument
 # this module uses `fullmatch`.
 NAME = r"[a-z0-9][a-z0-9-]{0,62}"  # a disk id or snapshot name: 1-63 of a-z, 0-9, '-'
 DISK_ID_RE = re.compile(NAME + r"\Z")
-SNAPSHOT_NAME_RE = DISK_ID_RE
 
 _SEG_RE = re.compile(rf"disks/({NAME})/seg/([0-9a-f]{{16}})\Z")
 _CKPT_RE = re.compile(rf"disks/({NAME})/ckpt/([0-9a-f]{{16}})\Z")
@@ -45,24 +44,22 @@ MAX_SEQ = (1 << 64) - 1
 MAX_EPOCH = (1 << 32) - 1
 
 
-def validate_disk_id(disk_id: str) -> str:
-    """Return `disk_id` if it is a valid disk id (all of it `NAME`)."""
-    if not isinstance(disk_id, str) or not DISK_ID_RE.fullmatch(disk_id):
+def validate_name(value: str, what: str = "name") -> str:
+    """Return `value` if it is a valid disk id or snapshot name (all of it `NAME`)."""
+    if not isinstance(value, str) or not DISK_ID_RE.fullmatch(value):
         raise InvalidArgument(
-            f"invalid disk id {disk_id!r}: use 1-63 characters of a-z, 0-9 and '-', "
+            f"invalid {what} {value!r}: use 1-63 characters of a-z, 0-9 and '-', "
             "starting with a letter or digit"
         )
-    return disk_id
+    return value
+
+
+def validate_disk_id(disk_id: str) -> str:
+    return validate_name(disk_id, "disk id")
 
 
 def validate_snapshot_name(name: str) -> str:
-    """Return `name` if it is a valid snapshot name (same rule as disk ids)."""
-    if not isinstance(name, str) or not SNAPSHOT_NAME_RE.fullmatch(name):
-        raise InvalidArgument(
-            f"invalid snapshot name {name!r}: use 1-63 characters of a-z, 0-9 and '-', "
-            "starting with a letter or digit"
-        )
-    return name
+    return validate_name(name, "snapshot name")
 
 
 def disk_prefix(disk_id: str) -> str:
@@ -103,12 +100,14 @@ def segment_key(disk_id: str, seq: int) -> str:
     return f"{segment_prefix(disk_id)}{seq:016x}"
 
 
+def _disk_and_seq(pattern: re.Pattern[str], key: str) -> tuple[str, int] | None:
+    m = pattern.fullmatch(key)
+    return (m.group(1), int(m.group(2), 16)) if m else None
+
+
 def parse_segment_key(key: str) -> tuple[str, int] | None:
     """(disk id, seq), or None if `key` is not a segment key."""
-    m = _SEG_RE.fullmatch(key)
-    if not m:
-        return None
-    return m.group(1), int(m.group(2), 16)
+    return _disk_and_seq(_SEG_RE, key)
 
 
 def checkpoint_prefix(disk_id: str) -> str:
@@ -121,10 +120,7 @@ def checkpoint_key(disk_id: str, seq: int) -> str:
 
 def parse_checkpoint_key(key: str) -> tuple[str, int] | None:
     """(disk id, seq), or None if `key` is not a checkpoint key."""
-    m = _CKPT_RE.fullmatch(key)
-    if not m:
-        return None
-    return m.group(1), int(m.group(2), 16)
+    return _disk_and_seq(_CKPT_RE, key)
 
 
 def snapshot_prefix(disk_id: str) -> str:

@@ -92,12 +92,7 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def put(
-        self,
-        key: str,
-        data: Buffer,
-        *,
-        if_none_match: bool = False,
-        if_match: str | None = None,
+        self, key: str, data: Buffer, *, if_none_match: bool = False, if_match: str | None = None
     ) -> str:
         """Store `data` under `key` and return its ETag; conditional forms may raise
         `PreconditionFailed`."""

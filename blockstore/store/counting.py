@@ -55,12 +55,7 @@ class CountingStore(ObjectStore):
         return n
 
     def put(
-        self,
-        key: str,
-        data: Buffer,
-        *,
-        if_none_match: bool = False,
-        if_match: str | None = None,
+        self, key: str, data: Buffer, *, if_none_match: bool = False, if_match: str | None = None
     ) -> str:
         with self.counts.lock:
             self.counts.puts += 1

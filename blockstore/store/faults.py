@@ -104,12 +104,7 @@ class FaultyStore(ObjectStore):
         return data
 
     def put(
-        self,
-        key: str,
-        data: Buffer,
-        *,
-        if_none_match: bool = False,
-        if_match: str | None = None,
+        self, key: str, data: Buffer, *, if_none_match: bool = False, if_match: str | None = None
     ) -> str:
         rule = self._check("put", key)
         if rule is not None and rule.torn:

@@ -37,12 +37,7 @@ class MemoryStore(ObjectStore):
         return out
 
     def put(
-        self,
-        key: str,
-        data: Buffer,
-        *,
-        if_none_match: bool = False,
-        if_match: str | None = None,
+        self, key: str, data: Buffer, *, if_none_match: bool = False, if_match: str | None = None
     ) -> str:
         body = bytes(data)
         with self._lock:

@@ -196,12 +196,7 @@ class RepairingStore(ObjectStore):
     # -- everything else goes to the primary ----------------------------------------------
 
     def put(
-        self,
-        key: str,
-        data: Buffer,
-        *,
-        if_none_match: bool = False,
-        if_match: str | None = None,
+        self, key: str, data: Buffer, *, if_none_match: bool = False, if_match: str | None = None
     ) -> str:
         return self.primary.put(key, data, if_none_match=if_none_match, if_match=if_match)
 

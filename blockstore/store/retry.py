@@ -88,12 +88,7 @@ class RetryingStore(ObjectStore):
         return self._call(lambda: self.inner.get_into(key, start, buf))
 
     def put(
-        self,
-        key: str,
-        data: Buffer,
-        *,
-        if_none_match: bool = False,
-        if_match: str | None = None,
+        self, key: str, data: Buffer, *, if_none_match: bool = False, if_match: str | None = None
     ) -> str:
         attempts = 0
 

@@ -382,12 +382,7 @@ class S3Store(ObjectStore):
         return got
 
     def put(
-        self,
-        key: str,
-        data: Buffer,
-        *,
-        if_none_match: bool = False,
-        if_match: str | None = None,
+        self, key: str, data: Buffer, *, if_none_match: bool = False, if_match: str | None = None
     ) -> str:
         headers = []
         if if_none_match:
