@@ -44,7 +44,7 @@ import os
 import site
 import sys
 import threading
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from time import perf_counter
 from typing import NoReturn
@@ -258,7 +258,7 @@ def _write_stats(path: Path, interval: float = 2.0) -> None:
             "cache_mode": _settings["cache"],
             "size": _cache.size,
             "io": _io.to_dict(),
-            "cache": _cache.stats.snapshot(),
+            "cache": asdict(_cache.stats),
             "epoch": _volume.epoch if _volume else None,
             "fenced": _cache.fenced is not None,
             "volume": _volume.stats.snapshot() if _volume else {},

@@ -14,7 +14,7 @@ after the control plane's `authority` has renewed the attachment in the bucket (
 names this host with the epoch the export ran with; a new epoch is issued in the same record
 version). When the record names another holder, the export is stopped and forgotten, never
 restarted: a fenced host cannot take the disk back. A journal the dead export left is replayed by
-the restarted one only if its epoch still held the log (blockstore/cache/hostcache.py).
+the restarted one only if its epoch still held the log (blockstore/cache/journal.py).
 
 One export per disk per host at any moment: starting, stopping and restarting a disk's export
 happen under that disk's lock, and an export removes only the socket it created itself
@@ -40,7 +40,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
-from blockstore.cache.hostcache import journal_files, read_journal
+from blockstore.cache.journal import journal_files, read_journal
 from blockstore.errors import BlockstoreError, Unavailable
 from blockstore.host.export import Export, ExportConfig
 from blockstore.store.s3 import S3Config
