@@ -15,11 +15,12 @@ nbdkit forks), the per-connection handle (`open`), capabilities, the data calls.
 is a thin call into `HostCache`; errors are mapped to errno in one place (`_fail`), and every
 data call is timed, counted and given its deadline by one wrapper (`_served`).
 
-The parameters, environment variables, stats file and size-request file are the contract in
-`blockstore/host/contract.py`, which the service side imports too. Secrets never appear on the
-command line (so not in `ps`): the S3 keys come from the environment or from a file named by
-`credentials=` (two lines `access_key=...` and `secret_key=...`, or `KEY=value` with the env
-names).
+The parameters, the environment and the files shared with the service are the contract in
+`blockstore/host/contract.py`, which the service side imports too: the S3 keys (never on the
+command line, so not in `ps`; or in a file named by `credentials=`), a file holding a size to
+grow to, applied when a connection opens (NBD tells a connection its size once), the stats file
+a thread rewrites every 2 s for /metrics and the supervisor, and the other region of a
+geo-redundant disk, from which segments missing or damaged here are read back (read repair).
 
 Ownership: `epoch=` is the writer epoch the control plane issued with the disk record (without
 it the next free one is claimed). `cache-dir=` is given in every mode, because a write journal
@@ -34,12 +35,6 @@ Every data call runs under its own deadline, `retry-seconds` after the call bega
 
 Multi-conn is advertised: every connection of this process shares one HostCache, and its
 flush makes every write acknowledged before it durable, whichever connection carried it.
-
-Three more inputs come from the environment the control plane sets (blockstore/host/supervisor.py):
-a file holding a size to grow to, applied when a connection opens (NBD tells a connection its
-size once); where a thread writes this export's counters every 2 s for the API's /metrics and
-the supervisor; the other region of a geo-redundant disk, from which segments missing or damaged
-here are read back (read repair).
 """
 
 import errno
