@@ -1,7 +1,8 @@
 """Prometheus collectors: the object store's counters and every served disk's I/O.
 
 Nothing is re-counted here: the store's `StoreStats` is read as it is, and each export's
-counters come from the JSON its plugin writes next to its socket (blockstore/host/iostats.py).
+counters come from the stats file its plugin writes next to its socket, read through the
+contract both sides share (`blockstore.host.contract.ExportStats`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from blockstore.host.contract import ExportStats, counters
 from blockstore.host.iostats import LATENCY_BUCKETS
 from blockstore.store.base import ObjectStore
 
@@ -27,24 +29,24 @@ class StoreCollector:
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
-        stats = self.store.stats.snapshot()
+        stats = counters(self.store.stats)
         requests = CounterMetricFamily(
             "blockstore_store_requests", "Object store requests by operation", labels=["op"]
         )
         for op in ("gets", "puts", "deletes", "lists", "heads"):
-            requests.add_metric([op.removesuffix("s")], float(stats[op]))  # type: ignore[arg-type]
+            requests.add_metric([op.removesuffix("s")], float(stats[op]))
         yield requests
         errors = CounterMetricFamily(
             "blockstore_store_errors", "Object store errors by kind", labels=["kind"]
         )
-        for kind, count in dict(stats["errors"]).items():  # type: ignore[call-overload]
+        for kind, count in stats["errors"].items():
             errors.add_metric([kind], float(count))
         yield errors
         for name in ("bytes_fetched", "bytes_uploaded", "retries", "precondition_failed"):
             yield CounterMetricFamily(
                 f"blockstore_store_{name}",
                 f"Object store {name.replace('_', ' ')}",
-                value=float(stats[name]),  # type: ignore[arg-type]
+                value=float(stats[name]),
             )
 
 
@@ -85,8 +87,9 @@ class DiskCollector:
             "Object store errors of the disk's export",
             labels=["disk", "kind"],
         )
-        for name, st in self.disks():
-            for op, o in st.get("io", {}).items():
+        for name, raw in self.disks():
+            st = ExportStats.from_dict(raw)
+            for op, o in st.io.items():
                 ops.add_metric([name, op], float(o["count"]))
                 errs.add_metric([name, op], float(o["errors"]))
                 nbytes.add_metric([name, op], float(o["bytes"]))
@@ -95,14 +98,12 @@ class DiskCollector:
                     cumulative += n
                     buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
                 lat.add_metric([name, op], buckets, float(o["seconds"]))
-            cache = st.get("cache", {})
-            hits.add_metric([name], float(cache.get("hits", 0)))
-            misses.add_metric([name], float(cache.get("misses", 0)))
-            dirty.add_metric([name], float(cache.get("dirty_bytes", 0)))
-            store = st.get("store", {})
+            hits.add_metric([name], float(st.cache.get("hits", 0)))
+            misses.add_metric([name], float(st.cache.get("misses", 0)))
+            dirty.add_metric([name], float(st.cache.get("dirty_bytes", 0)))
             for op in ("gets", "puts", "deletes", "lists", "heads"):
-                sreq.add_metric([name, op.removesuffix("s")], float(store.get(op, 0)))
-            for kind, n in store.get("errors", {}).items():
+                sreq.add_metric([name, op.removesuffix("s")], float(st.store.get(op, 0)))
+            for kind, n in st.store.get("errors", {}).items():
                 serr.add_metric([name, kind], float(n))
         yield from (ops, errs, nbytes, lat, hits, misses, dirty, sreq, serr)
 

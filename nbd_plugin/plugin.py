@@ -12,11 +12,15 @@
 Read top to bottom: settings (`config`, `config_complete`), start-up (`after_fork`: the store
 stack, the Volume and the HostCache are built there because their threads must start after
 nbdkit forks), the per-connection handle (`open`), capabilities, the data calls. Every callback
-is a thin call into `HostCache`; errors are mapped to errno in one place (`_fail`).
+is a thin call into `HostCache`; errors are mapped to errno in one place (`_fail`), and every
+data call is timed, counted and given its deadline by one wrapper (`_served`).
 
-Secrets never appear on the command line (so not in `ps`): the S3 keys come from
-BLOCKSTORE_S3_ACCESS_KEY / BLOCKSTORE_S3_SECRET_KEY or from a file named by `credentials=`
-(two lines `access_key=...` and `secret_key=...`, or `KEY=value` with the env names).
+The parameters, the environment and the files shared with the service are the contract in
+`blockstore/host/contract.py`, which the service side imports too: the S3 keys (never on the
+command line, so not in `ps`; or in a file named by `credentials=`), a file holding a size to
+grow to, applied when a connection opens (NBD tells a connection its size once), the stats file
+a thread rewrites every 2 s for /metrics and the supervisor, and the other region of a
+geo-redundant disk, from which segments missing or damaged here are read back (read repair).
 
 Ownership: `epoch=` is the writer epoch the control plane issued with the disk record (without
 it the next free one is claimed). `cache-dir=` is given in every mode, because a write journal
@@ -31,15 +35,10 @@ Every data call runs under its own deadline, `retry-seconds` after the call bega
 
 Multi-conn is advertised: every connection of this process shares one HostCache, and its
 flush makes every write acknowledged before it durable, whichever connection carried it.
-
-Three more inputs come from the environment the control plane sets (blockstore/host/supervisor.py):
-BLOCKSTORE_SIZE_REQUEST names a file holding a size to grow to, applied when a connection opens
-(NBD tells a connection its size once); BLOCKSTORE_STATS_FILE is where a thread writes this
-export's counters every 2 s for the API's /metrics; BLOCKSTORE_REPAIR_* name the other region of
-a geo-redundant disk, from which segments missing or damaged here are read back (read repair).
 """
 
 import errno
+import functools
 import os
 import site
 import sys
@@ -72,30 +71,15 @@ from blockstore.errors import (  # noqa: E402
     NotFound,
     Unavailable,
 )
+from blockstore.host import contract  # noqa: E402
 from blockstore.host.iostats import IoStats  # noqa: E402
 
 API_VERSION = 2
 
 # --- settings ----------------------------------------------------------------------------------
 
-_settings: dict[str, str] = {
-    "cache": "none",
-    "region": "us-east-1",
-    "prefix": "",
-    "retry-seconds": "30",
-    "write-wait": "30",
-    "cache-size": "1G",
-    "cache-block": "64K",
-    "dirty-limit": "256M",
-    "readahead": "1M",
-    "readonly": "false",
-    "fence-check": "1",
-}
-_KNOWN = {
-    "disk", "endpoint", "bucket", "region", "prefix", "credentials", "cache", "cache-dir",
-    "cache-size", "cache-block", "dirty-limit", "readahead", "retry-seconds", "write-wait",
-    "readonly", "request-timeout", "epoch", "fence-check",
-}  # fmt: skip
+_settings: dict[str, str] = {k: v for k, v in contract.PARAMETERS.items() if v is not None}
+_KNOWN = frozenset(contract.PARAMETERS)
 
 _store = None
 _volume = None
@@ -121,7 +105,7 @@ def config(key, value):
 
 
 def config_complete():
-    for need in ("disk", "endpoint", "bucket"):
+    for need in contract.REQUIRED:
         if need not in _settings:
             raise RuntimeError(f"missing parameter {need}=")
     if _settings["cache"] != "none" and "cache-dir" not in _settings:
@@ -152,23 +136,17 @@ def _cache_config() -> HostCacheConfig:
 
 
 def _credentials() -> tuple[str, str]:
-    access = os.environ.get("BLOCKSTORE_S3_ACCESS_KEY")
-    secret = os.environ.get("BLOCKSTORE_S3_SECRET_KEY")
-    path = _settings.get("credentials")
-    if path:
-        for line in Path(path).read_text().splitlines():
-            name, _, value = line.partition("=")
-            name = name.strip().lower().removeprefix("blockstore_s3_")
-            if name == "access_key":
-                access = value.strip()
-            elif name == "secret_key":
-                secret = value.strip()
+    access, secret = contract.credentials(os.environ, _settings.get("credentials"))
     if not access or not secret:
         raise RuntimeError(
-            "S3 credentials missing: set BLOCKSTORE_S3_ACCESS_KEY and BLOCKSTORE_S3_SECRET_KEY "
-            "or pass credentials=FILE"
+            f"S3 credentials missing: set {contract.ENV_ACCESS_KEY} and "
+            f"{contract.ENV_SECRET_KEY} or pass credentials=FILE"
         )
     return access, secret
+
+
+def _readonly() -> bool:
+    return _settings["readonly"].lower() in contract.TRUE_WORDS
 
 
 # --- start-up and shutdown ---------------------------------------------------------------------
@@ -200,16 +178,17 @@ def after_fork():
         t = float(s["request-timeout"])
         s3 = replace(s3, connect_timeout=t, read_timeout=t)
     _retry_seconds = float(s["retry-seconds"])
-    _store = build_store(
-        s3, RetryConfig(deadline_seconds=_retry_seconds), secondary=_repair_source(s3)
-    )
-    writable = s["readonly"].lower() not in ("true", "1", "yes", "on")
+    repair = contract.repair_config(os.environ, s3)  # the other region of a grs disk
+    _store = build_store(s3, RetryConfig(deadline_seconds=_retry_seconds), secondary=repair)
+    writable = not _readonly()
     epoch = int(s["epoch"]) if "epoch" in s and writable else None
     _volume = Volume.open(_store, s["disk"], writable=writable, epoch=epoch)
-    cache_dir = Path(s["cache-dir"]) / s["disk"] if "cache-dir" in s else None
+    cache_dir = None
+    if "cache-dir" in s:
+        cache_dir = contract.disk_cache_dir(Path(s["cache-dir"]), s["disk"])
     _cache = HostCache(_volume, _cache_config(), cache_dir)
     nbdkit.debug(f"blockstore: disk {s['disk']} size {_volume.size} cache {s['cache']}")
-    stats_path = os.environ.get("BLOCKSTORE_STATS_FILE")
+    stats_path = os.environ.get(contract.ENV_STATS_FILE)
     if stats_path:
         _stats_thread = threading.Thread(
             target=_write_stats, args=(Path(stats_path),), name="stats", daemon=True
@@ -246,51 +225,31 @@ def _watch_fence(volume: Volume, interval: float) -> None:
 
 
 def _write_stats(path: Path, interval: float = 2.0) -> None:
-    """Every `interval` seconds, this export's counters as JSON for the API's /metrics; once
-    more when the export stops, so the file ends with the final counts."""
-    import json
-
+    """Every `interval` seconds, this export's counters (`contract.ExportStats`) for the API's
+    /metrics and the supervisor; once more when the export stops, so the file ends with the
+    final counts."""
     tmp = path.with_suffix(".tmp")
     while True:
         stopping = _stats_stop.is_set()
-        body = {
-            "disk": _settings["disk"],
-            "cache_mode": _settings["cache"],
-            "size": _cache.size,
-            "io": _io.to_dict(),
-            "cache": _cache.stats.snapshot(),
-            "epoch": _volume.epoch if _volume else None,
-            "fenced": _cache.fenced is not None,
-            "volume": _volume.stats.snapshot() if _volume else {},
-            "store": _store.stats.snapshot() if _store else {},
-        }
+        body = contract.ExportStats(
+            fenced=_cache.fenced is not None,
+            epoch=_volume.epoch if _volume else None,
+            disk=_settings["disk"],
+            cache_mode=_settings["cache"],
+            size=_cache.size,
+            io=_io.counters(),
+            cache=contract.counters(_cache.stats),
+            volume=contract.counters(_volume.stats) if _volume else {},
+            store=contract.counters(_store.stats) if _store else {},
+        )
         try:
-            tmp.write_text(json.dumps(body))
+            tmp.write_text(body.to_json())
             tmp.replace(path)
         except OSError as exc:
             nbdkit.debug(f"blockstore: writing stats failed: {exc}")
         if stopping:
             return
         _stats_stop.wait(interval)
-
-
-def _repair_source(primary):
-    """The other region of a geo-redundant disk, for read repair ($BLOCKSTORE_REPAIR_*)."""
-    from blockstore.store.s3 import S3Config
-
-    env = os.environ
-    if not env.get("BLOCKSTORE_REPAIR_ENDPOINT"):
-        return None
-    return S3Config(
-        endpoint=env["BLOCKSTORE_REPAIR_ENDPOINT"],
-        bucket=env.get("BLOCKSTORE_REPAIR_BUCKET", primary.bucket),
-        access_key=env["BLOCKSTORE_REPAIR_ACCESS_KEY"],
-        secret_key=env["BLOCKSTORE_REPAIR_SECRET_KEY"],
-        region=env.get("BLOCKSTORE_REPAIR_REGION", primary.region),
-        prefix=env.get("BLOCKSTORE_REPAIR_PREFIX", ""),
-        connect_timeout=primary.connect_timeout,
-        read_timeout=primary.read_timeout,
-    )
 
 
 def cleanup():
@@ -354,20 +313,17 @@ def open(readonly):
         nbdkit.set_error(errno.EIO)
         raise RuntimeError("blockstore: the disk is not open (after_fork failed)")
     _apply_size_request()
-    return Handle(readonly or _settings["readonly"].lower() in ("true", "1", "yes", "on"))
+    return Handle(readonly or _readonly())
 
 
 def _apply_size_request():
-    """Online grow: the control plane writes the wanted size to the file named by
-    $BLOCKSTORE_SIZE_REQUEST; each new connection applies it before it learns the size."""
-    path = os.environ.get("BLOCKSTORE_SIZE_REQUEST")
+    """Online grow: the control plane writes the wanted size to the file named in the
+    environment; each new connection applies it before it learns the size."""
+    path = os.environ.get(contract.ENV_SIZE_REQUEST)
     if not path:
         return
-    try:
-        wanted = int(Path(path).read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return
-    if wanted > _cache.size:
+    wanted = contract.read_size_request(Path(path))
+    if wanted is not None and wanted > _cache.size:
         with _resize_lock:
             try:
                 _cache.grow(wanted)
@@ -423,68 +379,68 @@ def can_extents(h):
 # --- data calls --------------------------------------------------------------------------------
 
 
+_monotonic = SYSTEM_CLOCK.monotonic
+
+
 def _request():
     """The deadline of a request issued now: `retry-seconds` from now."""
-    return deadline.scope(SYSTEM_CLOCK.monotonic() + _retry_seconds)
+    return deadline.scope(_monotonic() + _retry_seconds)
 
 
+def _served(op):
+    """The data calls' one wrapper: run the call under its request's deadline (`_request`,
+    inlined: this is every request's path), count it in the I/O stats as `op` (with the bytes
+    it returns, or as an error), and map a failure to errno."""
+
+    def wrap(call):
+        @functools.wraps(call)
+        def served(*args):
+            start = perf_counter()
+            try:
+                with deadline.scope(_monotonic() + _retry_seconds):
+                    nbytes = call(*args)
+            except Exception as exc:
+                _io.observe(op, 0, perf_counter() - start, ok=False)
+                _fail(exc)
+            _io.observe(op, nbytes, perf_counter() - start)
+
+        return served
+
+    return wrap
+
+
+@_served("read")
 def pread(h, buf, offset, flags):
-    t = perf_counter()
-    try:
-        with _request():
-            _cache.pread(buf, offset)
-    except Exception as exc:
-        _io.observe("read", 0, perf_counter() - t, ok=False)
-        _fail(exc)
-    _io.observe("read", len(buf), perf_counter() - t)
+    _cache.pread(buf, offset)
+    return len(buf)
 
 
+@_served("write")
 def pwrite(h, buf, offset, flags):
-    t = perf_counter()
-    try:
-        with _request():
-            _cache.pwrite(buf, offset, fua=bool(flags & nbdkit.FLAG_FUA))
-    except Exception as exc:
-        _io.observe("write", 0, perf_counter() - t, ok=False)
-        _fail(exc)
-    _io.observe("write", len(buf), perf_counter() - t)
+    _cache.pwrite(buf, offset, fua=bool(flags & nbdkit.FLAG_FUA))
+    return len(buf)
 
 
+@_served("flush")
 def flush(h, flags):
-    t = perf_counter()
-    try:
-        with _request():
-            _cache.flush()
-    except Exception as exc:
-        _io.observe("flush", 0, perf_counter() - t, ok=False)
-        _fail(exc)
-    _io.observe("flush", 0, perf_counter() - t)
+    _cache.flush()
+    return 0
 
 
+@_served("trim")
 def trim(h, count, offset, flags):
-    t = perf_counter()
-    try:
-        with _request():
-            _cache.trim(offset, count, fua=bool(flags & nbdkit.FLAG_FUA))
-    except Exception as exc:
-        _io.observe("trim", 0, perf_counter() - t, ok=False)
-        _fail(exc)
-    _io.observe("trim", count, perf_counter() - t)
+    _cache.trim(offset, count, fua=bool(flags & nbdkit.FLAG_FUA))
+    return count
 
 
+@_served("zero")
 def zero(h, count, offset, flags):
-    t = perf_counter()
-    try:
-        fua = bool(flags & nbdkit.FLAG_FUA)
-        with _request():
-            if flags & nbdkit.FLAG_MAY_TRIM:
-                _cache.trim(offset, count, fua=fua)
-            else:
-                _cache.zero(offset, count, fua=fua)
-    except Exception as exc:
-        _io.observe("zero", 0, perf_counter() - t, ok=False)
-        _fail(exc)
-    _io.observe("zero", count, perf_counter() - t)
+    fua = bool(flags & nbdkit.FLAG_FUA)
+    if flags & nbdkit.FLAG_MAY_TRIM:
+        _cache.trim(offset, count, fua=fua)
+    else:
+        _cache.zero(offset, count, fua=fua)
+    return count
 
 
 def extents(h, count, offset, flags):

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blockstore.errors import Unavailable
+from blockstore.host.process import ChildProcess
 
 PR_SET_PDEATHSIG = 1
 
@@ -202,7 +203,7 @@ class Credentials:
         return creds
 
 
-class EmbeddedSeaweed:
+class EmbeddedSeaweed(ChildProcess):
     """One `weed mini` process with its data in `data_dir` and its S3 API on 127.0.0.1."""
 
     def __init__(self, data_dir: Path, credentials: Credentials, s3_port: int | None = None):
@@ -217,11 +218,6 @@ class EmbeddedSeaweed:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.ports['s3.port']}"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
 
     def start(self, timeout: float = 60.0) -> None:
         private_dir(self.data_dir)

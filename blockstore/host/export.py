@@ -12,6 +12,9 @@ the volume and replayed any journal by then), or raises `Unavailable` with the t
 log if it exits or does not get there in time. `stop()` sends SIGTERM (nbdkit's cleanup uploads
 what is dirty), waits, then SIGKILL. `kill()` is SIGKILL at once, as a crash (tests).
 
+What the plugin is given (parameters, environment) is spelled by `host/contract.py`, which the
+plugin imports too. `EphemeralExport` serves a resource disk with nbdkit's C `file` plugin.
+
 One socket path serves one export at a time: `start()` takes the path over, and `stop()` and
 `kill()` remove the socket only if it is still the one this export's nbdkit created, so an
 export that stops late never takes away the socket of the export that replaced it.
@@ -29,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from blockstore.errors import InvalidArgument, Unavailable
+from blockstore.host import contract
+from blockstore.host.process import ChildProcess
 from blockstore.store.s3 import S3Config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,7 +82,7 @@ def venv_bin() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-class Export:
+class Export(ChildProcess):
     """One nbdkit process serving one disk."""
 
     def __init__(self, config: ExportConfig) -> None:
@@ -92,36 +97,47 @@ class Export:
     def uri(self) -> str:
         return f"nbd+unix:///?socket={self.config.socket}"
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def command(self) -> list[str]:
+    def _nbdkit_options(self) -> list[str]:
         c = self.config
         cmd = [c.nbdkit, "--foreground", "--unix", str(c.socket), "--threads", str(c.threads)]
         if c.exit_with_parent:
             cmd.append("--exit-with-parent")
+        return cmd
+
+    def command(self) -> list[str]:
+        c = self.config
+        cmd = self._nbdkit_options()
         if c.verbose:
             cmd.append("--verbose")
         if c.readonly:
             cmd.append("--readonly")
         for f in c.filters:
             cmd += ["--filter", f]
-        cmd += ["python", str(PLUGIN), f"disk={c.disk_id}", f"endpoint={c.s3.endpoint}"]
-        cmd += [f"bucket={c.s3.bucket}", f"region={c.s3.region}", f"prefix={c.s3.prefix}"]
-        cmd += [f"cache={c.cache_mode}", f"retry-seconds={c.retry_seconds:g}"]
-        cmd += [f"write-wait={c.write_wait_seconds:g}", f"readonly={str(c.readonly).lower()}"]
-        if c.request_timeout is not None:
-            cmd.append(f"request-timeout={c.request_timeout:g}")
-        if c.epoch is not None:
-            cmd.append(f"epoch={c.epoch}")
-        cmd.append(f"fence-check={c.fence_check_seconds:g}")
+        return [*cmd, "python", str(PLUGIN), *contract.plugin_args(self._plugin_params())]
+
+    def _plugin_params(self) -> dict[str, str | None]:
+        c = self.config
+        params: dict[str, str | None] = {
+            "disk": c.disk_id,
+            "endpoint": c.s3.endpoint,
+            "bucket": c.s3.bucket,
+            "region": c.s3.region,
+            "prefix": c.s3.prefix,
+            "cache": c.cache_mode,
+            "retry-seconds": f"{c.retry_seconds:g}",
+            "write-wait": f"{c.write_wait_seconds:g}",
+            "readonly": str(c.readonly).lower(),
+            "request-timeout": None if c.request_timeout is None else f"{c.request_timeout:g}",
+            "epoch": None if c.epoch is None else str(c.epoch),
+            "fence-check": f"{c.fence_check_seconds:g}",
+        }
         if c.cache_dir is not None:
-            cmd += [f"cache-dir={c.cache_dir}", f"cache-size={c.cache_size}"]
-            cmd += [f"cache-block={c.cache_block}", f"dirty-limit={c.dirty_limit}"]
-            cmd += [f"readahead={c.readahead}"]
-        return cmd
+            params["cache-dir"] = str(c.cache_dir)
+            params["cache-size"] = c.cache_size
+            params["cache-block"] = c.cache_block
+            params["dirty-limit"] = c.dirty_limit
+            params["readahead"] = c.readahead
+        return params
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -129,8 +145,7 @@ class Export:
         if vbin is not None:
             env["PATH"] = f"{vbin}:{env.get('PATH', '/usr/bin:/bin')}"
         env["PYTHONPATH"] = str(REPO)
-        env["BLOCKSTORE_S3_ACCESS_KEY"] = self.config.s3.access_key
-        env["BLOCKSTORE_S3_SECRET_KEY"] = self.config.s3.secret_key
+        env.update(contract.credentials_env(self.config.s3))
         env.update(self.config.extra_env)
         return env
 
@@ -200,7 +215,7 @@ class Export:
     def clients(self) -> int:
         """NBD clients connected now: the accepted connections of our socket
         (/proc/net/unix lists each under the listening socket's path, state 03)."""
-        if self._socket_ino is None or self.process is None or self.process.poll() is not None:
+        if self._socket_ino is None or not self.running:
             return 0
         return connected_clients(self.config.socket)
 
@@ -215,6 +230,17 @@ class Export:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class EphemeralExport(Export):
+    """nbdkit's C `file` plugin on a local sparse file: the resource disk."""
+
+    def __init__(self, config: ExportConfig, image: Path) -> None:
+        super().__init__(config)
+        self.image = image
+
+    def command(self) -> list[str]:
+        return [*self._nbdkit_options(), "file", f"file={self.image}", "cache=none"]
 
 
 def _inode(path: Path) -> int | None:

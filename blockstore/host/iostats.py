@@ -1,9 +1,9 @@
 """Per-disk I/O statistics kept by the NBD plugin: operations, bytes and latency histograms.
 
-The plugin counts every request here; a thread in the plugin writes `IoStats.to_dict()` plus
-the cache, volume and store stats to a JSON file next to the export's socket every couple of
-seconds, and the API's /metrics reads those files (api/metrics.py). Counting costs two
-clock reads and one short lock per request: nothing per byte.
+The plugin counts every request here; a thread in the plugin writes `IoStats.counters()` plus
+the cache, volume and store stats to the export's stats file every couple of seconds (its
+fields: `contract.ExportStats`), and the API's /metrics reads those files (api/metrics.py).
+Counting costs two clock reads and one short lock per request: nothing per byte.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class IoStats:
             if not ok:
                 s.errors += 1
 
-    def to_dict(self) -> dict[str, dict[str, object]]:
+    def counters(self) -> dict[str, dict[str, object]]:
+        """A plain copy of every op's counters (the ``io`` section of the stats file)."""
         with self._lock:
             return {
                 op: {

@@ -14,18 +14,19 @@ after the control plane's `authority` has renewed the attachment in the bucket (
 names this host with the epoch the export ran with; a new epoch is issued in the same record
 version). When the record names another holder, the export is stopped and forgotten, never
 restarted: a fenced host cannot take the disk back. A journal the dead export left is replayed by
-the restarted one only if its epoch still held the log (blockstore/cache/hostcache.py).
+the restarted one only if its epoch still held the log (blockstore/cache/journal.py).
 
 One export per disk per host at any moment: starting, stopping and restarting a disk's export
 happen under that disk's lock, and an export removes only the socket it created itself
 (blockstore/host/export.py), so the socket an attach returned exists until that export is stopped.
 Exports die with the service (nbdkit --exit-with-parent) and are started again when it restarts.
+
+What each export is given and writes back (size requests, the stats file with its fenced state,
+read-repair settings) is `host/contract.py`'s; how a hypervisor connects is `host/connect.py`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -37,16 +38,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote
-from xml.sax.saxutils import quoteattr
 
-from blockstore.cache.hostcache import journal_files, read_journal
+from blockstore.cache.journal import journal_bytes, read_journal
 from blockstore.errors import BlockstoreError, Unavailable
-from blockstore.host.export import Export, ExportConfig
+from blockstore.host import contract
+from blockstore.host.connect import connection_details
+from blockstore.host.export import EphemeralExport, Export, ExportConfig
 from blockstore.store.s3 import S3Config
 
-log = logging.getLogger("blockstore.host.export")
+__all__ = ["Authority", "EphemeralExport", "ExportSupervisor", "SupervisorConfig"]
 
+log = logging.getLogger("blockstore.host.export")
 
 
 class Authority(Protocol):
@@ -58,6 +60,7 @@ class Authority(Protocol):
 
     def record_served(self, disk: dict[str, Any], details: dict[str, Any]) -> None:
         """Note in the record how the restarted export is reached (socket, pid...)."""
+
 
 LOST_GRACE_SECONDS = 120.0
 
@@ -76,35 +79,6 @@ class SupervisorConfig:
     secondary: S3Config | None = None  # a grs disk that failed over is served from here
 
 
-class EphemeralExport(Export):
-    """nbdkit's C `file` plugin on a local sparse file: the resource disk."""
-
-    def __init__(self, config: ExportConfig, image: Path) -> None:
-        super().__init__(config)
-        self.image = image
-
-    def command(self) -> list[str]:
-        c = self.config
-        cmd = [c.nbdkit, "--foreground", "--unix", str(c.socket), "--threads", str(c.threads)]
-        if c.exit_with_parent:
-            cmd.append("--exit-with-parent")
-        return [*cmd, "file", f"file={self.image}", "cache=none"]
-
-
-QEMU_NODE_NAME_MAX = 31  # QEMU refuses longer node names ("Node name too long")
-
-
-def qemu_node_name(disk_name: str) -> str:
-    """A QEMU node name for the disk: `bs-<name>`, or, when that is too long, a prefix of the
-    name and a hash of all of it, so that every valid disk name (up to 63 characters) gives a
-    valid node name (a letter first, at most 31 characters) and different disks differ."""
-    node = f"bs-{disk_name}"
-    if len(node) <= QEMU_NODE_NAME_MAX:
-        return node
-    digest = hashlib.blake2s(disk_name.encode(), digest_size=4).hexdigest()
-    return f"{node[: QEMU_NODE_NAME_MAX - len(digest) - 1]}-{digest}"
-
-
 def _restrict(home: Path, run_dir: Path, group: int | None) -> None:
     """The home is the service's alone (0700). With a socket group, the group may pass through
     the home (0710) and the run directory (02710: sockets made in it take its group) to reach a
@@ -117,18 +91,6 @@ def _restrict(home: Path, run_dir: Path, group: int | None) -> None:
     os.chmod(home, 0o710)
     os.chown(run_dir, -1, group)
     os.chmod(run_dir, 0o2710)
-
-
-def _alive(export: Export) -> bool:
-    return export.process is not None and export.process.poll() is None
-
-
-def _size_request_path(socket: Path) -> Path:
-    return socket.with_suffix(".size")
-
-
-def _stats_path(socket: Path) -> Path:
-    return socket.with_suffix(".stats.json")
 
 
 @contextmanager
@@ -227,8 +189,8 @@ class ExportSupervisor:
             socket_group=self.config.socket_group is not None,
             fence_check_seconds=self.config.fence_check_seconds,
             extra_env={
-                "BLOCKSTORE_SIZE_REQUEST": str(_size_request_path(sock)),
-                "BLOCKSTORE_STATS_FILE": str(_stats_path(sock)),
+                contract.ENV_SIZE_REQUEST: str(contract.size_request_path(sock)),
+                contract.ENV_STATS_FILE: str(contract.stats_path(sock)),
                 **self._repair_env(disk),
             },
         )
@@ -241,14 +203,7 @@ class ExportSupervisor:
             return {}
         serving = self.s3_of(disk)
         other = self.config.s3 if serving is self.config.secondary else self.config.secondary
-        return {
-            "BLOCKSTORE_REPAIR_ENDPOINT": other.endpoint,
-            "BLOCKSTORE_REPAIR_BUCKET": other.bucket,
-            "BLOCKSTORE_REPAIR_REGION": other.region,
-            "BLOCKSTORE_REPAIR_PREFIX": other.prefix,
-            "BLOCKSTORE_REPAIR_ACCESS_KEY": other.access_key,
-            "BLOCKSTORE_REPAIR_SECRET_KEY": other.secret_key,
-        }
+        return contract.repair_env(other)
 
     def serve(self, disk: dict[str, Any]) -> dict[str, Any]:
         """Serve `disk` with the writer epoch its record's attachment carries. A running export
@@ -257,7 +212,7 @@ class ExportSupervisor:
         name = disk["name"]
         with self._disk_lock(name):
             current = self._exports.get(name)
-            if current is not None and _alive(current):
+            if current is not None and current.running:
                 if current.config.epoch == (disk.get("attachment") or {}).get("epoch"):
                     return self.details(disk)
                 self._stop_locked(name, graceful=True)
@@ -290,43 +245,22 @@ class ExportSupervisor:
             return self._exports.pop(name, None)
 
     def details(self, disk: dict[str, Any]) -> dict[str, Any]:
-        """How a hypervisor connects: NBD URI, QEMU -blockdev, libvirt <disk> XML."""
-        name, sock = disk["name"], self.socket_of(disk)
-        node = qemu_node_name(name)
+        """How a hypervisor connects: NBD URI, QEMU -blockdev, libvirt <disk> XML, and the pid
+        of the export serving it."""
+        name = disk["name"]
         target = (disk.get("attachment") or {}).get("target") or (
             "vda" if disk["kind"] == "os" else "vdb"
         )
-        xml = (
-            "<disk type='network' device='disk'>\n"
-            "  <driver name='qemu' type='raw' cache='none' discard='unmap'/>\n"
-            f"  <source protocol='nbd' name={quoteattr(name)}>\n"
-            f"    <host transport='unix' socket={quoteattr(str(sock))}/>\n"
-            "  </source>\n"
-            f"  <target dev='{target}' bus='virtio'/>\n"
-            "</disk>"
-        )
         export = self._exports.get(name)
         return {
-            # A URI: a space or % in the home's path must be percent-encoded (libnbd and QEMU
-            # refuse the URI otherwise).
-            "nbd_uri": f"nbd+unix:///{name}?socket={quote(str(sock), safe='/')}",
-            "socket": str(sock),
-            "export": name,
-            # QEMU's option syntax ends a value at a comma unless it is doubled (disk names
-            # have none; a home's path may).
-            "qemu_blockdev": (
-                "driver=nbd,server.type=unix,"
-                f"server.path={str(sock).replace(',', ',,')},export={name},node-name={node}"
-            ),
-            "qemu_node_name": node,  # what -device virtio-blk-pci,drive= names
-            "libvirt_xml": xml,
+            **connection_details(name, self.socket_of(disk), target),
             "pid": export.pid if export and export.process else None,
         }
 
     def serving(self, disk: dict[str, Any]) -> bool:
         """Whether an export of the disk runs here and is not fenced."""
         export = self._exports.get(disk["name"])
-        return bool(export and _alive(export) and not self._fenced(export))
+        return bool(export and export.running and not self._fenced(export))
 
     def clients(self, disk: dict[str, Any]) -> int:
         """NBD clients connected to the disk's export now (0 when none runs)."""
@@ -335,7 +269,7 @@ class ExportSupervisor:
 
     def journal_records(self, disk: dict[str, Any]) -> int:
         """Acknowledged writes left in this host's write journal of the disk, not yet durable."""
-        cache = self._cache_dir_of(disk) / disk["volume_id"]
+        cache = contract.disk_cache_dir(self._cache_dir_of(disk), disk["volume_id"])
         return len(read_journal(cache)) if cache.is_dir() else 0
 
     def stop(self, disk: dict[str, Any], *, graceful: bool = True) -> None:
@@ -366,10 +300,7 @@ class ExportSupervisor:
             with open(self._image_of(disk), "ab") as f:
                 f.truncate(size_bytes)
             return
-        path = _size_request_path(self.socket_of(disk))
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(f"{size_bytes}\n")
-        tmp.replace(path)
+        contract.write_size_request(contract.size_request_path(self.socket_of(disk)), size_bytes)
         # The plugin applies the request when the next connection opens; open one now so that
         # the resize is in the volume's log before this call returns.
         with _nbd_connection(self.socket_of(disk), disk["name"], "resizing") as handle:
@@ -378,12 +309,9 @@ class ExportSupervisor:
             raise Unavailable(f"export of {disk['name']!r} reports {got} bytes, not {size_bytes}")
 
     def stats(self, disk: dict[str, Any]) -> dict[str, Any] | None:
-        """The counters the export last wrote (every 2 s), or None if it has written none."""
-        try:
-            data: dict[str, Any] = json.loads(_stats_path(self.socket_of(disk)).read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        return data
+        """The counters the export last wrote (every 2 s; `contract.ExportStats`), or None if it
+        has written none."""
+        return contract.read_stats(contract.stats_path(self.socket_of(disk)))
 
     def served_disks(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -393,25 +321,17 @@ class ExportSupervisor:
         """Remove what this host keeps of a disk (an ephemeral image, a host cache and its
         write journal); returns the bytes of write journal that went with it."""
         cache = self._cache_dir_of(disk)
-        journal = 0
-        for d in (cache / disk["volume_id"], cache):
-            if d.is_dir():
-                journal += sum((d / f"journal-{n:08d}").stat().st_size for n in journal_files(d))
+        inner = contract.disk_cache_dir(cache, disk["volume_id"])
+        journal = journal_bytes(inner) + journal_bytes(cache)
         self._image_of(disk).unlink(missing_ok=True)
         shutil.rmtree(cache, ignore_errors=True)
         return journal
 
     def _fenced(self, export: Export) -> bool:
-        """The export said (in its stats file) that a newer writer took the disk."""
-        stats = self.stats_of(export)
-        return bool(stats and stats.get("fenced") and stats.get("epoch") == export.config.epoch)
-
-    def stats_of(self, export: Export) -> dict[str, Any] | None:
-        try:
-            data: dict[str, Any] = json.loads(_stats_path(export.config.socket).read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        return data
+        """The export said (in its stats file) that a newer writer took the disk. Asked every
+        `check_interval` for every export: reads only the head of the file."""
+        fence = contract.read_fence(contract.stats_path(export.config.socket))
+        return fence is not None and fence[0] and fence[1] == export.config.epoch
 
     def _watch(self) -> None:
         while not self._stop.wait(self.config.check_interval):
@@ -431,7 +351,7 @@ class ExportSupervisor:
             if export is None:
                 self._check_lost_locked(name)
                 return
-            dead = not _alive(export)
+            dead = not export.running
             if not dead and not self._fenced(export):
                 return
             disk = self._disks[name]

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from blockstore.cache import hostcache
-from blockstore.cache.hostcache import JOURNAL_EPOCH_FILE, HostCache, HostCacheConfig, journal_files
+from blockstore.cache import writeback
+from blockstore.cache.hostcache import HostCache, HostCacheConfig
+from blockstore.cache.journal import JOURNAL_EPOCH_FILE, journal_files, journal_path
 from blockstore.errors import Fenced, InvalidArgument, Unavailable
 from blockstore.store.base import Buffer
 from blockstore.store.memory import MemoryStore
@@ -192,7 +193,7 @@ def test_eviction_keeps_the_cache_bounded_and_dirty_blocks(tmp_path: Path) -> No
     for i in range(SIZE // BS):
         cache.pread(buf, i * BS)
         assert buf == vol.image[i * BS : i * BS + 4096]
-    assert len(cache._resident) <= 16
+    assert len(cache._map.resident) <= 16
     assert cache.stats.evictions >= SIZE // BS - 16
     cache.close()
 
@@ -311,7 +312,7 @@ def test_journal_is_replayed_before_serving_after_a_crash(tmp_path: Path) -> Non
     cache.abandon()
     assert journal_files(tmp_path / "cache")
     # A torn record at the tail (the crash hit mid-append) must be ignored.
-    last = tmp_path / "cache" / f"journal-{journal_files(tmp_path / 'cache')[-1]:08d}"
+    last = journal_path(tmp_path / "cache", journal_files(tmp_path / "cache")[-1])
     with open(last, "ab") as f:
         f.write(b"\x42\x53\x4b\x4a" + b"\x00" * 20)
     vol.fail = False
@@ -397,7 +398,7 @@ def test_the_idle_uploader_still_uploads_when_it_looks_and_when_it_sleeps(
 ) -> None:
     """While writes come the uploader looks every upload_delay (writes do not wake it); once
     idle it sleeps until a write wakes it. A write without a flush is uploaded either way."""
-    monkeypatch.setattr(hostcache, "_IDLE_LOOK_SECONDS", 0.3)
+    monkeypatch.setattr(writeback, "_IDLE_LOOK_SECONDS", 0.3)
     vol = ByteVolume()
     cache = make_cache(vol, tmp_path, "readwrite", upload_delay=0.02)
 
@@ -408,12 +409,12 @@ def test_the_idle_uploader_still_uploads_when_it_looks_and_when_it_sleeps(
             time.sleep(0.005)
         assert vol.durable[offset : offset + len(data)] == data
 
-    assert not cache._uploader_asleep  # a new cache's uploader starts out looking
+    assert not cache._writeback.asleep  # a new cache's uploader starts out looking
     uploaded_on_its_own(b"a" * 4096, 0)
     deadline = time.monotonic() + 5
-    while not cache._uploader_asleep and time.monotonic() < deadline:
+    while not cache._writeback.asleep and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert cache._uploader_asleep
+    assert cache._writeback.asleep
     uploaded_on_its_own(b"b" * 4096, 4096)
     cache.close()
 
@@ -426,7 +427,7 @@ def test_fenced_uploader_fails_everything_after(tmp_path: Path) -> None:
     with pytest.raises(Fenced):
         cache.flush()
     deadline = time.monotonic() + 5
-    while cache._error is None and time.monotonic() < deadline:
+    while cache._writeback.error is None and time.monotonic() < deadline:
         time.sleep(0.01)
     with pytest.raises(Fenced):
         cache.pwrite(b"z" * 4096, 0)

@@ -1,0 +1,204 @@
+"""The contract between this service and the nbdkit plugin process it starts, in one place.
+
+Place: both sides import this module. The service side (`host/export.py` builds the command
+line and environment, `host/supervisor.py` adds the per-export files) and the plugin side
+(`nbd_plugin/plugin.py`, running in nbdkit's embedded Python) never spell a parameter name,
+variable name, file name or stats field themselves. It imports nothing outside the standard
+library at import time, so the plugin can load it before nbdkit forks.
+
+What crosses the process boundary:
+
+- **Parameters** (``key=value`` after the plugin's path; nbdkit hands them to ``config()``):
+  `PARAMETERS` names every one with its default; `plugin_args` writes them.
+- **Environment**: the S3 keys (`ENV_ACCESS_KEY`, `ENV_SECRET_KEY`; secrets never go on the
+  command line, which `ps` shows), the size-request file (`ENV_SIZE_REQUEST`), the stats file
+  (`ENV_STATS_FILE`) and, for a geo-redundant disk, the other region's store (`ENV_REPAIR_*`).
+- **Files next to the export's socket**: ``<sock>.size`` (a size to grow to, one decimal
+  number) and ``<sock>.stats.json`` (`ExportStats`, rewritten atomically every couple of
+  seconds). The host cache's own files (the journal) are `blockstore.cache.journal`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the plugin imports the S3 client only after nbdkit forks (after_fork)
+    from blockstore.store.s3 import S3Config
+
+# --- parameters --------------------------------------------------------------------------------
+
+# Every parameter the plugin takes, with its default (None: no default).
+PARAMETERS: dict[str, str | None] = {
+    "disk": None, "endpoint": None, "bucket": None, "region": "us-east-1", "prefix": "",
+    "credentials": None, "cache": "none", "cache-dir": None, "cache-size": "1G",
+    "cache-block": "64K", "dirty-limit": "256M", "readahead": "1M", "retry-seconds": "30",
+    "request-timeout": None, "write-wait": "30", "readonly": "false", "epoch": None,
+    "fence-check": "1",
+}  # fmt: skip
+REQUIRED = ("disk", "endpoint", "bucket")
+TRUE_WORDS = ("true", "1", "yes", "on")  # how a boolean parameter says yes
+
+
+def plugin_args(params: dict[str, str | None]) -> list[str]:
+    """``key=value`` arguments for the plugin, in the order given; None values are left out."""
+    unknown = set(params) - set(PARAMETERS)
+    if unknown:
+        raise ValueError(f"not plugin parameters: {', '.join(sorted(unknown))}")
+    return [f"{key}={value}" for key, value in params.items() if value is not None]
+
+
+def disk_cache_dir(cache_dir: Path, disk: str) -> Path:
+    """Where the plugin keeps disk `disk`'s host cache, given ``cache-dir=cache_dir``."""
+    return cache_dir / disk
+
+
+# --- environment -------------------------------------------------------------------------------
+
+ENV_ACCESS_KEY = "BLOCKSTORE_S3_ACCESS_KEY"
+ENV_SECRET_KEY = "BLOCKSTORE_S3_SECRET_KEY"
+ENV_SIZE_REQUEST = "BLOCKSTORE_SIZE_REQUEST"
+ENV_STATS_FILE = "BLOCKSTORE_STATS_FILE"
+_REPAIR = "BLOCKSTORE_REPAIR_"  # + ENDPOINT, BUCKET, REGION, PREFIX, ACCESS_KEY, SECRET_KEY
+
+
+def credentials_env(s3: S3Config) -> dict[str, str]:
+    return {ENV_ACCESS_KEY: s3.access_key, ENV_SECRET_KEY: s3.secret_key}
+
+
+def credentials(env: Mapping[str, str], path: str | None) -> tuple[str | None, str | None]:
+    """The S3 keys from the environment, overridden by a ``credentials=`` file if given (lines
+    ``access_key=...`` and ``secret_key=...``, or ``KEY=value`` with the environment names)."""
+    access, secret = env.get(ENV_ACCESS_KEY), env.get(ENV_SECRET_KEY)
+    if path:
+        for line in Path(path).read_text().splitlines():
+            name, _, value = line.partition("=")
+            name = name.strip().lower().removeprefix("blockstore_s3_")
+            if name == "access_key":
+                access = value.strip()
+            elif name == "secret_key":
+                secret = value.strip()
+    return access, secret
+
+
+def repair_env(other: S3Config) -> dict[str, str]:
+    """The other region of a grs disk, where read repair fetches segments missing or damaged
+    in the region the export serves from."""
+    return {
+        _REPAIR + "ENDPOINT": other.endpoint,
+        _REPAIR + "BUCKET": other.bucket,
+        _REPAIR + "REGION": other.region,
+        _REPAIR + "PREFIX": other.prefix,
+        _REPAIR + "ACCESS_KEY": other.access_key,
+        _REPAIR + "SECRET_KEY": other.secret_key,
+    }
+
+
+def repair_config(env: Mapping[str, str], primary: S3Config) -> S3Config | None:
+    """The store `repair_env` described, with `primary`'s timeouts; None when there is none."""
+    from blockstore.store.s3 import S3Config
+
+    if not env.get(_REPAIR + "ENDPOINT"):
+        return None
+    return S3Config(
+        endpoint=env[_REPAIR + "ENDPOINT"],
+        bucket=env.get(_REPAIR + "BUCKET", primary.bucket),
+        access_key=env[_REPAIR + "ACCESS_KEY"],
+        secret_key=env[_REPAIR + "SECRET_KEY"],
+        region=env.get(_REPAIR + "REGION", primary.region),
+        prefix=env.get(_REPAIR + "PREFIX", ""),
+        connect_timeout=primary.connect_timeout,
+        read_timeout=primary.read_timeout,
+    )
+
+
+# --- files next to the socket ------------------------------------------------------------------
+
+
+def size_request_path(socket: Path) -> Path:
+    return socket.with_suffix(".size")
+
+
+def write_size_request(path: Path, size: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{size}\n")
+    tmp.replace(path)
+
+
+def read_size_request(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def stats_path(socket: Path) -> Path:
+    return socket.with_suffix(".stats.json")
+
+
+def counters(stats: object) -> dict[str, Any]:
+    """A plain copy of a layer's stats dataclass (dict fields copied too), safe to hand to
+    another thread and to JSON: how every section of the stats file is read."""
+    out: dict[str, Any] = {}
+    for f in fields(stats):  # type: ignore[arg-type]
+        value = getattr(stats, f.name)
+        out[f.name] = dict(value) if isinstance(value, dict) else value
+    return out
+
+
+@dataclass
+class ExportStats:
+    """The stats file: one export's counters, written by its plugin, read by /metrics
+    (api/metrics.py) and by the supervisor for the fenced state. `fenced` and `epoch` come first
+    in the file, so that the supervisor reads only its head (`read_fence`)."""
+
+    fenced: bool = False  # a newer writer took the disk: the export serves nothing more
+    epoch: int | None = None  # the writer epoch the export runs with
+    disk: str = ""
+    cache_mode: str = "none"
+    size: int = 0
+    io: dict[str, dict[str, Any]] = field(default_factory=dict)  # host/iostats.py, per op
+    cache: dict[str, Any] = field(default_factory=dict)  # HostCacheStats
+    volume: dict[str, Any] = field(default_factory=dict)  # the engine's VolumeStats
+    store: dict[str, Any] = field(default_factory=dict)  # the store stack's StoreStats
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExportStats:
+        """Fields the file lacks keep their defaults; fields this side does not know are
+        ignored (a plugin and a service of different versions)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+def read_stats(path: Path) -> dict[str, Any] | None:
+    """The stats file as written, or None if there is none (yet) or it is not JSON."""
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return data
+
+
+_FENCE_HEAD = re.compile(rb'\{"fenced": (true|false), "epoch": (null|\d+)[,}]')
+
+
+def read_fence(path: Path) -> tuple[bool, int | None] | None:
+    """(fenced, epoch) from the stats file, reading only its head; None without a file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except FileNotFoundError:
+        return None
+    m = _FENCE_HEAD.match(head)
+    if m is not None:
+        return m[1] == b"true", None if m[2] == b"null" else int(m[2])
+    data = read_stats(path)  # not laid out by `to_json`: read it whole
+    if not data:
+        return None
+    return bool(data.get("fenced")), data.get("epoch")
