@@ -17,8 +17,9 @@ from prometheus_client.core import (
     Metric,
 )
 
-from blockstore.host.contract import ExportStats, counters
+from blockstore.host.contract import ExportStats
 from blockstore.host.iostats import LATENCY_BUCKETS
+from blockstore.stats import counters
 from blockstore.store.base import ObjectStore
 
 

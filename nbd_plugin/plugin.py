@@ -15,12 +15,9 @@ nbdkit forks), the per-connection handle (`open`), capabilities, the data calls.
 is a thin call into `HostCache`; errors are mapped to errno in one place (`_fail`), and every
 data call is timed, counted and given its deadline by one wrapper (`_served`).
 
-The parameters, the environment and the files shared with the service are the contract in
-`blockstore/host/contract.py`, which the service side imports too: the S3 keys (never on the
-command line, so not in `ps`; or in a file named by `credentials=`), a file holding a size to
-grow to, applied when a connection opens (NBD tells a connection its size once), the stats file
-a thread rewrites every 2 s for /metrics and the supervisor, and the other region of a
-geo-redundant disk, from which segments missing or damaged here are read back (read repair).
+The parameters, environment and files shared with the service (S3 keys never on the command
+line, the size to grow to, the stats file, the other region of a grs disk for read repair) are
+the contract in `blockstore/host/contract.py`, which the service side imports too.
 
 Ownership: `epoch=` is the writer epoch the control plane issued with the disk record (without
 it the next free one is claimed). `cache-dir=` is given in every mode, because a write journal
@@ -31,9 +28,7 @@ may hold bytes the new owner has overwritten), and so it does once a commit meet
 
 Every data call runs under its own deadline, `retry-seconds` after the call began
 (blockstore/deadline.py): a request the store cannot serve fails with EIO within that plus one
-`request-timeout`, however long the requests before it have been waiting.
-
-Multi-conn is advertised: every connection of this process shares one HostCache, and its
+`request-timeout`. Multi-conn is advertised: every connection shares one HostCache, and its
 flush makes every write acknowledged before it durable, whichever connection carried it.
 """
 
@@ -73,6 +68,7 @@ from blockstore.errors import (  # noqa: E402
 )
 from blockstore.host import contract  # noqa: E402
 from blockstore.host.iostats import IoStats  # noqa: E402
+from blockstore.stats import counters  # noqa: E402
 
 API_VERSION = 2
 
@@ -164,14 +160,7 @@ def after_fork():
     s = _settings
     os.umask(0o077)  # nbdkit sets 022; the caches, journals and stats are the service's alone
     access, secret = _credentials()
-    s3 = S3Config(
-        endpoint=s["endpoint"],
-        bucket=s["bucket"],
-        access_key=access,
-        secret_key=secret,
-        region=s["region"],
-        prefix=s["prefix"],
-    )
+    s3 = S3Config(s["endpoint"], s["bucket"], access, secret, s["region"], prefix=s["prefix"])
     if "request-timeout" in s:
         # One hung request must not outlast the retry deadline by much (a stopped store
         # accepts TCP connections and then never answers).
@@ -238,9 +227,9 @@ def _write_stats(path: Path, interval: float = 2.0) -> None:
             cache_mode=_settings["cache"],
             size=_cache.size,
             io=_io.counters(),
-            cache=contract.counters(_cache.stats),
-            volume=contract.counters(_volume.stats) if _volume else {},
-            store=contract.counters(_store.stats) if _store else {},
+            cache=counters(_cache.stats),
+            volume=counters(_volume.stats) if _volume else {},
+            store=counters(_store.stats) if _store else {},
         )
         try:
             tmp.write_text(body.to_json())

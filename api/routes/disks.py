@@ -39,6 +39,7 @@ def list_disks(context: Context) -> dict[str, Any]:
 
 @router.get("/disks/{name}")
 def get_disk(name: DiskName, context: Context) -> dict[str, Any]:
+    """One disk: its record, attachment, and (grs) replication status measured now."""
     svc = context.service()
     return svc.disks.describe(svc.disks.get(name))
 

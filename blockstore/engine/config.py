@@ -7,7 +7,7 @@ adapters use the same one. `MAX_SIZE` bounds what a disk may be created or grown
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from blockstore.engine.fence import FENCE_WINDOW
 from blockstore.errors import InvalidArgument
@@ -82,7 +82,7 @@ class VolumeConfig:
 @dataclass
 class VolumeStats:
     """Counters of one open volume; /metrics and the bench read these, nobody re-counts.
-    Changed under `lock` (not a field: `snapshot()` lists the counters only)."""
+    Changed under `lock` (not a field: `blockstore.stats.counters` copies the counters only)."""
 
     writes: int = 0
     bytes_written: int = 0  # bytes the caller wrote (not counting trims)
@@ -114,6 +114,3 @@ class VolumeStats:
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
-
-    def snapshot(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}

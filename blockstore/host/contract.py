@@ -140,16 +140,6 @@ def stats_path(socket: Path) -> Path:
     return socket.with_suffix(".stats.json")
 
 
-def counters(stats: object) -> dict[str, Any]:
-    """A plain copy of a layer's stats dataclass (dict fields copied too), safe to hand to
-    another thread and to JSON: how every section of the stats file is read."""
-    out: dict[str, Any] = {}
-    for f in fields(stats):  # type: ignore[arg-type]
-        value = getattr(stats, f.name)
-        out[f.name] = dict(value) if isinstance(value, dict) else value
-    return out
-
-
 @dataclass
 class ExportStats:
     """The stats file: one export's counters, written by its plugin, read by /metrics

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 Buffer = bytes | bytearray | memoryview
 
@@ -62,14 +62,6 @@ class StoreStats:
 
     def count_error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
-
-    def snapshot(self) -> dict[str, object]:
-        """A plain dict copy, safe to hand to another thread."""
-        out: dict[str, object] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = dict(value) if isinstance(value, dict) else value
-        return out
 
 
 class ObjectStore(ABC):

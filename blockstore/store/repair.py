@@ -33,7 +33,7 @@ import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from blockstore.errors import IntegrityError, NotFound, PreconditionFailed
 from blockstore.format import keys
@@ -56,9 +56,6 @@ class RepairStats:
     repaired_corrupt: int = 0
     unrepairable: int = 0  # bad on the primary and no good copy on the secondary
     header_fetches: int = 0
-
-    def snapshot(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def verify_segment(blob: bytes, key: str) -> SegmentHeader:
