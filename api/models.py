@@ -14,7 +14,7 @@ from blockstore.control.model import GIB, MAX_DISK_BYTES, Caching, DiskKind, Red
 from blockstore.format import keys
 
 # pydantic matches patterns with Rust's regex engine, where `$` is the end of the text only:
-# "name\n" does not match (tests/test_api_limits.py checks it in bodies, paths and queries).
+# "name\n" does not match (tests/api/test_api_limits.py checks it in bodies, paths and queries).
 NAME_PATTERN = rf"^{keys.NAME}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1-63 of a-z, 0-9, '-'")]
 MAX_GIB = MAX_DISK_BYTES // GIB

@@ -7,11 +7,11 @@ How to run:
     .venv/bin/python bench/thrash.py --seed 1 --cycles 200            # or: make thrash
     .venv/bin/python bench/thrash.py --seed 7 --cycles 20 --minutes 3 --disks 3
 
-It starts its own `weed mini` (tests/test_thrash.py hands it the test session's instead), host A
-(`blockstore serve`, reaching the store through a fault-injecting proxy, tests/faultproxy.py)
-and host B (straight to the store), each with its own home under the work directory, and
-creates `--disks` disks cycling through the caching modes none, readonly, readwrite. Every
-process it started is stopped at the end (also on Ctrl-C or SIGTERM).
+It starts its own `weed mini` (tests/system/test_thrash.py hands it the test session's instead),
+host A (`blockstore serve`, reaching the store through a fault-injecting proxy,
+tests/support/faultproxy.py) and host B (straight to the store), each with its own home under
+the work directory, and creates `--disks` disks cycling through the caching modes none,
+readonly, readwrite. Every process it started is stopped at the end (also on Ctrl-C or SIGTERM).
 
 Each cycle: the clients write for 0.5-2 s, one fault from the seeded schedule is applied while
 they write (kill -9 of a disk's nbdkit; kill -9 of a host's service, sometimes with its disks
@@ -54,8 +54,8 @@ EIO, EPERM and dropped connections are not failures by themselves: a write that 
 acknowledged may or may not have landed, and either is accepted.
 
 What it found, now fixed and covered by tests: the fault proxy answered HEAD with
-Content-Length 0, which the engine reads as a torn segment (tests/test_faultproxy.py), and a
-restarted export's attachment lost its socket and URI (tests/test_ownership.py).
+Content-Length 0, which the engine reads as a torn segment (tests/store/test_faultproxy.py), and a
+restarted export's attachment lost its socket and URI (tests/control/test_ownership.py).
 """
 
 from __future__ import annotations
@@ -1117,7 +1117,7 @@ class Thrasher:
 
 def pid_alive(pid: int) -> bool:
     """Whether `pid` runs (not a zombie); a process exiting while /proc is read counts as gone
-    (tests/servehost.py's version lets that ProcessLookupError through)."""
+    (tests/support/servehost.py's version lets that ProcessLookupError through)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except (FileNotFoundError, ProcessLookupError):

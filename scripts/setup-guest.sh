@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the slow guest tests (tests/test_guest.py) need on top of scripts/setup.sh, and
+# Installs what the slow guest tests (tests/system/test_guest.py) need on top of scripts/setup.sh, and
 # only what is missing: QEMU (qemu-system-x86, TCG is enough) and libvirt as Debian ships it
 # (libvirt-daemon-system: libvirtd, virtlogd, the libvirt-qemu user), then fetches and builds the
 # guest (a Debian kernel, busybox, mke2fs) into tests/data/guest-cache (BLOCKSTORE_GUEST_CACHE).

@@ -1,5 +1,5 @@
 """Torn segment objects: SeaweedFS 4.48 keeps an EMPTY object when a PUT dies before its
-body (tests/test_objectstore_contract.py records it), e.g. when nbdkit is killed mid-PUT.
+body (tests/store/test_objectstore_contract.py records it), e.g. when nbdkit is killed mid-PUT.
 
 Such a position was never acknowledged, so the log of that epoch ends there: readers stop at it
 (or go on at a newer writer's fence after it), and the next writer fences past it; any later

@@ -2,7 +2,7 @@
 and I/O resumes by itself when the store is back (DESIGN.md: "object store unreachable").
 
 Two ways to fail the store: SIGSTOP of the real SeaweedFS (requests hang), and the fault proxy
-(tests/faultproxy.py) between the plugin and SeaweedFS: 503 SlowDown, 500, resets mid-body,
+(tests/support/faultproxy.py) between the plugin and SeaweedFS: 503 SlowDown, 500, resets mid-body,
 truncated bodies, stalls. Exports here run with a 2 s retry deadline and a 2 s request timeout;
 the only time checked is a generous liveness bound (the client gets an answer at all).
 """

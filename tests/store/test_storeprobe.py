@@ -1,7 +1,7 @@
 """The start-up probe of small ranged reads (blockstore/store/chunkprobe.py), on an in-memory store
 with a virtual clock: a store whose ranged GET costs grow with the object's size is reported
 slow, one that costs the same is not, and the probe leaves no object behind. The real stores
-(SeaweedFS with 4 MiB and 1 MiB filer chunks) are in tests/test_seaweedfs_cluster.py."""
+(SeaweedFS with 4 MiB and 1 MiB filer chunks) are in tests/system/test_seaweedfs_cluster.py."""
 
 from __future__ import annotations
 

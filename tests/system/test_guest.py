@@ -1,17 +1,18 @@
 """A real guest on blockstore disks (issue #15 point 4): QEMU (TCG) and libvirt as installed.
 
-The guest is a Debian kernel with a busybox/e2fsprogs initramfs (`tests/guestimage.py`). It runs
-on disks attached through a real `blockstore serve`, wired with what the attach call returned and
-nothing else: `qemu_blockdev` unchanged behind `-blockdev` (the device only names its node), or
-`libvirt_xml` unchanged inside a domain. The first boot makes ext4 on every disk and writes files
-with sha256 sums; the disks are detached, attached to a second VM (on a second host for QEMU),
-and a second boot checks the file systems and every sum. One data disk has a 63-character name
-(the longest there is), so its node name is the hashed one; two data disks and an OS disk
-(caching `readwrite`) share the VM.
+The guest is a Debian kernel with a busybox/e2fsprogs initramfs (`tests/support/guestimage.py`).
+It runs on disks attached through a real `blockstore serve`, wired with what the attach call
+returned and nothing else: `qemu_blockdev` unchanged behind `-blockdev` (the device only names
+its node), or `libvirt_xml` unchanged inside a domain. The first boot makes ext4 on every disk
+and writes files with sha256 sums; the disks are detached, attached to a second VM (on a second
+host for QEMU), and a second boot checks the file systems and every sum. One data disk has a
+63-character name (the longest there is), so its node name is the hashed one; two data disks and
+an OS disk (caching `readwrite`) share the VM.
 
-`virt-xml-validate` checks the `<disk>` elements inside a domain (fast). The boots are slow tests
-(`.venv/bin/pytest -q -m slow tests/test_guest.py`, run by CI after the default suite); the libvirt
-boot starts `virtlogd` and `libvirtd` itself when none is running (as root, no systemd needed).
+`virt-xml-validate` checks the `<disk>` elements inside a domain (fast). The boots are slow
+tests (`.venv/bin/pytest -q -m slow tests/system/test_guest.py`, run by CI after the default
+suite); the libvirt boot starts `virtlogd` and `libvirtd` itself when none is running (as root,
+no systemd needed).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ the filer's and master's own ports, nor from S3 without the keys. On a cluster w
 SeaweedFS's default 4 MiB filer chunks, `serve` logs one start-up warning
 (blockstore/store/chunkprobe.py); with the script's 1 MiB chunks, none.
 
-Slow (about a minute and a half): run with `pytest -m slow tests/test_seaweedfs_cluster.py`.
+Slow (about a minute and a half): run with `pytest -m slow tests/system/test_seaweedfs_cluster.py`.
 """
 
 from __future__ import annotations
