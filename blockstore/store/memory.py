@@ -19,7 +19,7 @@ class MemoryStore(ObjectStore):
 
     def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
         self.stats = StoreStats()
-        self.clock = clock
+        self._clock = clock
         self._objects: dict[str, bytes] = {}
         self._written: dict[str, float] = {}  # key -> when put (not for objects put in raw())
         self._lock = threading.Lock()
@@ -52,7 +52,7 @@ class MemoryStore(ObjectStore):
                 self.stats.precondition_failed += 1
                 raise PreconditionFailed(f"object {key!r} does not have ETag {if_match}")
             self._objects[key] = body
-            self._written[key] = self.clock.time()
+            self._written[key] = self._clock.time()
             self.stats.bytes_uploaded += len(body)
         return etag_of(body)
 
