@@ -33,4 +33,4 @@ fi
 
 # The guest's packages are fetched with apt-get download: the package lists must be there.
 apt-cache show linux-image-cloud-amd64 busybox-static >/dev/null 2>&1 || $SUDO apt-get update -qq
-.venv/bin/python -c "from tests.guestimage import build_guest_image as b; print('setup-guest:', b())"
+.venv/bin/python -c "from tests.support.guestimage import build_guest_image as b; print('setup-guest:', b())"
