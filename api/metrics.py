@@ -114,18 +114,18 @@ class ReplicationCollector:
     exceeded, and what the replicator copied."""
 
     def __init__(self, statuses: Callable[[], list[tuple[str, dict[str, Any]]]]) -> None:
-        self.statuses = statuses  # () -> [(disk name, DiskReplicator.status())]
+        self.statuses = statuses  # () -> [(disk name, the status GET /v1/disks/{name} shows)]
 
     def collect(self) -> Iterator[Metric]:
         label = ["disk"]
         lag = GaugeMetricFamily(
             "blockstore_replication_lag_seconds",
-            "Time since the newest primary state fully on the secondary (the RPO now)",
+            "Age of the oldest acknowledged write not yet on the secondary (0: none pending)",
             labels=label,
         )
         lag_bytes = GaugeMetricFamily(
             "blockstore_replication_lag_bytes",
-            "Bytes of segments on the primary not yet on the secondary",
+            "Bytes the primary acknowledged that the secondary does not hold yet",
             labels=label,
         )
         target = GaugeMetricFamily(
@@ -143,9 +143,9 @@ class ReplicationCollector:
             "blockstore_replication_errors", "Replication passes that failed", labels=label
         )
         for name, st in self.statuses():
-            if st.get("lag_seconds") is not None:
+            if st.get("lag_seconds") is not None:  # None: not measured (primary down)
                 lag.add_metric([name], float(st["lag_seconds"]))
-            lag_bytes.add_metric([name], float(st.get("lag_bytes") or 0))
+                lag_bytes.add_metric([name], float(st["lag_bytes"]))
             target.add_metric([name], float(st.get("rpo_target_seconds") or 0))
             exceeded.add_metric([name], 1.0 if st.get("rpo_exceeded") else 0.0)
             copied.add_metric([name], float(st.get("bytes_copied") or 0))
