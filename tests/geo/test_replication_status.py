@@ -23,11 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nbd
 import pytest
 
 from blockstore.geo.config import ReplicationConfig
-from tests.support.apihost import GeoHost
+from tests.support.apihost import GeoHost, nbd_read, nbd_write_all
 from tests.support.faultproxy import FaultProxy
 from tests.support.paths import BIN
 from tests.support.seaweed import SeaweedServer
@@ -70,23 +69,6 @@ def status(host: GeoHost, name: str) -> dict[str, Any]:
     return r.json()["replication"]  # type: ignore[no-any-return]
 
 
-def write_and_flush(socket: str, writes: list[tuple[int, bytes]]) -> None:
-    h = nbd.NBD()
-    h.connect_unix(socket)
-    for offset, data in writes:
-        h.pwrite(data, offset)
-    h.flush()
-    h.shutdown()
-
-
-def read(socket: str, offset: int, length: int) -> bytes:
-    h = nbd.NBD()
-    h.connect_unix(socket)
-    data = h.pread(length, offset)
-    h.shutdown()
-    return data  # type: ignore[no-any-return]
-
-
 @pytest.mark.parametrize(
     "rounds",
     [pytest.param(4, id="4-rounds"), pytest.param(20, id="20-rounds", marks=pytest.mark.slow)],
@@ -108,7 +90,7 @@ def test_the_first_synced_answer_is_true_at_failover(
             (0, rng.randbytes(rng.randrange(1, 1025) * 4096)),  # 4 KiB .. 4 MiB at 0
             (FAR, rng.randbytes(rng.randrange(1, 257) * 4096)),  # 4 KiB .. 1 MiB at 100 MiB
         ]
-        write_and_flush(att["socket"], writes)
+        nbd_write_all(att["socket"], writes)
         deadline = time.monotonic() + 60
         while True:
             st = status(geo, name)
@@ -131,7 +113,7 @@ def test_the_first_synced_answer_is_true_at_failover(
         assert moved.json()["failover"]["primary_reachable"] is False
         socket = moved.json()["attachment"]["socket"]
         for offset, data in writes:
-            assert read(socket, offset, len(data)) == data, f"round {i}: lost at {offset}"
+            assert nbd_read(socket, offset, len(data)) == data, f"round {i}: lost at {offset}"
         proxy.clear()
         time.sleep(0.6)  # past the hold on the primary after its last failure
         assert geo("POST", f"/v1/disks/{name}/detach").status_code == 200
@@ -179,7 +161,7 @@ def test_a_real_service_reports_the_measured_lag_in_the_api_metrics_and_cli(
         )
         host.ok("POST", "/v1/disks", {"name": "l", "size_bytes": MiB, "kind": "data"})
         att = host.ok("POST", "/v1/disks/g/attach", {"vm": "vm1"})
-        write_and_flush(att["socket"], [(0, os.urandom(2 * MiB))])
+        nbd_write_all(att["socket"], [(0, os.urandom(2 * MiB))])
         drained = cli("disk", "replication", "g", "--wait", "--timeout", "60")
         assert drained.returncode == 0, drained.stderr
         assert json.loads(drained.stdout)["state"] == "synced"

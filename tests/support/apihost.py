@@ -117,9 +117,15 @@ def wait_op(api: Host, op: dict[str, Any]) -> dict[str, Any]:
 
 
 def nbd_write(socket: str, offset: int, data: bytes) -> None:
+    nbd_write_all(socket, [(offset, data)])
+
+
+def nbd_write_all(socket: str, writes: list[tuple[int, bytes]]) -> None:
+    """Write each (offset, bytes) over one connection, then one flush: all acknowledged."""
     h = nbd.NBD()
     h.connect_unix(socket)
-    h.pwrite(data, offset)
+    for offset, data in writes:
+        h.pwrite(data, offset)
     h.flush()
     h.shutdown()
 
