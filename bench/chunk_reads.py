@@ -28,7 +28,6 @@ import argparse
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,29 +43,11 @@ from blockstore.store.chunkprobe import probe_small_reads  # noqa: E402
 from blockstore.store.retry import RetryConfig  # noqa: E402
 from blockstore.store.s3 import S3Config, S3Store  # noqa: E402
 from blockstore.store.stack import build_store  # noqa: E402
+from tests.support.cluster import SCRIPT, start_cluster  # noqa: E402
 from tests.support.servehost import ServeHost, connect  # noqa: E402
 
 MiB, KiB = 1 << 20, 1 << 10
-SCRIPT = REPO / "scripts" / "seaweedfs-cluster.sh"
 FILLED = 64 * MiB
-
-
-def _ephemeral_low() -> int:
-    """The lowest port the kernel hands to outgoing connections (see the cluster test)."""
-    return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-
-
-def free_base(span: int = 16) -> int:
-    rng = random.SystemRandom()
-    while True:
-        base = rng.randrange(20000, _ephemeral_low() - span)
-        try:
-            for p in range(base, base + span):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return base
 
 
 def weed_cpu(cluster: Path) -> float:
@@ -100,12 +81,8 @@ def timed(cluster: Path, reads: int, read: Callable[[int], object], span: int) -
 
 def run(chunk_mb: int, reads: int, tmp: Path) -> list[str]:
     cluster = tmp / f"cluster-{chunk_mb}"
-    out = subprocess.run(
-        [str(SCRIPT), "start", str(cluster), "--volumes", "1", "--replication", "000",
-         "--chunk-mb", str(chunk_mb), "--port-base", str(free_base())],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    env = dict(line.split("=", 1) for line in out.splitlines() if line.startswith("BLOCKSTORE_"))
+    env = start_cluster(cluster, "--volumes", "1", "--replication", "000", "--chunk-mb",
+                        str(chunk_mb))  # fmt: skip
     cfg = S3Config(env["BLOCKSTORE_S3_ENDPOINT"], env["BLOCKSTORE_S3_BUCKET"],
                    env["BLOCKSTORE_S3_ACCESS_KEY"], env["BLOCKSTORE_S3_SECRET_KEY"])  # fmt: skip
     rows = []

@@ -9,10 +9,9 @@ at once) in a thread, as `ReplicationService` does in the API process.
     .venv/bin/python bench/geo_lag.py [--seconds 20]
 
 Figures, sampled every 0.25 s while the load runs:
-- lag seconds: now minus the last sync time (the start of the newest replicator pass that
-  ended with the secondary holding the primary's whole log as listed then), what
-  GET /v1/disks/{name} and /metrics report; includes up to one poll interval of idle wait.
-- lag bytes: bytes of primary segments listed but not yet on the secondary.
+- lag seconds and bytes, measured as GET /v1/disks/{name} and /metrics do (blockstore/geo/lag.py):
+  the age of the oldest segment in the primary's log that the secondary does not hold, and the
+  size of all of them.
 - failover, planned: fence the primary (writable open + abandon), drain the rest, cut the
   secondary's log at its frontier, open it writable (new epoch, fences).
 - failover, primary unreachable (SIGSTOP): cut and open on the secondary only; the time the
@@ -33,6 +32,7 @@ from pathlib import Path
 from blockstore.engine.volume import Volume, VolumeConfig
 from blockstore.geo.config import ReplicationConfig
 from blockstore.geo.frontier import trim_after_frontier
+from blockstore.geo.lag import measure
 from blockstore.geo.replicator import DiskReplicator
 from blockstore.host.embedded import Credentials, EmbeddedSeaweed
 from blockstore.store.retry import RetryConfig, RetryingStore
@@ -106,9 +106,9 @@ def run_load(
     t0 = time.monotonic()
     time.sleep(2.0)  # let the first passes seed
     while time.monotonic() - t0 < seconds:
-        st = rep.status()
-        lags.append(float(st["lag_seconds"]))
-        lag_bytes.append(float(st["lag_bytes"]))
+        lag = measure(primary, secondary, disk, known=rep.stats.frontier_seq)
+        lags.append(lag.seconds(time.time()))
+        lag_bytes.append(float(lag.pending_bytes))
         time.sleep(0.25)
     elapsed = time.monotonic() - t0
     stop.set()

@@ -73,6 +73,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1139,9 +1140,8 @@ def nbdkit_mode(pid: int | None) -> str | None:
     return "none" if cmd and cmd[0].endswith(b"nbdkit") else None
 
 
-def processes_under(workdir: Path) -> list[tuple[int, str]]:
-    """nbdkit processes whose command line names a path under `workdir`."""
-    found = []
+def _nbdkits(naming: str) -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, command line) of every live nbdkit with an argument containing `naming`."""
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
@@ -1149,24 +1149,19 @@ def processes_under(workdir: Path) -> list[tuple[int, str]]:
             cmd = (p / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        ours = cmd and cmd[0].endswith(b"nbdkit") and any(str(workdir).encode() in a for a in cmd)
-        if ours and pid_alive(int(p.name)):
-            found.append((int(p.name), b" ".join(cmd).decode(errors="replace")))
-    return found
+        named = any(naming.encode() in a for a in cmd)
+        if cmd and cmd[0].endswith(b"nbdkit") and named and pid_alive(int(p.name)):
+            yield int(p.name), cmd
+
+
+def processes_under(workdir: Path) -> list[tuple[int, str]]:
+    """nbdkit processes whose command line names a path under `workdir`."""
+    return [(pid, b" ".join(cmd).decode(errors="replace")) for pid, cmd in _nbdkits(str(workdir))]
 
 
 def find_nbdkit(sock: str) -> int | None:
     """The pid of the nbdkit whose command line names `sock`, if one runs."""
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmd and cmd[0].endswith(b"nbdkit") and sock.encode() in cmd and pid_alive(int(p.name)):
-            return int(p.name)
-    return None
+    return next((pid for pid, cmd in _nbdkits(sock) if sock.encode() in cmd), None)
 
 
 def summary(res: Result) -> dict[str, Any]:

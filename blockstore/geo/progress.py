@@ -38,7 +38,6 @@ class ReplicationStats:
     last_error: str | None = None
     frontier_seq: int = 0  # end of the target's replay
     source_seq: int = 0  # end of the source's contiguous log at the last listing
-    lag_bytes: int = 0
     last_sync_time: float | None = None
     started: float = 0.0
 

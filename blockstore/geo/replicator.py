@@ -68,9 +68,6 @@ class _SourceLog:
     checkpoints: list[int]  # seqs, ascending
     end: int = 0  # the end of the contiguous run after the target's frontier
 
-    def bytes_after(self, seq: int) -> int:
-        return sum(size for s, (_key, size) in self.segments.items() if s > seq)
-
     def newest_checkpoint(self) -> int:
         return self.checkpoints[-1] if self.checkpoints else 0
 
@@ -236,7 +233,6 @@ class DiskReplicator:
         self._jump_over_gc_hole(src)
         src.end = run_end(self._view.frontier, src.segments)
         self.stats.source_seq = src.end
-        self.stats.lag_bytes = src.bytes_after(self._view.frontier)
         self._copy_segments(src)
         self._take_checkpoint(src)
         self._copy_snapshots()
@@ -280,20 +276,19 @@ class DiskReplicator:
                 if self._stop.is_set():
                     break
                 while len(inflight) >= self._window:
-                    self._land(inflight.popleft(), src)
+                    self._land(inflight.popleft())
                 inflight.append((s, self._pool.submit(self._copy, src.segments[s][0])))
             while inflight:
-                self._land(inflight.popleft(), src)
+                self._land(inflight.popleft())
         finally:
             for _s, fut in inflight:
                 fut.exception()  # wait: no copy of this pass may land after it ended
 
-    def _land(self, item: tuple[int, Future[None]], src: _SourceLog) -> None:
+    def _land(self, item: tuple[int, Future[None]]) -> None:
         seq, fut = item
         fut.result()
         self._view.frontier = seq
         self.stats.frontier_seq = seq
-        self.stats.lag_bytes = max(0, self.stats.lag_bytes - src.segments[seq][1])
 
     def _take_checkpoint(self, src: _SourceLog) -> None:
         """The newest checkpoint the target can take (its segments are there by now)."""
@@ -329,10 +324,10 @@ class DiskReplicator:
                 continue
 
     def _end_pass(self, src: _SourceLog, started: float) -> None:
-        """Settle the lag, mirror deletions when due, write the progress marker."""
+        """Record the frontier (and the sync time when the pass caught up), mirror deletions when
+        due, write the progress marker."""
         t = self._view
         self.stats.frontier_seq = t.frontier
-        self.stats.lag_bytes = src.bytes_after(t.frontier)
         if t.frontier >= src.end:
             self.stats.last_sync_time = started
         newest_ckpt = src.newest_checkpoint()

@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.support.paths import BIN, REPO
+from tests.support.servehost import pid_alive
 
 
 def get_json(url: str, token: str | None = None) -> tuple[int, dict[str, object]]:
@@ -56,20 +57,11 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting for a reaper that is not its parent any more is not)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "State:\tZ" not in status
-
-
 def stop_serve(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> list[int]:
     kids = children(proc.pid)
     proc.send_signal(sig)
     proc.wait(30)
     deadline = time.monotonic() + 20
-    while any(alive(k) for k in kids) and time.monotonic() < deadline:
+    while any(pid_alive(k) for k in kids) and time.monotonic() < deadline:
         time.sleep(0.2)
-    return [k for k in kids if alive(k)]
+    return [k for k in kids if pid_alive(k)]

@@ -20,7 +20,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -30,53 +29,20 @@ from pathlib import Path
 import nbd
 import pytest
 
-from tests.support.servehost import REPO, ServeHost, connect, wait_for
+from tests.support.cluster import SCRIPT, script, start_cluster
+from tests.support.servehost import ServeHost, connect, wait_for
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = REPO / "scripts" / "seaweedfs-cluster.sh"
 MiB = 1 << 20
 BLOCK = 64 * 1024
 DISK = 256 * MiB
 
 
-def _ephemeral_low() -> int:
-    """The lowest port the kernel hands to outgoing connections: fixed listening ports stay
-    below it, or a connection of the moment can hold one when its server starts."""
-    return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-
-
-def _free_port_base(span: int = 16) -> int:
-    """A base port whose next `span` ports are all free on 127.0.0.1 (below the ephemeral
-    range)."""
-    rng = random.SystemRandom()
-    for _ in range(200):
-        base = rng.randrange(20000, _ephemeral_low() - span)
-        try:
-            for p in range(base, base + span):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return base
-    raise AssertionError("no free port range")
-
-
-def _script(*args: str | Path) -> str:
-    done = subprocess.run(
-        [str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=180
-    )
-    assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 @contextlib.contextmanager
 def _cluster(d: Path, *args: str) -> Iterator[dict[str, str]]:
     """Start a cluster with the script; yield the BLOCKSTORE_S3_* settings it printed."""
-    out = _script("start", d, *args, "--port-base", str(_free_port_base()))
-    settings = dict(
-        line.split("=", 1) for line in out.splitlines() if line.startswith("BLOCKSTORE_S3_")
-    )
+    settings = start_cluster(d, *args)
     assert set(settings) >= {
         "BLOCKSTORE_S3_ENDPOINT", "BLOCKSTORE_S3_ACCESS_KEY", "BLOCKSTORE_S3_SECRET_KEY",
         "BLOCKSTORE_S3_BUCKET",
@@ -86,7 +52,7 @@ def _cluster(d: Path, *args: str) -> Iterator[dict[str, str]]:
     try:
         yield settings
     finally:
-        _script("stop", d)
+        script("stop", d)
         assert "running" not in subprocess.run(
             [str(SCRIPT), "status", d], capture_output=True, text=True
         ).stdout
@@ -202,7 +168,7 @@ def test_blockstore_on_a_replicated_cluster_survives_a_volume_server_kill(
         _verify(sock, acked)
 
         # The script brings the dead server back; writes go on and everything reads back.
-        _script("start", d)
+        script("start", d)
         with Writer(sock, w.next) as w2:
             wait_for(lambda: len(w2.acked) >= 20, 120, "writes after the restart")
         _verify(sock, acked + w2.acked)
