@@ -17,14 +17,14 @@ import blockstore
 from api import errors
 from api.context import AppContext
 from api.guard import Guard
-from api.metrics import DiskCollector, ReplicationCollector, StoreCollector
-from api.routes import attachments, disks, geo, health, info, operations, snapshots
+from api.metrics import DiskCollector, MigrationCollector, ReplicationCollector, StoreCollector
+from api.routes import attachments, disks, geo, health, info, migration, operations, snapshots
 from api.routes.common import require_token
 from blockstore.store.health import StoreProbe
 
 __all__ = ["AppContext", "create_app"]
 
-V1_ROUTERS = (info, disks, geo, attachments, snapshots, operations)
+V1_ROUTERS = (info, disks, geo, attachments, migration, snapshots, operations)
 
 
 def metrics_registry(context: AppContext) -> CollectorRegistry:
@@ -35,6 +35,7 @@ def metrics_registry(context: AppContext) -> CollectorRegistry:
     if context.control is not None:
         registry.register(DiskCollector(context.control.attachments.disk_stats))
         registry.register(ReplicationCollector(context.control.geo.replication_statuses))
+        registry.register(MigrationCollector(context.control.migrations.migrations))
     return registry
 
 

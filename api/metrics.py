@@ -67,6 +67,11 @@ class DiskCollector:
         lat = HistogramMetricFamily(
             "blockstore_disk_latency_seconds", "NBD request latency", labels=label
         )
+        held = GaugeMetricFamily(
+            "blockstore_disk_switchover_held_seconds",
+            "Live migration: the longest a request waited for the switchover to this host",
+            labels=["disk"],
+        )
         hits = CounterMetricFamily(
             "blockstore_disk_cache_hits", "Reads from the host cache", labels=["disk"]
         )
@@ -99,6 +104,7 @@ class DiskCollector:
                     cumulative += n
                     buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
                 lat.add_metric([name, op], buckets, float(o["seconds"]))
+            held.add_metric([name], st.held_ms_max / 1000)
             hits.add_metric([name], float(st.cache.get("hits", 0)))
             misses.add_metric([name], float(st.cache.get("misses", 0)))
             dirty.add_metric([name], float(st.cache.get("dirty_bytes", 0)))
@@ -106,7 +112,7 @@ class DiskCollector:
                 sreq.add_metric([name, op.removesuffix("s")], float(st.store.get(op, 0)))
             for kind, n in st.store.get("errors", {}).items():
                 serr.add_metric([name, kind], float(n))
-        yield from (ops, errs, nbytes, lat, hits, misses, dirty, sreq, serr)
+        yield from (ops, errs, nbytes, lat, held, hits, misses, dirty, sreq, serr)
 
 
 class ReplicationCollector:
@@ -151,3 +157,22 @@ class ReplicationCollector:
             copied.add_metric([name], float(st.get("bytes_copied") or 0))
             errors.add_metric([name], float(st.get("errors") or 0))
         yield from (lag, lag_bytes, target, exceeded, copied, errors)
+
+
+class MigrationCollector:
+    """Per disk migrating live from or to this host: 1, labelled with this host's role and
+    the other host."""
+
+    def __init__(self, migrations: Callable[[], list[tuple[str, str, dict[str, Any]]]]) -> None:
+        self.migrations = migrations  # () -> [(disk name, "source" | "destination", block)]
+
+    def collect(self) -> Iterator[Metric]:
+        migrating = GaugeMetricFamily(
+            "blockstore_disk_migrating",
+            "1 while the disk migrates live between this host and `peer`",
+            labels=["disk", "role", "peer"],
+        )
+        for name, role, block in self.migrations():
+            peer = block["from_host"] if role == "destination" else block["to_host"]
+            migrating.add_metric([name, role, peer], 1.0)
+        yield migrating

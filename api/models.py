@@ -70,6 +70,11 @@ class AttachRequest(Strict):
     force: bool = False
 
 
+class MigrationRequest(Strict):
+    # The VM the disk is attached to (checked when given): a live migration moves that VM.
+    vm: Name | None = None
+
+
 class DetachRequest(Strict):
     # True pulls the disk out from under a guest that is still connected: its next I/O fails.
     force: bool = False

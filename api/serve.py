@@ -144,6 +144,7 @@ def start_control(
         secondary=secondary,
         replication_config=ReplicationConfig(rpo_target_seconds=settings.rpo_seconds),
     )
+    stack.callback(control.close)
     if control.replication is not None:
         control.replication.start()
         stack.callback(control.replication.close)

@@ -12,8 +12,11 @@
 Read top to bottom: settings (`config`, `config_complete`), start-up (`after_fork`: the store
 stack, the Volume and the HostCache are built there because their threads must start after
 nbdkit forks), the per-connection handle (`open`), capabilities, the data calls. Every callback
-is a thin call into `HostCache`; errors are mapped to errno in one place (`_fail`), and every
-data call is timed, counted and given its deadline by one wrapper (`_served`).
+is a thin call into `HostCache`; errors are mapped to errno in one place (nbd_plugin/errors.py),
+and every data call is timed, counted and given its deadline by one wrapper (`_served`). The
+parameters are read and checked by nbd_plugin/settings.py; an export started ``incoming=true``
+(a live migration's destination) holds its requests in nbd_plugin/incoming.py until it is the
+disk's writer.
 
 The parameters, environment and files shared with the service (S3 keys never on the command
 line, the size to grow to, the stats file, the other region of a grs disk for read repair) are
@@ -41,7 +44,6 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 from time import perf_counter
-from typing import NoReturn
 
 import nbdkit
 
@@ -55,27 +57,23 @@ if (_VENV_SITE / "site-packages").is_dir():
     site.addsitedir(str(_VENV_SITE / "site-packages"))
 
 from blockstore import deadline  # noqa: E402
-from blockstore.cache.hostcache import HostCache, HostCacheConfig  # noqa: E402
+from blockstore.cache.hostcache import HostCache  # noqa: E402
 from blockstore.clock import SYSTEM_CLOCK  # noqa: E402
 from blockstore.engine.volume import Volume  # noqa: E402
 from blockstore.errors import (  # noqa: E402
     BlockstoreError,
     Fenced,
-    IntegrityError,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
 )
 from blockstore.host import contract  # noqa: E402
 from blockstore.host.iostats import IoStats  # noqa: E402
 from blockstore.stats import counters  # noqa: E402
+from nbd_plugin import settings  # noqa: E402
+from nbd_plugin.errors import fail  # noqa: E402
+from nbd_plugin.incoming import Incoming  # noqa: E402
 
 API_VERSION = 2
 
-# --- settings ----------------------------------------------------------------------------------
-
-_settings: dict[str, str] = {k: v for k, v in contract.PARAMETERS.items() if v is not None}
-_KNOWN = frozenset(contract.PARAMETERS)
+# --- settings (nbd_plugin/settings.py) and state -------------------------------------------
 
 _store = None
 _volume = None
@@ -85,7 +83,10 @@ _io = IoStats()
 _stats_stop = threading.Event()
 _stats_thread: threading.Thread | None = None
 _fence_thread: threading.Thread | None = None
-# Set in after_fork, before nbdkit accepts any connection; callbacks use it without a check.
+_incoming: Incoming | None = None  # a live migration's destination (nbd_plugin/incoming.py)
+_holding = False  # requests wait in _incoming.hold until this export is the writer
+# Set in after_fork, before nbdkit accepts any connection (or, for an incoming export, before
+# `_holding` goes False); data callbacks use it without a check.
 _cache: HostCache = None  # type: ignore[assignment]
 
 
@@ -94,55 +95,11 @@ def thread_model():
 
 
 def config(key, value):
-    key = key.replace("_", "-")
-    if key not in _KNOWN:
-        raise RuntimeError(f"unknown parameter {key!r}; known: {', '.join(sorted(_KNOWN))}")
-    _settings[key] = value
+    settings.set_value(key, value)
 
 
 def config_complete():
-    for need in contract.REQUIRED:
-        if need not in _settings:
-            raise RuntimeError(f"missing parameter {need}=")
-    if _settings["cache"] != "none" and "cache-dir" not in _settings:
-        raise RuntimeError("cache-dir= is needed unless cache=none")
-    _cache_config()  # validate now, so a bad setting fails before nbdkit starts serving
-    try:
-        epoch = int(_settings.get("epoch", "1"))
-        check = float(_settings["fence-check"])
-    except ValueError as exc:
-        raise RuntimeError(f"epoch= and fence-check= must be numbers: {exc}") from None
-    if epoch < 1 or check < 0:
-        raise RuntimeError("epoch= must be a positive integer and fence-check= >= 0 seconds")
-
-
-def _cache_config() -> HostCacheConfig:
-    s = _settings
-    try:
-        return HostCacheConfig(
-            mode=s["cache"],
-            block_size=nbdkit.parse_size(s["cache-block"]),
-            cache_size=nbdkit.parse_size(s["cache-size"]),
-            dirty_limit=nbdkit.parse_size(s["dirty-limit"]),
-            readahead=nbdkit.parse_size(s["readahead"]),
-            write_wait_seconds=float(s["write-wait"]),
-        )
-    except InvalidArgument as exc:
-        raise RuntimeError(str(exc)) from None
-
-
-def _credentials() -> tuple[str, str]:
-    access, secret = contract.credentials(os.environ, _settings.get("credentials"))
-    if not access or not secret:
-        raise RuntimeError(
-            f"S3 credentials missing: set {contract.ENV_ACCESS_KEY} and "
-            f"{contract.ENV_SECRET_KEY} or pass credentials=FILE"
-        )
-    return access, secret
-
-
-def _readonly() -> bool:
-    return _settings["readonly"].lower() in contract.TRUE_WORDS
+    settings.check()
 
 
 # --- start-up and shutdown ---------------------------------------------------------------------
@@ -151,15 +108,17 @@ def _readonly() -> bool:
 def after_fork():
     """Build store -> Volume -> HostCache. Threads (uploader, group commit) start here, after
     nbdkit forked. A journal left by a crashed process is replayed inside HostCache() before
-    this returns, so nothing is served until the store holds every acknowledged write."""
-    global _store, _volume, _cache, _stats_thread, _fence_thread, _retry_seconds
+    this returns, so nothing is served until the store holds every acknowledged write. An
+    incoming export (a live migration's destination) opens the volume only once it is the
+    writer (nbd_plugin/incoming.py); until then it knows the size and holds every request."""
+    global _store, _stats_thread, _retry_seconds, _incoming, _holding
     from blockstore.store.retry import RetryConfig
     from blockstore.store.s3 import S3Config
     from blockstore.store.stack import build_store
 
-    s = _settings
+    s = settings.values
     os.umask(0o077)  # nbdkit sets 022; the caches, journals and stats are the service's alone
-    access, secret = _credentials()
+    access, secret = settings.credentials()
     s3 = S3Config(s["endpoint"], s["bucket"], access, secret, s["region"], prefix=s["prefix"])
     if "request-timeout" in s:
         # One hung request must not outlast the retry deadline by much (a stopped store
@@ -169,28 +128,51 @@ def after_fork():
     _retry_seconds = float(s["retry-seconds"])
     repair = contract.repair_config(os.environ, s3)  # the other region of a grs disk
     _store = build_store(s3, RetryConfig(deadline_seconds=_retry_seconds), secondary=repair)
-    writable = not _readonly()
-    epoch = int(s["epoch"]) if "epoch" in s and writable else None
-    _volume = Volume.open(_store, s["disk"], writable=writable, epoch=epoch)
-    cache_dir = None
-    if "cache-dir" in s:
-        cache_dir = contract.disk_cache_dir(Path(s["cache-dir"]), s["disk"])
-    _cache = HostCache(_volume, _cache_config(), cache_dir)
-    nbdkit.debug(f"blockstore: disk {s['disk']} size {_volume.size} cache {s['cache']}")
+    if settings.incoming():
+        size = Volume.open(_store, s["disk"], writable=False).size  # a reader starts no thread
+        activation = contract.Activation(Path(os.environ[contract.ENV_ACTIVATION]))
+        _holding = True
+        _incoming = Incoming(activation, size, _become_writer)
+        nbdkit.debug(f"blockstore: disk {s['disk']} incoming (live migration), size {size}")
+    else:
+        _open_disk(int(s["epoch"]) if "epoch" in s and not settings.readonly() else None)
     stats_path = os.environ.get(contract.ENV_STATS_FILE)
     if stats_path:
         _stats_thread = threading.Thread(
             target=_write_stats, args=(Path(stats_path),), name="stats", daemon=True
         )
         _stats_thread.start()
-    if writable and float(s["fence-check"]) > 0:
-        _fence_thread = threading.Thread(
-            target=_watch_fence,
-            args=(_volume, float(s["fence-check"])),
-            name="fence-check",
-            daemon=True,
-        )
+
+
+def _open_disk(epoch: int | None) -> None:
+    """Open the volume (a writable open claims `epoch`, fencing every older writer) and the
+    host cache over it, and start looking for newer writers."""
+    global _volume, _cache, _fence_thread
+    s = settings.values
+    writable = not settings.readonly()
+    assert _store is not None
+    _volume = Volume.open(_store, s["disk"], writable=writable, epoch=epoch)
+    cache_dir = None
+    if "cache-dir" in s:
+        cache_dir = contract.disk_cache_dir(Path(s["cache-dir"]), s["disk"])
+    _cache = HostCache(_volume, settings.cache_config(), cache_dir)
+    nbdkit.debug(f"blockstore: disk {s['disk']} size {_volume.size} cache {s['cache']}")
+    interval = float(s["fence-check"])
+    if writable and interval > 0:
+        watch = functools.partial(_watch_fence, _volume, interval)
+        _fence_thread = threading.Thread(target=watch, name="fence-check", daemon=True)
         _fence_thread.start()
+
+
+def _become_writer(epoch: int) -> None:
+    """The switchover of a live migration to this host: serve with the epoch the record issued
+    (its open fences the source), then let the held requests through."""
+    global _holding
+    _open_disk(epoch)
+    _holding = False
+    stats_path = os.environ.get(contract.ENV_STATS_FILE)
+    if stats_path:
+        _write_stats_once(Path(stats_path))  # the service waits to see the epoch here
 
 
 def _watch_fence(volume: Volume, interval: float) -> None:
@@ -205,8 +187,8 @@ def _watch_fence(volume: Volume, interval: float) -> None:
         if newer is not None:
             _cache.fence(
                 Fenced(
-                    f"disk {_settings['disk']}: writer epoch {volume.epoch} was superseded by "
-                    f"epoch {newer}"
+                    f"disk {settings.values['disk']}: writer epoch {volume.epoch} was "
+                    f"superseded by epoch {newer}"
                 )
             )
             nbdkit.debug(f"blockstore: fenced by epoch {newer}; every request now fails")
@@ -217,33 +199,43 @@ def _write_stats(path: Path, interval: float = 2.0) -> None:
     """Every `interval` seconds, this export's counters (`contract.ExportStats`) for the API's
     /metrics and the supervisor; once more when the export stops, so the file ends with the
     final counts."""
-    tmp = path.with_suffix(".tmp")
     while True:
         stopping = _stats_stop.is_set()
-        body = contract.ExportStats(
-            fenced=_cache.fenced is not None,
-            epoch=_volume.epoch if _volume else None,
-            disk=_settings["disk"],
-            cache_mode=_settings["cache"],
-            size=_cache.size,
-            io=_io.counters(),
-            cache=counters(_cache.stats),
-            volume=counters(_volume.stats) if _volume else {},
-            store=counters(_store.stats) if _store else {},
-        )
-        try:
-            tmp.write_text(body.to_json())
-            tmp.replace(path)
-        except OSError as exc:
-            nbdkit.debug(f"blockstore: writing stats failed: {exc}")
+        _write_stats_once(path)
         if stopping:
             return
         _stats_stop.wait(interval)
 
 
+def _write_stats_once(path: Path) -> None:
+    cache, inc = _cache, _incoming
+    body = contract.ExportStats(
+        fenced=cache is not None and cache.fenced is not None,
+        epoch=_volume.epoch if _volume else None,
+        disk=settings.values["disk"],
+        cache_mode=settings.values["cache"],
+        size=_size(),
+        incoming=_holding,
+        held_requests=inc.held_requests if inc else 0,
+        held_ms_max=inc.held_ms_max if inc else 0.0,
+        io=_io.counters(),
+        cache=counters(cache.stats) if cache else {},
+        volume=counters(_volume.stats) if _volume else {},
+        store=counters(_store.stats) if _store else {},
+    )
+    tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(body.to_json())
+        tmp.replace(path)
+    except OSError as exc:
+        nbdkit.debug(f"blockstore: writing stats failed: {exc}")
+
+
 def cleanup():
     """Upload what is dirty and close (best effort: a journal left behind is replayed later);
     then the last stats snapshot."""
+    if _incoming is not None:
+        _incoming.close()
     if _cache is not None:
         _cache.close()
     if _volume is not None:
@@ -256,33 +248,6 @@ def cleanup():
     _stats_stop.set()
     if _stats_thread is not None:
         _stats_thread.join(5)
-
-
-# --- errors: the one place core errors become errno --------------------------------------------
-
-_ERRNO = (
-    (InvalidArgument, errno.EINVAL),
-    (NotFound, errno.ENOENT),
-    (Fenced, errno.EPERM),  # a newer writer owns the disk: this export serves nothing more
-    (Unavailable, errno.EIO),
-    (IntegrityError, errno.EIO),
-)
-
-
-def _fail(exc: BaseException) -> NoReturn:
-    """Set the errno the client will see for `exc`, then let nbdkit see the exception."""
-    code = errno.EIO
-    if isinstance(exc, BlockstoreError):
-        for cls, value in _ERRNO:
-            if isinstance(exc, cls):
-                code = value
-                break
-    elif isinstance(exc, OSError) and exc.errno:
-        code = exc.errno
-    elif isinstance(exc, (OverflowError, ValueError, TypeError)):
-        code = errno.EINVAL  # hostile arguments handed straight to a callback
-    nbdkit.set_error(code)
-    raise exc
 
 
 # --- the handle and capabilities ---------------------------------------------------------------
@@ -298,11 +263,12 @@ class Handle:
 
 
 def open(readonly):
-    if _cache is None:
+    if _cache is None and _incoming is None:
         nbdkit.set_error(errno.EIO)
         raise RuntimeError("blockstore: the disk is not open (after_fork failed)")
-    _apply_size_request()
-    return Handle(readonly or _readonly())
+    if not _holding:
+        _apply_size_request()
+    return Handle(readonly or settings.readonly())
 
 
 def _apply_size_request():
@@ -317,11 +283,17 @@ def _apply_size_request():
             try:
                 _cache.grow(wanted)
             except BlockstoreError as exc:
-                _fail(exc)
+                fail(exc)
+
+
+def _size() -> int:
+    if _cache is not None:
+        return _cache.size
+    return _incoming.size if _incoming is not None else 0
 
 
 def get_size(h):
-    return _cache.size
+    return _size()
 
 
 def block_size(h):
@@ -376,6 +348,12 @@ def _request():
     return deadline.scope(_monotonic() + _retry_seconds)
 
 
+def _hold():
+    """An incoming export: wait (within the request's deadline) until it is the writer."""
+    if _incoming is not None:
+        _incoming.hold(_retry_seconds)
+
+
 def _served(op):
     """The data calls' one wrapper: run the call under its request's deadline (`_request`,
     inlined: this is every request's path), count it in the I/O stats as `op` (with the bytes
@@ -387,10 +365,12 @@ def _served(op):
             start = perf_counter()
             try:
                 with deadline.scope(_monotonic() + _retry_seconds):
+                    if _holding:
+                        _hold()
                     nbytes = call(*args)
             except Exception as exc:
                 _io.observe(op, 0, perf_counter() - start, ok=False)
-                _fail(exc)
+                fail(exc)
             _io.observe(op, nbytes, perf_counter() - start)
 
         return served
@@ -435,9 +415,11 @@ def zero(h, count, offset, flags):
 def extents(h, count, offset, flags):
     try:
         with _request():
+            if _holding:
+                _hold()
             runs = _cache.extents(offset, count)
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
     hole = nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO
     out = [(off, length, hole if is_hole else 0) for off, length, is_hole in runs if length > 0]
     if flags & nbdkit.FLAG_REQ_ONE:

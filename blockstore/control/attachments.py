@@ -3,7 +3,7 @@
 Ownership: a disk record carries `writer_epoch`, the last writer epoch issued for it, and its
 attachment carries the epoch its export runs with. Every start of an export (attach, a restart
 after a crash, the service resuming, a change of region) first creates a new record version that
-issues the next epoch (`_issue_epoch`), conditionally on who holds the disk; record versions are
+issues the next epoch (`issue_epoch`), conditionally on who holds the disk; record versions are
 created with If-None-Match, so of a force-attach on one host and a restart on another exactly
 one wins, and the epochs the volume sees are ordered as the record versions are. The export's
 open of its epoch fences every older writer, wherever it runs. A host that lost the disk can
@@ -49,7 +49,7 @@ class AttachmentService:
 
     # -- issuing epochs -------------------------------------------------------------------
 
-    def _issue_epoch(self, disk: Record, holds: Callable[[Record], Record], new: Record) -> Record:
+    def issue_epoch(self, disk: Record, holds: Callable[[Record], Record], new: Record) -> Record:
         """Create the record version that makes `new` the attachment of `disk`, with the next
         writer epoch, if `holds(current)` accepts the current record (it raises to refuse). The
         epoch is above the last one issued and above every epoch claimed in the disk's log (a
@@ -87,7 +87,7 @@ class AttachmentService:
                 return None
             # The same attachment, with a new epoch; the pid goes until the export runs again.
             fresh = {k: v for k, v in att.items() if k not in ("epoch", "pid")}
-            return self._issue_epoch(current, still_ours, fresh)
+            return self.issue_epoch(current, still_ours, fresh)
         except (_NotHeld, NotFound):
             return None
 
@@ -194,9 +194,10 @@ class AttachmentService:
             def unchanged(rec: Record) -> Record:
                 if rec.get("attachment") != current:
                     raise Conflict(f"disk {name!r} was attached elsewhere meanwhile; try again")
-                return rec
+                # A force-attach wins over a live migration under way: it is called off.
+                return {**rec, "migration": None} if rec.get("migration") else rec
 
-            disk = self._issue_epoch(disk, unchanged, attachment)
+            disk = self.issue_epoch(disk, unchanged, attachment)
             try:
                 return self.serve(disk)["attachment"]
             except BlockstoreError:
@@ -271,8 +272,14 @@ class AttachmentService:
             return self.ctx.update(name, change)
 
     def _check_detachable(self, disk: Record, force: bool) -> None:
-        """Conflict when the disk is attached on another host, or in use and not `force`."""
+        """Conflict when the disk is attached on another host, migrating, or in use and not
+        `force`."""
         name, attachment = disk["name"], disk["attachment"]
+        if disk.get("migration"):
+            raise Conflict(
+                f"disk {name!r} is migrating live to host {disk['migration']['to_host']}: "
+                f"cancel the migration first (DELETE /v1/disks/{name}/migration)"
+            )
         if attachment["host"] != self.ctx.host_id:
             raise Conflict(
                 f"disk {name!r} is attached on host {attachment['host']}: detach it there, "

@@ -201,6 +201,11 @@ class DiskService:
             if attachment and attachment["host"] == self.ctx.host_id:
                 self.ctx.exports.resize(disk, size_bytes)
             return
+        if disk.get("migration"):
+            raise Conflict(
+                f"disk {disk['name']!r} is migrating live to host "
+                f"{disk['migration']['to_host']}: resize it once the migration has ended"
+            )
         if attachment:
             if attachment["host"] != self.ctx.host_id:
                 raise Conflict(

@@ -9,6 +9,7 @@ imports no web framework. Its parts, each a module of this package:
 - `disks`: create, show, resize, delete; `snapshots`: snapshots and changed ranges;
 - `attachments`: attach, detach and the writer epochs that make exactly one host a disk's
   writer; it is the supervisor's `Authority`;
+- `migration`: live migration of a disk in use to this host, with QEMU's protocol;
 - `geo`: replication of grs disks and the changes of region (blockstore/geo/ does the copying);
 - `operations`: long-running work, recorded in the bucket.
 
@@ -33,6 +34,7 @@ from blockstore.control.attachments import AttachmentService
 from blockstore.control.context import ControlContext, Exports
 from blockstore.control.disks import DiskService
 from blockstore.control.geo import GeoService
+from blockstore.control.migration import MigrationConfig, MigrationService
 from blockstore.control.snapshots import SnapshotService
 from blockstore.geo.config import ReplicationConfig
 from blockstore.store.base import ObjectStore
@@ -53,6 +55,7 @@ class ControlService:
         secondary: ObjectStore | None = None,
         replication_config: ReplicationConfig | None = None,
         primary_hold_seconds: float = 30.0,
+        migration_config: MigrationConfig | None = None,
     ) -> None:
         self.context = ControlContext(
             store,
@@ -67,6 +70,7 @@ class ControlService:
         self.operations = self.context.operations
         self.snapshots = SnapshotService(self.context)
         self.attachments = AttachmentService(self.context)
+        self.migrations = MigrationService(self.context, self.attachments, migration_config)
         self.geo = GeoService(self.context, self.attachments, self.snapshots)
         self.disks = DiskService(self.context, self.snapshots, self.geo)
         self.replication = self.geo.replication  # None without a secondary region
@@ -78,6 +82,7 @@ class ControlService:
         new operation; the interrupted one is marked failed). Returns the disks served."""
         for op_id in self.operations.tidy():
             log.warning("operation %s was interrupted by a restart", op_id)
+        self.migrations.resume()
         served = []
         for name, disk in self.records.items():
             if disk.get("state") == "deleting":
@@ -88,6 +93,10 @@ class ControlService:
             if disk.get("state") == "ready" and here and self.attachments.resume(disk):
                 served.append(name)
         return served
+
+    def close(self) -> None:
+        """Stop the control plane's own threads (the exports are the supervisor's)."""
+        self.migrations.close()
 
 
 def host_id_of(home: Path) -> str:

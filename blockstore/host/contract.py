@@ -14,8 +14,10 @@ What crosses the process boundary:
   command line, which `ps` shows), the size-request file (`ENV_SIZE_REQUEST`), the stats file
   (`ENV_STATS_FILE`) and, for a geo-redundant disk, the other region's store (`ENV_REPAIR_*`).
 - **Files next to the export's socket**: ``<sock>.size`` (a size to grow to, one decimal
-  number) and ``<sock>.stats.json`` (`ExportStats`, rewritten atomically every couple of
-  seconds). The host cache's own files (the journal) are `blockstore.cache.journal`'s.
+  number), ``<sock>.stats.json`` (`ExportStats`, rewritten atomically every couple of
+  seconds) and, for an export started ``incoming=true`` (the destination of a live migration),
+  the two `Activation` files. The host cache's own files (the journal) are
+  `blockstore.cache.journal`'s.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ PARAMETERS: dict[str, str | None] = {
     "credentials": None, "cache": "none", "cache-dir": None, "cache-size": "1G",
     "cache-block": "64K", "dirty-limit": "256M", "readahead": "1M", "retry-seconds": "30",
     "request-timeout": None, "write-wait": "30", "readonly": "false", "epoch": None,
-    "fence-check": "1",
+    "fence-check": "1", "incoming": "false",
 }  # fmt: skip
 REQUIRED = ("disk", "endpoint", "bucket")
 TRUE_WORDS = ("true", "1", "yes", "on")  # how a boolean parameter says yes
@@ -63,6 +65,7 @@ ENV_ACCESS_KEY = "BLOCKSTORE_S3_ACCESS_KEY"
 ENV_SECRET_KEY = "BLOCKSTORE_S3_SECRET_KEY"
 ENV_SIZE_REQUEST = "BLOCKSTORE_SIZE_REQUEST"
 ENV_STATS_FILE = "BLOCKSTORE_STATS_FILE"
+ENV_ACTIVATION = "BLOCKSTORE_ACTIVATION"  # an incoming export's `Activation` base path
 _REPAIR = "BLOCKSTORE_REPAIR_"  # + ENDPOINT, BUCKET, REGION, PREFIX, ACCESS_KEY, SECRET_KEY
 
 
@@ -140,6 +143,55 @@ def stats_path(socket: Path) -> Path:
     return socket.with_suffix(".stats.json")
 
 
+@dataclass(frozen=True)
+class Activation:
+    """How an incoming export (a live migration's destination) and the service agree on the
+    moment it becomes the disk's writer.
+
+    The export holds every request until it has an answer. On its first request it asks
+    (``<sock>.wanted``: under QEMU's migration protocol the destination sends nothing before the
+    source stopped and flushed); the service, asked or told to complete, moves the disk in the
+    record and answers (``<sock>.activate``) with the writer epoch it issued, or ``cancel`` when
+    the migration was called off. Both files are written whole (rename), so a reader never sees
+    half an answer."""
+
+    base: Path  # the socket path
+
+    CANCEL = "cancel"
+
+    @property
+    def wanted_path(self) -> Path:
+        return self.base.with_suffix(".wanted")
+
+    @property
+    def answer_path(self) -> Path:
+        return self.base.with_suffix(".activate")
+
+    def ask(self) -> None:
+        self.wanted_path.touch()
+
+    def asked(self) -> bool:
+        return self.wanted_path.exists()
+
+    def answer(self, epoch: int | None) -> None:
+        """The epoch to serve with, or None: cancelled, fail what is held and serve nothing."""
+        tmp = self.answer_path.with_suffix(".tmp")
+        tmp.write_text(self.CANCEL if epoch is None else str(epoch))
+        tmp.replace(self.answer_path)
+
+    def read_answer(self) -> int | str | None:
+        """The epoch, CANCEL, or None while there is no answer yet."""
+        try:
+            text = self.answer_path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return self.CANCEL if text == self.CANCEL else int(text)
+
+    def clear(self) -> None:
+        for path in (self.wanted_path, self.answer_path):
+            path.unlink(missing_ok=True)
+
+
 @dataclass
 class ExportStats:
     """The stats file: one export's counters, written by its plugin, read by /metrics
@@ -149,6 +201,9 @@ class ExportStats:
     fenced: bool = False  # a newer writer took the disk: the export serves nothing more
     epoch: int | None = None  # the writer epoch the export runs with
     disk: str = ""
+    incoming: bool = False  # a migration's destination, not the disk's writer yet
+    held_requests: int = 0  # requests an incoming export held until it became the writer
+    held_ms_max: float = 0.0  # the longest such hold: the switchover pause its clients saw
     cache_mode: str = "none"
     size: int = 0
     io: dict[str, dict[str, Any]] = field(default_factory=dict)  # host/iostats.py, per op

@@ -59,6 +59,9 @@ class ExportConfig:
     readonly: bool = False
     epoch: int | None = None  # writer epoch issued by the control plane; None: the next free one
     fence_check_seconds: float = 1.0  # how often the plugin looks for a newer writer
+    # A live migration's destination: hold I/O until the service hands over an epoch
+    # (nbd_plugin/incoming.py, `contract.Activation` next to the socket).
+    incoming: bool = False
     # Whether a group may connect to the socket (the hypervisor's, e.g. libvirt-qemu's): it is
     # made in a setgid run directory of that group, and opened to the group once it accepts.
     socket_group: bool = False
@@ -80,6 +83,24 @@ def venv_bin() -> Path | None:
         return Path(sys.prefix) / "bin"
     candidate = REPO / ".venv" / "bin"
     return candidate if candidate.is_dir() else None
+
+
+def activate(export: Export, epoch: int, timeout: float) -> None:
+    """Hand an incoming export its writer epoch and wait until it serves with it (its stats
+    file says so); Unavailable if it dies or does not get there within `timeout`."""
+    contract.Activation(export.config.socket).answer(epoch)
+    stats = contract.stats_path(export.config.socket)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if contract.read_fence(stats) == (False, epoch):
+            return
+        if not export.running:
+            break
+        time.sleep(0.002)
+    raise Unavailable(
+        f"the incoming export of disk {export.config.disk_id} did not take epoch {epoch}: "
+        f"{export.log_tail()}"
+    )
 
 
 class Export(ChildProcess):
@@ -130,6 +151,7 @@ class Export(ChildProcess):
             "request-timeout": None if c.request_timeout is None else f"{c.request_timeout:g}",
             "epoch": None if c.epoch is None else str(c.epoch),
             "fence-check": f"{c.fence_check_seconds:g}",
+            "incoming": str(c.incoming).lower(),
         }
         if c.cache_dir is not None:
             params["cache-dir"] = str(c.cache_dir)
@@ -147,6 +169,8 @@ class Export(ChildProcess):
         env["PYTHONPATH"] = str(REPO)
         env.update(contract.credentials_env(self.config.s3))
         env.update(self.config.extra_env)
+        if self.config.incoming:
+            env[contract.ENV_ACTIVATION] = str(self.config.socket)
         return env
 
     def start(self, timeout: float = 60.0) -> Export:

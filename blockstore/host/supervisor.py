@@ -32,18 +32,16 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from blockstore.cache.journal import journal_bytes, read_journal
 from blockstore.errors import BlockstoreError, Unavailable
 from blockstore.host import contract
-from blockstore.host.connect import connection_details
-from blockstore.host.export import EphemeralExport, Export, ExportConfig
+from blockstore.host.connect import connection_details, nbd_connection, restrict_run_dir
+from blockstore.host.export import EphemeralExport, Export, ExportConfig, activate
 from blockstore.store.s3 import S3Config
 
 __all__ = ["Authority", "EphemeralExport", "ExportSupervisor", "SupervisorConfig"]
@@ -79,34 +77,6 @@ class SupervisorConfig:
     secondary: S3Config | None = None  # a grs disk that failed over is served from here
 
 
-def _restrict(home: Path, run_dir: Path, group: int | None) -> None:
-    """The home is the service's alone (0700). With a socket group, the group may pass through
-    the home (0710) and the run directory (02710: sockets made in it take its group) to reach a
-    socket, but may not list either, nor read anything else."""
-    if group is None:
-        os.chmod(home, 0o700)
-        os.chmod(run_dir, 0o700)
-        return
-    os.chown(home, -1, group)
-    os.chmod(home, 0o710)
-    os.chown(run_dir, -1, group)
-    os.chmod(run_dir, 0o2710)
-
-
-@contextmanager
-def _nbd_connection(socket: Path, name: str, doing: str) -> Iterator[Any]:
-    """A libnbd connection to one of our exports (Debian's python3-libnbd)."""
-    import nbd
-
-    handle = nbd.NBD()
-    try:
-        handle.connect_unix(str(socket))
-        yield handle
-        handle.shutdown()
-    except nbd.Error as exc:
-        raise Unavailable(f"{doing} disk {name!r} through its export failed: {exc}") from exc
-
-
 class ExportSupervisor:
     """Starts, stops, flushes and watches the exports of this host."""
 
@@ -114,7 +84,7 @@ class ExportSupervisor:
         self.config = config
         self.run_dir = config.home / "run"
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _restrict(config.home, self.run_dir, config.socket_group)
+        restrict_run_dir(config.home, self.run_dir, config.socket_group)
         (config.home / "cache").mkdir(mode=0o700, exist_ok=True)
         self._exports: dict[str, Export] = {}
         self._disks: dict[str, dict[str, Any]] = {}  # the record each export was started from
@@ -158,7 +128,7 @@ class ExportSupervisor:
             return self.config.secondary
         return self.config.s3
 
-    def _make(self, disk: dict[str, Any]) -> Export:
+    def _make(self, disk: dict[str, Any], *, incoming: bool = False) -> Export:
         sock = self.socket_of(disk)
         if disk["kind"] == "ephemeral":
             image = self._image_of(disk)
@@ -188,6 +158,7 @@ class ExportSupervisor:
             epoch=(disk.get("attachment") or {}).get("epoch"),
             socket_group=self.config.socket_group is not None,
             fence_check_seconds=self.config.fence_check_seconds,
+            incoming=incoming,
             extra_env={
                 contract.ENV_SIZE_REQUEST: str(contract.size_request_path(sock)),
                 contract.ENV_STATS_FILE: str(contract.stats_path(sock)),
@@ -229,14 +200,57 @@ class ExportSupervisor:
                 self._exports[disk["name"]] = self._make(disk)
                 self._disks[disk["name"]] = disk
 
-    def _start_locked(self, disk: dict[str, Any]) -> Export:
-        export = self._make(disk)
+    def _start_locked(self, disk: dict[str, Any], *, incoming: bool = False) -> Export:
+        export = self._make(disk, incoming=incoming)
         self._spawner.submit(export.start).result()
         with self._lock:
             self._exports[disk["name"]] = export
             self._disks[disk["name"]] = disk
         log.info("serving disk %s on %s (pid %d)", disk["name"], export.config.socket, export.pid)
         return export
+
+    # -- the destination of a live migration (control/migration.py) ------------------------
+
+    def serve_incoming(self, disk: dict[str, Any]) -> dict[str, Any]:
+        """Start an export of a disk that another host serves and a VM is migrating here: it
+        answers the NBD handshake and holds every request until `hand_over`."""
+        name = disk["name"]
+        with self._disk_lock(name):
+            current = self._exports.get(name)
+            if current is not None and current.running and current.config.incoming:
+                return self.details(disk)
+            if current is not None:
+                self._stop_locked(name, graceful=True)
+            contract.Activation(self.socket_of(disk)).clear()
+            self._start_locked(disk, incoming=True)
+        return self.details(disk)
+
+    def handover_wanted(self, disk: dict[str, Any]) -> bool:
+        """Whether the incoming export of `disk` holds a request (the VM runs here now)."""
+        return contract.Activation(self.socket_of(disk)).asked()
+
+    def hand_over(self, disk: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Make the incoming export of `disk` its writer with the epoch the record's attachment
+        now carries; returns once it serves (its open of the epoch fenced the source)."""
+        name, epoch = disk["name"], disk["attachment"]["epoch"]
+        with self._disk_lock(name):
+            export = self._exports.get(name)
+            if export is None or not export.running or not export.config.incoming:
+                raise Unavailable(f"no incoming export of disk {name!r} runs on this host")
+            activate(export, epoch, timeout)
+            export.config = replace(export.config, incoming=False, epoch=epoch)
+            with self._lock:
+                self._disks[name] = disk
+        return self.details(disk)
+
+    def drop_incoming(self, disk: dict[str, Any]) -> None:
+        """A cancelled migration: the held requests fail and the incoming export goes."""
+        with self._disk_lock(disk["name"]):
+            export = self._exports.get(disk["name"])
+            if export is not None and export.config.incoming:
+                contract.Activation(export.config.socket).answer(None)
+                self._stop_locked(disk["name"], graceful=False)
+                contract.Activation(export.config.socket).clear()
 
     def _forget_locked(self, name: str) -> Export | None:
         with self._lock:
@@ -291,7 +305,7 @@ class ExportSupervisor:
 
     def flush(self, disk: dict[str, Any]) -> None:
         """An NBD flush through the export: everything acknowledged so far becomes durable."""
-        with _nbd_connection(self.socket_of(disk), disk["name"], "flushing") as handle:
+        with nbd_connection(self.socket_of(disk), disk["name"], "flushing") as handle:
             handle.flush()
 
     def resize(self, disk: dict[str, Any], size_bytes: int) -> None:
@@ -303,7 +317,7 @@ class ExportSupervisor:
         contract.write_size_request(contract.size_request_path(self.socket_of(disk)), size_bytes)
         # The plugin applies the request when the next connection opens; open one now so that
         # the resize is in the volume's log before this call returns.
-        with _nbd_connection(self.socket_of(disk), disk["name"], "resizing") as handle:
+        with nbd_connection(self.socket_of(disk), disk["name"], "resizing") as handle:
             got = handle.get_size()
         if got != size_bytes:
             raise Unavailable(f"export of {disk['name']!r} reports {got} bytes, not {size_bytes}")
@@ -352,6 +366,10 @@ class ExportSupervisor:
                 self._check_lost_locked(name)
                 return
             dead = not export.running
+            if export.config.incoming:  # not the writer: nothing to restart or fence
+                if dead:
+                    self._forget_locked(name)
+                return
             if not dead and not self._fenced(export):
                 return
             disk = self._disks[name]

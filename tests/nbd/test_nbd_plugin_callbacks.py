@@ -36,7 +36,8 @@ def plugin(request: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any
     fake.EXTENT_HOLE, fake.EXTENT_ZERO = 1, 2  # type: ignore[attr-defined]
     fake.FUA_NATIVE, fake.THREAD_MODEL_PARALLEL = 2, 3  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "nbdkit", fake)
-    monkeypatch.delitem(sys.modules, "nbd_plugin.plugin", raising=False)
+    for module in ("plugin", "errors", "settings"):  # those that import `nbdkit`
+        monkeypatch.delitem(sys.modules, f"nbd_plugin.{module}", raising=False)
     mod = importlib.import_module("nbd_plugin.plugin")
     store = MemoryStore()
     Volume.create(store, "d", SIZE)

@@ -47,9 +47,9 @@ class Host(_Client):
         ctx = AppContext(Settings(home=home, s3=s3), self.store, TOKEN, self.control)
         self.client = TestClient(create_app(ctx))
 
-
     def close(self) -> None:
         self.control.operations.wait_all()
+        self.control.close()
         self.supervisor.close()
         self.store.close()
 
@@ -92,7 +92,6 @@ class GeoHost(_Client):
         ctx = AppContext(Settings(home=home, s3=s3, secondary=s3b), self.store, TOKEN, self.control)
         self.client = TestClient(create_app(ctx))
 
-
     def replicate(self) -> None:
         assert self.control.replication is not None
         self.control.replication.run_pass()
@@ -101,6 +100,7 @@ class GeoHost(_Client):
         self.control.operations.wait_all()
         if self.control.replication is not None:
             self.control.replication.close()
+        self.control.close()
         self.supervisor.close()
         self.store.close()
         if self.secondary is not None:

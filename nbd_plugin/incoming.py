@@ -1,0 +1,88 @@
+"""The destination of a live migration, inside the plugin: serve the handshake, hold the I/O.
+
+An export started with ``incoming=true`` runs on the host a VM is migrating to, while the source
+host still serves the disk. QEMU's destination connects at once (it opens its block nodes
+inactive) but sends no request until the source has stopped the guest and flushed, and it has
+itself activated (QEMU commit 76b1c7fe; DESIGN.md). So this export answers the NBD handshake with
+the disk's size and holds every request until it is the disk's writer: on the first one it asks
+the service to switch over (`contract.Activation`), and once the service answers with the epoch
+the record issued to this host, `become_writer` opens the volume with it, which fences the
+source's epoch. A held request never reads bytes the source may still overwrite, and never
+fails for the switchover: it waits (the guest sees a pause, not an error). If the migration is
+cancelled, or no answer comes within the request's own deadline, it fails with EIO.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from time import perf_counter
+
+from blockstore.errors import Unavailable
+from blockstore.host.contract import Activation
+
+
+class Incoming:
+    """Holds requests until `become_writer(epoch)` has run, or the migration was cancelled."""
+
+    POLL_SECONDS = 0.005  # how often the answer file is looked for: part of the pause
+
+    def __init__(
+        self, activation: Activation, size: int, become_writer: Callable[[int], None]
+    ) -> None:
+        self.activation = activation
+        self.size = size
+        self._become_writer = become_writer
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._asked = False
+        self.held_requests = 0
+        self.held_ms_max = 0.0
+        self._thread = threading.Thread(target=self._await_answer, name="incoming", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> bool:
+        """Not the writer yet (and not cancelled)."""
+        return not self._ready.is_set()
+
+    def _await_answer(self) -> None:
+        while not self._stop.wait(self.POLL_SECONDS):
+            answer = self.activation.read_answer()
+            if answer is None:
+                continue
+            if answer == Activation.CANCEL:
+                self._error = Unavailable("the live migration to this host was cancelled")
+            else:
+                try:
+                    self._become_writer(int(answer))
+                except BaseException as exc:  # handed to every held request
+                    self._error = exc
+            break
+        self._ready.set()
+
+    def hold(self, timeout: float) -> None:
+        """Wait until this export is the writer; raise what stopped it from becoming one."""
+        if not self._ready.is_set():
+            with self._lock:
+                if not self._asked:
+                    self._asked = True
+                    self.activation.ask()
+            start = perf_counter()
+            done = self._ready.wait(timeout)
+            waited = (perf_counter() - start) * 1000
+            with self._lock:
+                self.held_requests += 1
+                self.held_ms_max = max(self.held_ms_max, waited)
+            if not done:
+                raise Unavailable(
+                    f"the switchover of this live migration did not come within {timeout:g} s"
+                )
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
