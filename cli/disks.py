@@ -1,5 +1,5 @@
-"""`blockstore disk ...`: create, list, show, resize, delete, attach, detach; fail a grs disk
-over and back, show or drain its replication; change its redundancy."""
+"""`blockstore disk ...`: create, list, show, resize, delete, attach, detach, migrate live; fail
+a grs disk over and back, show or drain its replication; change its redundancy."""
 
 from __future__ import annotations
 
@@ -33,18 +33,25 @@ AllowShrink = Annotated[bool, typer.Option(help="Allow dropping the tail")]
 def _disk_table(disks: list[dict[str, Any]]) -> None:
     t = Table("NAME", "SIZE", "KIND", "CACHING", "REDUNDANCY", "ATTACHED TO", "STORED", "CREATED")
     for d in disks:
-        att = d.get("attachment")
         t.add_row(
             d["name"],
             size_text(d["size_bytes"]),
             d["kind"],
             d["caching"],
             d["redundancy"],
-            f"{att['vm']} ({att['host']})" if att else "-",
+            _attached_to(d),
             size_text(d.get("bytes_stored")),
             d["created"],
         )
     Console().print(t)
+
+
+def _attached_to(disk: dict[str, Any]) -> str:
+    att, mig = disk.get("attachment"), disk.get("migration")
+    if not att:
+        return "-"
+    moving = f", migrating to {mig['to_host']}" if mig else ""
+    return f"{att['vm']} ({att['host']}{moving})"
 
 
 @api_command(disk_app, "create")
@@ -121,6 +128,34 @@ def disk_attach(
         as_json,
         whole_lines,
     )
+
+
+@api_command(disk_app, "migrate")
+def disk_migrate(
+    c: ApiClient,
+    as_json: bool,
+    name: str,
+    vm: Annotated[str | None, typer.Option(help="The VM the disk is attached to")] = None,
+    complete: Annotated[
+        bool, typer.Option("--complete", help="Switch over now (after QEMU completed)")
+    ] = False,
+    cancel: Annotated[bool, typer.Option("--cancel", help="Call the migration off")] = False,
+) -> None:
+    """Live migration, run against the DESTINATION host's API: prepare it to take the disk
+    over from the host serving it, and print how the destination QEMU connects (its first
+    request switches over); --complete switches over now; --cancel (either host) calls it off."""
+    if complete and cancel:
+        raise typer.BadParameter("--complete and --cancel exclude each other")
+    path = f"/v1/disks/{name}/migration"
+    if complete:
+        call(
+            lambda: c.post(f"{path}/complete", {}), as_json, lambda d: whole_lines(d["attachment"])
+        )
+    elif cancel:
+        call(lambda: c.delete(path), as_json, key_values(f"disk {name}"))
+    else:
+        body = {"vm": vm} if vm else {}
+        call(lambda: c.post(path, body), as_json, lambda d: whole_lines(d["migration"]))
 
 
 @api_command(disk_app, "detach")
