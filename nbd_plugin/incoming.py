@@ -2,14 +2,22 @@
 
 An export started with ``incoming=true`` runs on the host a VM is migrating to, while the source
 host still serves the disk. QEMU's destination connects at once (it opens its block nodes
-inactive) but sends no request until the source has stopped the guest and flushed, and it has
-itself activated (QEMU commit 76b1c7fe; DESIGN.md). So this export answers the NBD handshake with
-the disk's size and holds every request until it is the disk's writer: on the first one it asks
-the service to switch over (`contract.Activation`), and once the service answers with the epoch
-the record issued to this host, `become_writer` opens the volume with it, which fences the
-source's epoch. A held request never reads bytes the source may still overwrite, and never
-fails for the switchover: it waits (the guest sees a pause, not an error). If the migration is
-cancelled, or no answer comes within the request's own deadline, it fails with EIO.
+inactive) and writes nothing until the source has stopped the guest and flushed, and it has
+itself activated (QEMU commit 76b1c7fe; DESIGN.md). It does read before that: a virtio-blk,
+scsi-hd or ide-hd device reads sector 0 at start-up to guess a geometry (QEMU 7.2's
+`hd_geometry_guess`), and holding that read would keep QEMU from starting at all. So:
+
+- a read or block-status query before the switchover is served from a read-only open of the
+  volume made for that request (`open_reader`), without the host cache: it sees every write
+  the source made durable, and after activation that is every write the source acknowledged
+  (QEMU flushed it), so a guest's read after it resumed is never stale;
+- a write, trim, zero or flush is held; the first one asks the service to switch over
+  (`contract.Activation`: under QEMU's protocol it comes only once the VM runs here), as does
+  `POST .../migration/complete`. Once the service answers with the epoch the record issued to
+  this host, `become_writer` opens the volume with it, which fences the source's epoch, and the
+  held requests go through. They never fail for the switchover: they wait (the guest sees a
+  pause, not an error). If the migration is cancelled, or no answer comes within the request's
+  own deadline, they fail with EIO.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import threading
 from collections.abc import Callable
 from time import perf_counter
 
+from blockstore.engine.volume import Volume
 from blockstore.errors import Unavailable
 from blockstore.host.contract import Activation
 
@@ -28,10 +37,14 @@ class Incoming:
     POLL_SECONDS = 0.005  # how often the answer file is looked for: part of the pause
 
     def __init__(
-        self, activation: Activation, size: int, become_writer: Callable[[int], None]
+        self,
+        activation: Activation,
+        open_reader: Callable[[], Volume],
+        become_writer: Callable[[int], None],
     ) -> None:
         self.activation = activation
-        self.size = size
+        self._open_reader = open_reader
+        self.size = self._read(lambda v: v.size)
         self._become_writer = become_writer
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -40,6 +53,7 @@ class Incoming:
         self._asked = False
         self.held_requests = 0
         self.held_ms_max = 0.0
+        self.early_reads = 0  # reads served before the switchover
         self._thread = threading.Thread(target=self._await_answer, name="incoming", daemon=True)
         self._thread.start()
 
@@ -82,6 +96,30 @@ class Incoming:
                 )
         if self._error is not None:
             raise self._error
+
+    def _read(self, call: Callable[[Volume], object]) -> object:
+        reader = self._open_reader()
+        try:
+            return call(reader)
+        finally:
+            reader.close()
+
+    def readinto(self, buf: bytearray, offset: int) -> bool:
+        """Serve a read made before the switchover (True), or leave it to the writer's cache
+        (False: the switchover is done)."""
+        if self._ready.is_set():
+            return False
+        self._read(lambda v: v.readinto(offset, memoryview(buf)))
+        with self._lock:
+            self.early_reads += 1
+        return True
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]] | None:
+        """Block status before the switchover; None once the writer's cache answers it."""
+        if self._ready.is_set():
+            return None
+        runs: list[tuple[int, int, bool]] = self._read(lambda v: v.extents(offset, length))  # type: ignore[assignment]
+        return runs
 
     def close(self) -> None:
         self._stop.set()

@@ -129,11 +129,11 @@ def after_fork():
     repair = contract.repair_config(os.environ, s3)  # the other region of a grs disk
     _store = build_store(s3, RetryConfig(deadline_seconds=_retry_seconds), secondary=repair)
     if settings.incoming():
-        size = Volume.open(_store, s["disk"], writable=False).size  # a reader starts no thread
         activation = contract.Activation(Path(os.environ[contract.ENV_ACTIVATION]))
+        reader = functools.partial(Volume.open, _store, s["disk"], writable=False)
         _holding = True
-        _incoming = Incoming(activation, size, _become_writer)
-        nbdkit.debug(f"blockstore: disk {s['disk']} incoming (live migration), size {size}")
+        _incoming = Incoming(activation, reader, _become_writer)
+        nbdkit.debug(f"blockstore: disk {s['disk']} incoming (live migration)")
     else:
         _open_disk(int(s["epoch"]) if "epoch" in s and not settings.readonly() else None)
     stats_path = os.environ.get(contract.ENV_STATS_FILE)
@@ -218,6 +218,7 @@ def _write_stats_once(path: Path) -> None:
         incoming=_holding,
         held_requests=inc.held_requests if inc else 0,
         held_ms_max=inc.held_ms_max if inc else 0.0,
+        early_reads=inc.early_reads if inc else 0,
         io=_io.counters(),
         cache=counters(cache.stats) if cache else {},
         volume=counters(_volume.stats) if _volume else {},
@@ -354,6 +355,11 @@ def _hold():
         _incoming.hold(_retry_seconds)
 
 
+def _read_early(buf, offset):
+    """An incoming export: serve a read before the switchover; False once it is the writer."""
+    return _incoming is not None and _incoming.readinto(buf, offset)
+
+
 def _served(op):
     """The data calls' one wrapper: run the call under its request's deadline (`_request`,
     inlined: this is every request's path), count it in the I/O stats as `op` (with the bytes
@@ -365,8 +371,6 @@ def _served(op):
             start = perf_counter()
             try:
                 with deadline.scope(_monotonic() + _retry_seconds):
-                    if _holding:
-                        _hold()
                     nbytes = call(*args)
             except Exception as exc:
                 _io.observe(op, 0, perf_counter() - start, ok=False)
@@ -380,30 +384,40 @@ def _served(op):
 
 @_served("read")
 def pread(h, buf, offset, flags):
+    if _holding and _read_early(buf, offset):
+        return len(buf)
     _cache.pread(buf, offset)
     return len(buf)
 
 
 @_served("write")
 def pwrite(h, buf, offset, flags):
+    if _holding:
+        _hold()
     _cache.pwrite(buf, offset, fua=bool(flags & nbdkit.FLAG_FUA))
     return len(buf)
 
 
 @_served("flush")
 def flush(h, flags):
+    if _holding:
+        _hold()
     _cache.flush()
     return 0
 
 
 @_served("trim")
 def trim(h, count, offset, flags):
+    if _holding:
+        _hold()
     _cache.trim(offset, count, fua=bool(flags & nbdkit.FLAG_FUA))
     return count
 
 
 @_served("zero")
 def zero(h, count, offset, flags):
+    if _holding:
+        _hold()
     fua = bool(flags & nbdkit.FLAG_FUA)
     if flags & nbdkit.FLAG_MAY_TRIM:
         _cache.trim(offset, count, fua=fua)
@@ -415,9 +429,8 @@ def zero(h, count, offset, flags):
 def extents(h, count, offset, flags):
     try:
         with _request():
-            if _holding:
-                _hold()
-            runs = _cache.extents(offset, count)
+            early = _incoming.extents(offset, count) if _holding and _incoming else None
+            runs = early if early is not None else _cache.extents(offset, count)
     except Exception as exc:
         fail(exc)
     hole = nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO

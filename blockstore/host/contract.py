@@ -204,6 +204,7 @@ class ExportStats:
     incoming: bool = False  # a migration's destination, not the disk's writer yet
     held_requests: int = 0  # requests an incoming export held until it became the writer
     held_ms_max: float = 0.0  # the longest such hold: the switchover pause its clients saw
+    early_reads: int = 0  # reads an incoming export served before the switchover
     cache_mode: str = "none"
     size: int = 0
     io: dict[str, dict[str, Any]] = field(default_factory=dict)  # host/iostats.py, per op

@@ -10,9 +10,18 @@ kernel command line's `bsguest=`:
 - `verify`: e2fsck -fn, mount, check every file against the sums written inside the disk, print
   the sums again (the test compares them with the first boot's);
 
-then it powers off. Everything it reports goes to the serial console as lines starting `BSGUEST `,
-read by `parse_console()`. A disk is named by its virtio serial when it has one, else by its kernel
-name (vdb...).
+then it powers off. A third mode acts on the first disk only and runs until the VM is stopped:
+
+- `stream`: write numbered 4 KiB records to the raw disk, record i at offset i * 4096 holding
+  `record(i)`, each with `dd conv=fsync` (a flush: durable once dd returns), and print
+  `ack i` after each; a write that fails prints `FAIL write i`. The test reading the console
+  knows which writes the guest saw acknowledged, across live migrations (the serial device's
+  state travels with the guest, so the consoles of successive QEMU processes concatenate).
+  The guest powers off when the disk is full (records never wrap).
+
+Everything it reports goes to the serial console as lines starting `BSGUEST `, read by
+`parse_console()`. A disk is named by its virtio serial when it has one, else by its kernel name
+(vdb...).
 """
 
 from __future__ import annotations
@@ -49,6 +58,21 @@ i=0
 while [ "$(ls -d /sys/block/vd* 2>/dev/null | wc -l)" -lt "${want:-1}" ] && [ $i -lt 100 ]; do
     sleep 0.1; i=$((i+1))
 done
+stream() {  # bsguest=stream: numbered records on the raw disk $1 (record() in Python)
+    n=$(( $(cat "/sys/block/$1/size") / 8 )); i=0
+    say "stream $1 $n"
+    while [ $i -lt $n ]; do
+        if yes "BSREC $(printf %08d $i)" | head -c 4096 | dd of="/dev/$1" bs=4096 seek=$i \
+                count=1 iflag=fullblock conv=fsync,notrunc 2>/tmp/dd.log; then
+            say "ack $i"
+        else
+            cat /tmp/dd.log; say "FAIL write $i"
+        fi
+        i=$((i+1))
+    done
+    finish full
+}
+[ "$mode" = stream ] && stream vda
 status=ok
 for dev in /sys/block/vd*; do
     [ -e "$dev" ] || continue
@@ -228,6 +252,15 @@ class _Cpio:
     def finish(self) -> bytes:
         self._entry("TRAILER!!!", 0, b"")
         return self.out.getvalue()
+
+
+RECORD_BYTES = 4096
+
+
+def record(i: int) -> bytes:
+    """What `bsguest=stream` writes as record `i`: `yes "BSREC %08d" | head -c 4096`."""
+    line = b"BSREC %08d\n" % i
+    return (line * (RECORD_BYTES // len(line) + 1))[:RECORD_BYTES]
 
 
 @dataclass
