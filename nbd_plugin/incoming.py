@@ -27,7 +27,7 @@ from collections.abc import Callable
 from time import perf_counter
 
 from blockstore.engine.volume import Volume
-from blockstore.errors import Unavailable
+from blockstore.errors import IntegrityError, NotFound, Unavailable
 from blockstore.host.contract import Activation
 
 
@@ -35,6 +35,7 @@ class Incoming:
     """Holds requests until `become_writer(epoch)` has run, or the migration was cancelled."""
 
     POLL_SECONDS = 0.005  # how often the answer file is looked for: part of the pause
+    READ_ATTEMPTS = 3
 
     def __init__(
         self,
@@ -98,11 +99,19 @@ class Incoming:
             raise self._error
 
     def _read(self, call: Callable[[Volume], object]) -> object:
-        reader = self._open_reader()
-        try:
-            return call(reader)
-        finally:
-            reader.close()
+        """`call` on a fresh read-only open. The source's GC may delete a segment this open's
+        map still names (it rewrote its live bytes elsewhere first): the next open sees where
+        they went, so such a read is tried again on one."""
+        for attempt in range(self.READ_ATTEMPTS):
+            reader = self._open_reader()
+            try:
+                return call(reader)
+            except (NotFound, IntegrityError):
+                if attempt == self.READ_ATTEMPTS - 1:
+                    raise
+            finally:
+                reader.close()
+        raise AssertionError("unreachable")
 
     def readinto(self, buf: bytearray, offset: int) -> bool:
         """Serve a read made before the switchover (True), or leave it to the writer's cache
