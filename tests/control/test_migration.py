@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import os
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
@@ -22,8 +23,9 @@ from typing import Any
 import nbd
 import pytest
 
+from tests.support.paths import BIN
 from tests.support.seaweed import SeaweedServer
-from tests.support.servehost import ServeHost, connect, nbd_errno, pid_alive, wait_for
+from tests.support.servehost import TOKEN, ServeHost, connect, nbd_errno, pid_alive, wait_for
 
 MiB = 1 << 20
 _n = itertools.count()
@@ -342,3 +344,32 @@ def test_what_cannot_migrate_is_refused_with_a_reason(hosts: tuple[ServeHost, Se
     assert forced["socket"] == incoming  # the same path on B, now a writer's export
     connect(forced["socket"]).pwrite(_block(b"f"), 0)
     wait_for(lambda: not pid_alive(att["pid"]), 15, "A's fenced export to stop")
+
+
+def _cli(host: ServeHost, *args: str) -> subprocess.CompletedProcess[str]:
+    """The blockstore CLI against `host`'s API, as an operator on another machine runs it."""
+    return subprocess.run(
+        [BIN, *args, "--url", f"http://127.0.0.1:{host.port}", "--token", TOKEN],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_cli_migrates_shows_and_cancels(hosts: tuple[ServeHost, ServeHost]) -> None:
+    """`blockstore disk migrate` on the destination prints how its QEMU connects; the list
+    shows the disk migrating; --cancel (on the source) calls it off; --complete switches over."""
+    a, b = hosts
+    att = _attached(a, "mig8")
+    out = _cli(b, "disk", "migrate", "mig8", "--vm", "vm1")
+    assert out.returncode == 0, out.stderr
+    assert "qemu_blockdev: driver=nbd" in out.stdout and "to_host: " in out.stdout
+    listing = _cli(a, "disk", "list")
+    assert "migrating" in listing.stdout, listing.stdout  # the table may wrap the cell
+    assert _cli(a, "disk", "migrate", "mig8", "--cancel").returncode == 0
+    refused = _cli(a, "disk", "migrate", "mig8", "--cancel")
+    assert refused.returncode != 0 and "no live migration" in refused.stderr + refused.stdout
+    assert _cli(b, "disk", "migrate", "mig8", "--json").returncode == 0
+    done = _cli(b, "disk", "migrate", "mig8", "--complete")
+    assert done.returncode == 0 and "migrated_from: " + att["host"] in done.stdout, done
+    assert a.ok("GET", "/v1/disks/mig8")["attachment"]["host"] != att["host"]
