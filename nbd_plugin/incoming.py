@@ -95,6 +95,10 @@ class Incoming:
                 raise Unavailable(
                     f"the switchover of this live migration did not come within {timeout:g} s"
                 )
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        """Cancelled, or the volume would not open with the epoch: nothing is served."""
         if self._error is not None:
             raise self._error
 
@@ -117,6 +121,7 @@ class Incoming:
         """Serve a read made before the switchover (True), or leave it to the writer's cache
         (False: the switchover is done)."""
         if self._ready.is_set():
+            self._raise_if_failed()
             return False
         self._read(lambda v: v.readinto(offset, memoryview(buf)))
         with self._lock:
@@ -126,6 +131,7 @@ class Incoming:
     def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]] | None:
         """Block status before the switchover; None once the writer's cache answers it."""
         if self._ready.is_set():
+            self._raise_if_failed()
             return None
         runs: list[tuple[int, int, bool]] = self._read(lambda v: v.extents(offset, length))  # type: ignore[assignment]
         return runs

@@ -79,3 +79,13 @@ def test_no_answer_within_the_deadline_fails_the_request(tmp_path: Path) -> None
     with pytest.raises(Unavailable, match="did not come within"):
         inc.hold(0.2)
     inc.close()
+
+
+def test_after_a_cancel_reads_fail_too(tmp_path: Path) -> None:
+    inc = _incoming(tmp_path, [])
+    inc.activation.answer(None)
+    with pytest.raises(Unavailable, match="cancelled"):
+        inc.hold(10)
+    with pytest.raises(Unavailable, match="cancelled"):
+        inc.readinto(bytearray(512), 0)
+    inc.close()
