@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 MIGRATION = "migration"  # the record field of a migration under way
 LAST_MIGRATION = "last_migration"  # how the last one ended
+_BLOCK_ONLY = ("vm", "from_host", "to_host", "started_at", "state")  # not an attachment's
 
 
 @dataclass(frozen=True)
@@ -182,14 +183,11 @@ class MigrationService:
             if not block or block["to_host"] != me:
                 self._forget(name)
                 raise Conflict(f"no live migration of disk {name!r} to this host is under way")
-            new = {
-                "vm": block["vm"],
-                "host": me,
-                "attached_at": self.ctx.now(),
-                "target": block.get("target"),
-                "migrated_from": block["from_host"],
-            }
-            ended = {k: block[k] for k in ("vm", "from_host", "to_host", "started_at")}
+            ended = {k: block[k] for k in _BLOCK_ONLY}
+            # The incoming export's socket, snippets and pid are the attachment's from now on.
+            reach = {k: v for k, v in block.items() if k not in _BLOCK_ONLY or k == "vm"}
+            new = {**reach, "host": me, "attached_at": self.ctx.now(),
+                   "migrated_from": block["from_host"], "caching": disk["caching"]}  # fmt: skip
 
             def still_coming(rec: Record) -> Record:
                 if (rec.get(MIGRATION) or {}).get("started_at") != block["started_at"]:
@@ -254,7 +252,7 @@ class MigrationService:
                     f"the migration of disk {name!r} ended meanwhile; the disk is attached on "
                     f"host {att.get('host')}"
                 )
-            ended = {k: block[k] for k in ("vm", "from_host", "to_host", "started_at")}
+            ended = {k: block[k] for k in _BLOCK_ONLY}
             done = {**ended, "state": "cancelled", "cancelled_at": self.ctx.now(), "why": why}
             return {**rec, MIGRATION: None, LAST_MIGRATION: done}
 
