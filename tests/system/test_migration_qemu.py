@@ -22,8 +22,9 @@ read back from the last host's export at the end.
 It measures, per migration: the pause the guest saw (the longest gap, on the host's monotonic
 clock as a thread tailing each console file saw the lines, between two consecutive acks on the
 source's and the destination's consoles; it includes the guest's own gap between records),
-QEMU's reported `downtime`, and the service's `last_migration.switchover_ms`. It prints a table with the median
-and worst of each, and writes them as JSON to $BLOCKSTORE_MIGRATION_REPORT when set.
+QEMU's reported `downtime`, and the service's `last_migration.switchover_ms`. It prints a table
+with the median and worst of each, and writes them as JSON to $BLOCKSTORE_MIGRATION_REPORT when
+set.
 
 Slow (under a minute on two cores: a TCG boot of a few seconds, then about 2 s a migration):
 `nice .venv/bin/pytest -q -s -m slow tests/system/test_migration_qemu.py`.
