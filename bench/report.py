@@ -66,6 +66,8 @@ class Row:
     error: str | None = None
     # QD1 write jobs: the median of the single 4 KiB PUTs timed right before and after the job
     adjacent_put_us: float | None = None
+    # CPU microseconds nbdkit and the store spent per request (suite.cpu_meter)
+    cpu_us_per_io: float | None = None
 
     @property
     def label(self) -> str:
@@ -129,12 +131,32 @@ def rows(raw: dict[str, Any]) -> list[Row]:
             adjacent = rec.get("put_4k_before_ns", []) + rec.get("put_4k_after_ns", [])
             if adjacent:
                 row = replace(row, adjacent_put_us=statistics.median(adjacent) / 1000)
-            out.append(row)
+            out.append(replace(row, cpu_us_per_io=_cpu_per_io(raw, rec, _fio_ios(raw, rec))))
         elif "ioping_ns" in rec:
-            out.append(
-                _from_samples(rec["target"], rec["workload"], rec["cache"], rec["ioping_ns"], 4096)
+            row = _from_samples(
+                rec["target"], rec["workload"], rec["cache"], rec["ioping_ns"], 4096
             )
+            out.append(replace(row, cpu_us_per_io=_cpu_per_io(raw, rec, len(rec["ioping_ns"]))))
     return out
+
+
+def _fio_ios(raw: dict[str, Any], rec: dict[str, Any]) -> float:
+    """The requests the target served during the metered job. fio counts none in its ramp
+    time, which the meter does see: a time-based job is scaled up by (runtime + ramp) / runtime
+    (at the rate it ran; a cold job has no ramp)."""
+    job = rec["fio"]
+    ios = float(job["read"]["total_ios"] + job["write"]["total_ios"])
+    cfg = raw.get("config", {})
+    if "--time_based" in rec.get("command", []) and cfg.get("ramp") and cfg.get("runtime"):
+        ios *= (cfg["runtime"] + cfg["ramp"]) / cfg["runtime"]
+    return ios
+
+
+def _cpu_per_io(raw: dict[str, Any], rec: dict[str, Any], ios: float) -> float | None:
+    used = rec.get("cpu_seconds")
+    if not used or not ios:
+        return None
+    return sum(used.values()) * 1e6 / ios
 
 
 def store_floor_row(raw: dict[str, Any], workload: str) -> Row | None:
@@ -203,12 +225,12 @@ def workload_table(raw: dict[str, Any], all_rows: list[Row], workload: str) -> s
     these = [r for r in all_rows if r.workload == workload]
     # QD1 write jobs also compare with the PUTs timed right before and after them.
     adjacent = any(r.adjacent_put_us for r in these)
-    head = "| target | cache | median | p99 | IOPS | MB/s | x file floor | x Python floor "
-    head += "| x store floor | x PUT next to it |" if adjacent else "| x store floor |"
-    lines = [head, "| --- | --- |" + " ---: |" * (8 if adjacent else 7)]
+    head = "| target | cache | median | p99 | IOPS | MB/s | CPU us/IO | x file floor "
+    head += "| x Python floor | x store floor |" + (" x PUT next to it |" if adjacent else "")
+    lines = [head, "| --- | --- |" + " ---: |" * (9 if adjacent else 8)]
     for r in [*these, *([sfr] if sfr else [])]:
         if r.error:
-            empty = " |" * (7 if adjacent else 6)
+            empty = " |" * (8 if adjacent else 7)
             lines.append(f"| {r.target} | {r.cache} | failed: {r.error[:80]} |{empty}")
             continue
         cells = [fmt_ratio(ratio(r, fl[k], kind)) for k in ("file", "python", "store")]
@@ -217,7 +239,8 @@ def workload_table(raw: dict[str, Any], all_rows: list[Row], workload: str) -> s
             cells.append(fmt_ratio(next_to))
         lines.append(
             f"| {r.target} | {r.cache} | {fmt_us(r.median_us)} | {fmt_us(r.p99_us)} | "
-            f"{fmt_num(r.iops)} | {fmt_num(r.mbps, 1)} | {' | '.join(cells)} |"
+            f"{fmt_num(r.iops)} | {fmt_num(r.mbps, 1)} | {fmt_num(r.cpu_us_per_io)} | "
+            f"{' | '.join(cells)} |"
         )
     return "\n".join(lines)
 
@@ -307,6 +330,24 @@ def headline_table(raw: dict[str, Any], all_rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def cpu_table(raw: dict[str, Any], all_rows: list[Row]) -> str:
+    """CPU microseconds per request, nbdkit and the store together, one row per target."""
+    head = "| target | " + " | ".join(c[2] for c in HEADLINE_COLUMNS) + " |"
+    lines = [head, "| --- |" + " ---: |" * len(HEADLINE_COLUMNS)]
+    labels: list[tuple[str, str]] = []
+    for r in all_rows:
+        if (r.target, r.cache) not in labels and r.workload != "start":
+            labels.append((r.target, r.cache))
+    for target, cache in labels:
+        cells = []
+        for w, _, _ in HEADLINE_COLUMNS:
+            got = _get(all_rows, target, w, cache)
+            cells.append(fmt_num(got.cpu_us_per_io) if got and got.cpu_us_per_io else "")
+        name = target if cache == "-" else f"{target} ({cache})"
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 PEER_PAIRS = [
     ("blockstore none", "-", "peer: nbdkit S3", "-", "both durable in the store at ack"),
     ("blockstore readonly", "warm", "peer: nbdkit S3", "-", "both durable in the store at ack"),
@@ -387,6 +428,10 @@ def markdown(raw: dict[str, Any]) -> str:
         "## Summary (medians; IOPS and MB/s for throughput)",
         headline_table(raw, all_rows),
         "![latency](latency.png)\n\n![throughput](throughput.png)",
+        "## CPU per request (microseconds of nbdkit + the store)\n\n"
+        "What serving one request cost the host: user and system time of the export's nbdkit "
+        "and of the embedded store during the job, divided by the requests served (the client "
+        "is not counted). Lower is better.\n\n" + cpu_table(raw, all_rows),
         "## blockstore against the peer (bold: blockstore is better)\n\n"
         "Latency columns: peer median / ours (2.00x: we take half the time); throughput "
         "columns: ours / peer.\n\n" + peer_table(all_rows),

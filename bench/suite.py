@@ -624,6 +624,34 @@ def cpu_busy_seconds() -> float:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of one process so far (its threads included), from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = stat[stat.rindex(")") + 2 :].split()
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def cpu_meter(run: Run, exp: Export) -> Iterator[dict[str, float]]:
+    """CPU seconds the export's nbdkit and the object store spent inside the block (filled in
+    when it ends): what serving the workload cost the host, divided by its I/Os in the report.
+    The store's share is counted only for the embedded store (a remote one is not ours to
+    see); the client (fio, ioping, nbdfuse) is not counted."""
+    pids = {"nbdkit": exp.pid}
+    if run.weed is not None and run.weed.process is not None:
+        pids["store"] = run.weed.process.pid
+    before = {k: process_cpu_seconds(p) for k, p in pids.items() if p}
+    used: dict[str, float] = {}
+    yield used
+    for k, t0 in before.items():
+        t1 = process_cpu_seconds(pids[k])
+        if t0 is not None and t1 is not None:
+            used[k] = t1 - t0
+
+
 def own_cpu_seconds() -> float:
     """CPU time of this process and every child it has waited for."""
     s = resource.getrusage(resource.RUSAGE_SELF)
@@ -814,25 +842,33 @@ def _job(
     run: Run, exp: Export, t: Target, w: Workload, cold: bool = False
 ) -> Callable[[], dict[str, Any]]:
     if w.tool == "ioping":
-        return lambda: ioping(run, exp, t.kind)
+        return lambda: _metered(run, exp, lambda: ioping(run, exp, t.kind))
     if w.reads:
-        return lambda: fio(exp.uri, w, run.config, cold)
+        return lambda: _metered(run, exp, lambda: fio(exp.uri, w, run.config, cold))
 
     def write_job() -> dict[str, Any]:
         # Write back what the previous workload left dirty first, so that a write+flush job
         # does not pay for it (its time is recorded: it is what a flush after a burst costs).
         flushed = nbd_flush(exp.uri)
         if w.qd != 1:
-            return {**fio(exp.uri, w, run.config), "flush_before_seconds": flushed}
+            job = _metered(run, exp, lambda: fio(exp.uri, w, run.config))
+            return {**job, "flush_before_seconds": flushed}
         # A QD1 write's floor is one PUT, and this store's PUT latency drifts by up to 1.4x
         # within a minute: time single PUTs right before and right after the job too.
         before = put_samples(run.s3, run.config.adjacent_puts)
-        job = fio(exp.uri, w, run.config)
+        job = _metered(run, exp, lambda: fio(exp.uri, w, run.config))
         after = put_samples(run.s3, run.config.adjacent_puts)
         return {**job, "flush_before_seconds": flushed, "put_4k_before_ns": before,
                 "put_4k_after_ns": after}  # fmt: skip
 
     return write_job
+
+
+def _metered(run: Run, exp: Export, job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`job`'s record with the CPU seconds nbdkit and the store spent on it (`cpu_meter`)."""
+    with cpu_meter(run, exp) as used:
+        rec = job()
+    return {**rec, "cpu_seconds": used}
 
 
 def put_samples(s3: S3Config, n: int) -> list[int]:

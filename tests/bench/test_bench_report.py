@@ -98,9 +98,9 @@ def test_tables_print_the_derived_figures_and_ratios(raw: dict[str, Any]) -> Non
         assert cells[3] == report.fmt_us(r.p99_us)
         assert fl["file"] and fl["python"] and fl["store"]
         assert r.median_us is not None
-        assert cells[6] == report.fmt_ratio(r.median_us / fl["file"].median_us)  # type: ignore[operator]
-        assert cells[7] == report.fmt_ratio(r.median_us / fl["python"].median_us)  # type: ignore[operator]
-        assert cells[8] == report.fmt_ratio(r.median_us / fl["store"].median_us)  # type: ignore[operator]
+        assert cells[7] == report.fmt_ratio(r.median_us / fl["file"].median_us)  # type: ignore[operator]
+        assert cells[8] == report.fmt_ratio(r.median_us / fl["python"].median_us)  # type: ignore[operator]
+        assert cells[9] == report.fmt_ratio(r.median_us / fl["store"].median_us)  # type: ignore[operator]
     # Throughput workload: ratios of MB/s.
     w = "fio 1M seqread QD4"
     fl = report.floors(raw, rows, w)
@@ -108,7 +108,7 @@ def test_tables_print_the_derived_figures_and_ratios(raw: dict[str, Any]) -> Non
         cells = _table_line(md, w, r.target, r.cache)
         assert cells[5] == report.fmt_num(r.mbps, 1)
         assert r.mbps is not None and fl["store"] and fl["store"].mbps
-        assert cells[8] == report.fmt_ratio(r.mbps / fl["store"].mbps)
+        assert cells[9] == report.fmt_ratio(r.mbps / fl["store"].mbps)
 
 
 def test_article_table_and_header(raw: dict[str, Any]) -> None:
@@ -167,8 +167,25 @@ def test_qd1_writes_compare_with_the_puts_timed_next_to_them(raw: dict[str, Any]
     assert row.adjacent_put_us == pytest.approx(1100.0)
     cells = _table_line(report.markdown(raw), w, "blockstore none", "-")
     assert row.median_us is not None
-    assert cells[9] == report.fmt_ratio(row.median_us / 1100.0)
+    assert cells[10] == report.fmt_ratio(row.median_us / 1100.0)
     other = next(
         r for r in rows if r.workload == w and r.target != "blockstore none" and r.error is None
     )
-    assert _table_line(report.markdown(raw), w, other.target, other.cache)[9] == "-"
+    assert _table_line(report.markdown(raw), w, other.target, other.cache)[10] == "-"
+
+
+def test_cpu_per_request_counts_nbdkit_and_the_store_over_every_request() -> None:
+    """CPU us per I/O: the metered seconds of nbdkit and the store over the requests served,
+    a time-based job's count scaled up for its ramp (the meter sees the ramp, fio does not)."""
+    raw = json.loads(RAW.read_text())
+    raw["config"].update(runtime=10.0, ramp=1.0)
+    w = "fio 4k randread QD1"
+    rec = next(r for r in raw["runs"] if r["workload"] == w and r["target"] == "blockstore none")
+    rec["command"] = ["fio", "--time_based"]
+    rec["cpu_seconds"] = {"nbdkit": 0.3, "store": 0.1}
+    ios = rec["fio"]["read"]["total_ios"] * 1.1
+    row = next(r for r in report.rows(raw) if (r.target, r.workload) == ("blockstore none", w))
+    assert row.cpu_us_per_io == pytest.approx(0.4e6 / ios)
+    cells = _table_line(report.markdown(raw), w, "blockstore none", "-")
+    assert cells[6] == report.fmt_num(row.cpu_us_per_io)
+    assert "## CPU per request" in report.markdown(raw)
