@@ -60,6 +60,10 @@ class HostCacheConfig:
     upload_delay: float = 0.005  # readwrite: age of unflushed writes before the uploader sends
     journal_file_size: int = 64 << 20  # the journal rolls to a new file past this size
     upload_retry_max_delay: float = 2.0  # uploader backoff cap while the store fails
+    # readwrite: bytes of pending writes also kept in memory, so that the uploader need not
+    # read them back from the journal (a pread per entry was most of its CPU; see
+    # docs/cache-measurements.md); past it, entries are read from the journal as before.
+    upload_memory: int = 16 << 20
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

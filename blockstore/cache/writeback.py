@@ -81,6 +81,10 @@ class WriteBack:
         self._seq = 0  # last entry appended
         self._durable_seq = 0  # last entry known durable in the store
         self._pending: deque[JournalEntry] = deque()  # appended, not yet applied to the volume
+        # The bytes of pending writes, by seq, while they fit in `upload_memory`: the uploader
+        # takes them from here instead of reading them back from the journal file.
+        self._held: dict[int, bytes] = {}
+        self._held_bytes = 0
         self._unflushed: deque[JournalEntry] = deque()  # applied, not yet durable
         self._stop = threading.Event()
         self.error: BlockstoreError | None = None  # fatal (fenced): everything fails
@@ -109,6 +113,9 @@ class WriteBack:
                 raise
             self._blocks.write_back_locked(offset, n, data)
             self._pending.append(entry)
+            if data is not None and self._held_bytes + n <= self._config.upload_memory:
+                self._held[entry.seq] = bytes(data)  # nbdkit reuses its buffer after we return
+                self._held_bytes += n
             # Wake the uploader only when it would not look by itself soon (see
             # `_upload_loop`): each wake-up cost the flush CPU (docs/cache-measurements.md).
             wake = self._stats.dirty_bytes >= self._config.dirty_limit // 2
@@ -185,10 +192,14 @@ class WriteBack:
                 if not self._pending or self._pending[0].seq > target:
                     return
                 entry = self._pending[0]
-            data = self._journal.read(entry) if entry.kind == KIND_WRITE else None
+            data = None
+            if entry.kind == KIND_WRITE:
+                data = self._held.get(entry.seq) or self._journal.read(entry)
             # Re-applying an entry after a failure is harmless: the same bytes land again.
             apply(self._volume, entry.kind, entry.offset, entry.length, data, False)
             with self._cond:
+                if self._held.pop(entry.seq, None) is not None:
+                    self._held_bytes -= entry.length
                 self._pending.popleft()
                 self._unflushed.append(entry)
                 self._blocks.clean_locked(entry.offset, entry.length)
