@@ -21,9 +21,14 @@ Invariants
   when it is done: a fill never installs data that a write or eviction made stale meanwhile.
 - Every method named ``*_locked`` runs under the host cache's lock, and every change of block
   state and every write into the file by a writer or a fill happens in one of them.
-- The hot read path (`HostCache.pread`) takes no lock: it checks ``present`` and reads the file
-  with one ``os.preadv`` into the caller's buffer, then checks that no eviction ran meanwhile
-  (``evict_seq``, raised *before* a hole is punched); if one did, it redoes the read locked.
+- The hot read path (`HostCache.pread`) takes no lock: it checks ``present`` and copies the
+  bytes from the file's shared mapping (``view``) into the caller's buffer, then checks that
+  no eviction ran meanwhile (``evict_seq``, raised *before* a hole is punched); if one did, it
+  redoes the read locked. A copy from the mapping keeps the interpreter lock where a `preadv`
+  gave it up and took it back, which at QD16 was a hand-over between nbdkit's threads per hit
+  (docs/cache-measurements.md). The mapping is made for disks up to `MAP_MAX` (the address
+  space is finite); a larger disk's hits use ``os.preadv``. The file only grows while it is
+  mapped, so the mapping never reaches past its end.
 - Only clean blocks are evicted (second chance via ``ref``), when more than ``capacity`` blocks
   occupy the file. Eviction punches a hole in the file.
 - The map lives in memory only: the file is emptied at open. A crash loses nothing: the file
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import mmap
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -46,6 +52,7 @@ from blockstore.store.base import Buffer
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+MAP_MAX = 4 << 40  # disks up to this size map their cache file for the hit path
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
@@ -98,14 +105,24 @@ class BlockMap:
         self.partial: dict[int, list[tuple[int, int]]] = {}
         self.resident: OrderedDict[int, None] = OrderedDict()  # blocks holding file space
         self.evict_seq = 0
+        self.view: memoryview | None = self._map(size)
+
+    def _map(self, size: int) -> memoryview | None:
+        """The whole file mapped shared, for the hit path; None past MAP_MAX."""
+        if not 0 < size <= MAP_MAX:
+            return None
+        return memoryview(mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ))
 
     def close(self) -> None:
+        # The mapping is left to the garbage collector: a hit still copying from it keeps it.
+        self.view = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
     def grow_locked(self, new_size: int) -> None:
         os.ftruncate(self.fd, new_size)
+        self.view = self._map(new_size)  # a hit in flight goes on with the old one
         nblocks = (new_size + self.bs - 1) >> self.shift
         # In place: the lock-free read path holds no reference it could lose.
         self.present.extend(bytes(nblocks - self.nblocks))

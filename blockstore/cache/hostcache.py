@@ -137,11 +137,17 @@ class HostCache:
         last = (offset + n - 1) >> m.shift
         seq = m.evict_seq
         hit = m.present[first] if first == last else 0 not in m.present[first : last + 1]
-        if hit and os.preadv(m.fd, (buf,), offset) == n and seq == m.evict_seq:
-            m.ref[first] = 1
-            self._last_read_end = offset + n
-            self.stats.hits += 1
-            return
+        if hit:
+            view = m.view
+            if view is not None:
+                buf[:] = view[offset : offset + n]
+            elif os.preadv(m.fd, (buf,), offset) != n:
+                hit = False
+            if hit and seq == m.evict_seq:
+                m.ref[first] = 1
+                self._last_read_end = offset + n
+                self.stats.hits += 1
+                return
         sequential = offset == self._last_read_end
         self._last_read_end = offset + n
         self._fill.read(buf, offset, sequential)
