@@ -28,7 +28,9 @@ Invariants
   gave it up and took it back, which at QD16 was a hand-over between nbdkit's threads per hit
   (docs/cache-measurements.md). The mapping is made for disks up to `MAP_MAX` (the address
   space is finite); a larger disk's hits use ``os.preadv``. The file only grows while it is
-  mapped, so the mapping never reaches past its end.
+  mapped, so the mapping never reaches past its end. A write-back into blocks the file holds
+  copies into the mapping too; into a hole it is an ``os.pwrite`` (a store into a mapped hole
+  on a full file system is SIGBUS, not ENOSPC).
 - Only clean blocks are evicted (second chance via ``ref``), when more than ``capacity`` blocks
   occupy the file. Eviction punches a hole in the file.
 - The map lives in memory only: the file is emptied at open. A crash loses nothing: the file
@@ -111,7 +113,8 @@ class BlockMap:
         """The whole file mapped shared, for the hit path; None past MAP_MAX."""
         if not 0 < size <= MAP_MAX:
             return None
-        return memoryview(mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ))
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        return memoryview(mmap.mmap(self.fd, size, mmap.MAP_SHARED, prot))
 
     def close(self) -> None:
         # The mapping is left to the garbage collector: a hit still copying from it keeps it.
@@ -280,8 +283,14 @@ class BlockMap:
     def write_back_locked(self, offset: int, n: int, data: Buffer | None) -> None:
         """A write-back (readwrite) entering the file: its blocks turn dirty (and partial when
         absent) until the volume has the journal entry (`clean_locked`)."""
-        if data is not None:
-            os.pwrite(self.fd, data, offset)
+        view = self.view
+        first, last = offset >> self.shift, (offset + n - 1) >> self.shift
+        if data is not None and view is not None and 0 not in self.present[first : last + 1]:
+            # Blocks the file holds already have their space: a copy into the mapping (under
+            # the interpreter lock, as hits) cannot meet a full disk, which would be SIGBUS.
+            view[offset : offset + n] = data
+        elif data is not None:
+            os.pwrite(self.fd, data, offset)  # a full disk is an error here, not a signal
         else:
             punch_hole(self.fd, offset, n)
         shift, bs = self.shift, self.bs
