@@ -21,10 +21,9 @@ happen under that disk's lock, and an export removes only the socket it created 
 (blockstore/host/export.py), so the socket an attach returned exists until that export is stopped.
 Exports die with the service (nbdkit --exit-with-parent) and are started again when it restarts.
 
-An *incoming* export (a live migration's destination) holds no epoch and is never restarted
-or fenced here; `hand_over` makes it the writer (control/migration.py). What each export is
-given and writes back (size requests, the stats file with its fenced state, read-repair
-settings, the activation files) is `host/contract.py`'s; connecting is `host/connect.py`'s.
+An *incoming* export (a live migration's destination) holds no epoch and is never restarted or
+fenced here; `hand_over` makes it the writer. What each export is given and writes back (size
+requests, stats, read repair, activation) is `host/contract.py`'s; connecting, `connect.py`'s.
 """
 
 from __future__ import annotations
