@@ -66,6 +66,8 @@ class Row:
     error: str | None = None
     # QD1 write jobs: the median of the single 4 KiB PUTs timed right before and after the job
     adjacent_put_us: float | None = None
+    # 1 MiB write jobs: the 4-thread 4 MiB PUT throughput measured right before and after
+    adjacent_put_mbps: float | None = None
     # CPU microseconds nbdkit and the store spent per request (suite.cpu_meter)
     cpu_us_per_io: float | None = None
 
@@ -131,6 +133,9 @@ def rows(raw: dict[str, Any]) -> list[Row]:
             adjacent = rec.get("put_4k_before_ns", []) + rec.get("put_4k_after_ns", [])
             if adjacent:
                 row = replace(row, adjacent_put_us=statistics.median(adjacent) / 1000)
+            big = [_mbps(t) for t in rec.get("put_4m_adjacent", []) if t.get("ops")]
+            if big:
+                row = replace(row, adjacent_put_mbps=statistics.fmean(big))
             out.append(replace(row, cpu_us_per_io=_cpu_per_io(raw, rec, _fio_ios(raw, rec))))
         elif "ioping_ns" in rec:
             row = _from_samples(
@@ -138,6 +143,10 @@ def rows(raw: dict[str, Any]) -> list[Row]:
             )
             out.append(replace(row, cpu_us_per_io=_cpu_per_io(raw, rec, len(rec["ioping_ns"]))))
     return out
+
+
+def _mbps(threaded: dict[str, Any]) -> float:
+    return float(threaded["ops"] * threaded["bytes_per_op"] / threaded["seconds"] / 1e6)
 
 
 def _fio_ios(raw: dict[str, Any], rec: dict[str, Any]) -> float:
@@ -223,8 +232,8 @@ def workload_table(raw: dict[str, Any], all_rows: list[Row], workload: str) -> s
     fl = floors(raw, all_rows, workload)
     sfr = fl["store"]
     these = [r for r in all_rows if r.workload == workload]
-    # QD1 write jobs also compare with the PUTs timed right before and after them.
-    adjacent = any(r.adjacent_put_us for r in these)
+    # Write jobs also compare with the PUTs timed right before and after them.
+    adjacent = any(r.adjacent_put_us or r.adjacent_put_mbps for r in these)
     head = "| target | cache | median | p99 | IOPS | MB/s | CPU us/IO | x file floor "
     head += "| x Python floor | x store floor |" + (" x PUT next to it |" if adjacent else "")
     lines = [head, "| --- | --- |" + " ---: |" * (9 if adjacent else 8)]
@@ -235,14 +244,23 @@ def workload_table(raw: dict[str, Any], all_rows: list[Row], workload: str) -> s
             continue
         cells = [fmt_ratio(ratio(r, fl[k], kind)) for k in ("file", "python", "store")]
         if adjacent:
-            next_to = r.median_us / r.adjacent_put_us if r.median_us and r.adjacent_put_us else None
-            cells.append(fmt_ratio(next_to))
+            cells.append(fmt_ratio(_next_to(r)))
         lines.append(
             f"| {r.target} | {r.cache} | {fmt_us(r.median_us)} | {fmt_us(r.p99_us)} | "
             f"{fmt_num(r.iops)} | {fmt_num(r.mbps, 1)} | {fmt_num(r.cpu_us_per_io)} | "
             f"{' | '.join(cells)} |"
         )
     return "\n".join(lines)
+
+
+def _next_to(r: Row) -> float | None:
+    """The row against the store's PUTs timed right before and after it: latency over the
+    single PUT's, or throughput over the parallel PUTs'."""
+    if r.median_us and r.adjacent_put_us:
+        return r.median_us / r.adjacent_put_us
+    if r.mbps and r.adjacent_put_mbps:
+        return r.mbps / r.adjacent_put_mbps
+    return None
 
 
 def _get(all_rows: list[Row], target: str, workload: str, cache: str) -> Row | None:

@@ -851,8 +851,13 @@ def _job(
         # does not pay for it (its time is recorded: it is what a flush after a burst costs).
         flushed = nbd_flush(exp.uri)
         if w.qd != 1:
+            # Its floor is the store's parallel PUT throughput, which drifts too: measured
+            # right before and right after the job as well.
+            seconds = min(run.config.store_seconds, 2.0)
+            before = put_throughput(run.s3, seconds)
             job = _metered(run, exp, lambda: fio(exp.uri, w, run.config))
-            return {**job, "flush_before_seconds": flushed}
+            after = put_throughput(run.s3, seconds)
+            return {**job, "flush_before_seconds": flushed, "put_4m_adjacent": [before, after]}
         # A QD1 write's floor is one PUT, and this store's PUT latency drifts by up to 1.4x
         # within a minute: time single PUTs right before and right after the job too.
         before = put_samples(run.s3, run.config.adjacent_puts)
@@ -884,6 +889,16 @@ def put_samples(s3: S3Config, n: int) -> list[int]:
             st.put(f"{tag}-{i}", small)
             out.append(time.perf_counter_ns() - t)
         return out
+    finally:
+        st.close()
+
+
+def put_throughput(s3: S3Config, seconds: float) -> dict[str, Any]:
+    """4 threads of 4 MiB PUTs for `seconds`, as the store floor's `put_4m_4threads`."""
+    st = S3Store(replace(s3, prefix=f"{s3.prefix}floor/adjacent-big/"))
+    try:
+        big = os.urandom(4 * MiB)
+        return _threaded(4, seconds, lambda i, r: st.put(f"t{i}-{r.randrange(4)}", big), 4 * MiB)
     finally:
         st.close()
 

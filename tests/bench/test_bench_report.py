@@ -189,3 +189,21 @@ def test_cpu_per_request_counts_nbdkit_and_the_store_over_every_request() -> Non
     cells = _table_line(report.markdown(raw), w, "blockstore none", "-")
     assert cells[6] == report.fmt_num(row.cpu_us_per_io)
     assert "## CPU per request" in report.markdown(raw)
+
+
+def test_1m_writes_compare_with_the_parallel_puts_timed_next_to_them() -> None:
+    """A 1 MiB write job's floor drifts like the single PUT's: 4-thread 4 MiB PUT throughput
+    timed before and after it, and the ratio to their mean printed next to the store floor's."""
+    raw = json.loads(RAW.read_text())
+    w = "fio 1M seqwrite QD4"
+    rec = next(r for r in raw["runs"] if r["workload"] == w and r["target"] == "blockstore none")
+    rec["put_4m_adjacent"] = [
+        {"ops": 100, "bytes_per_op": 4 << 20, "seconds": 2.0},
+        {"ops": 50, "bytes_per_op": 4 << 20, "seconds": 1.0},
+    ]
+    row = next(r for r in report.rows(raw) if (r.target, r.workload) == ("blockstore none", w))
+    floor = 100 * (4 << 20) / 2.0 / 1e6
+    assert row.adjacent_put_mbps == pytest.approx(floor)
+    cells = _table_line(report.markdown(raw), w, "blockstore none", "-")
+    assert row.mbps is not None
+    assert cells[10] == report.fmt_ratio(row.mbps / floor)
