@@ -110,7 +110,8 @@ def after_fork():
     nbdkit forked. A journal left by a crashed process is replayed inside HostCache() before
     this returns, so nothing is served until the store holds every acknowledged write. An
     incoming export (a live migration's destination) opens the volume only once it is the
-    writer (nbd_plugin/incoming.py); until then it knows the size and holds every request."""
+    writer (nbd_plugin/incoming.py); until then it serves reads from the store and holds writes,
+    trims, zeroes and flushes."""
     global _store, _stats_thread, _retry_seconds, _incoming, _holding
     from blockstore.store.retry import RetryConfig
     from blockstore.store.s3 import S3Config

@@ -6,8 +6,8 @@ programs a hypervisor host uses"):
 1. `start`, on the destination host: one record version adds a `migration` block (the VM, the
    source and destination hosts, when it started), and this host starts an *incoming* export
    of the disk (nbd_plugin/incoming.py). QEMU's destination (`-incoming`) connects to it at
-   once; it answers the handshake and holds every request. The source goes on serving with its
-   epoch: nothing is fenced yet.
+   once; it answers the handshake, serves reads from the store and holds every write and
+   flush. The source goes on serving with its epoch: nothing is fenced yet.
 2. QEMU migrates the guest over its own channel. At completion the source QEMU stops the guest,
    flushes every disk (an NBD flush: in every caching mode, everything acknowledged is durable
    in the store once it returns; a flush that fails fails the migration and the guest stays on

@@ -148,12 +148,12 @@ class Activation:
     """How an incoming export (a live migration's destination) and the service agree on the
     moment it becomes the disk's writer.
 
-    The export holds every request until it has an answer. On its first request it asks
-    (``<sock>.wanted``: under QEMU's migration protocol the destination sends nothing before the
-    source stopped and flushed); the service, asked or told to complete, moves the disk in the
-    record and answers (``<sock>.activate``) with the writer epoch it issued, or ``cancel`` when
-    the migration was called off. Both files are written whole (rename), so a reader never sees
-    half an answer."""
+    The export serves reads but holds every write, trim, zero and flush until it has an
+    answer. On the first of those it asks (``<sock>.wanted``: under QEMU's migration protocol
+    the destination writes nothing before the source stopped and flushed); the service, asked
+    or told to complete, moves the disk in the record and answers (``<sock>.activate``) with
+    the writer epoch it issued, or ``cancel`` when the migration was called off. Both files are
+    written whole (rename), so a reader never sees half an answer."""
 
     base: Path  # the socket path
 

@@ -214,7 +214,7 @@ class ExportSupervisor:
 
     def serve_incoming(self, disk: dict[str, Any]) -> dict[str, Any]:
         """Start an export of a disk that another host serves and a VM is migrating here: it
-        answers the NBD handshake and holds every request until `hand_over`."""
+        answers the NBD handshake, serves reads and holds writes and flushes until `hand_over`."""
         name = disk["name"]
         with self._disk_lock(name):
             current = self._exports.get(name)

@@ -33,6 +33,14 @@ FAULTS = ("503", "500", "reset", "truncate", "stall", "down")
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"}
 
 
+class _Server(ThreadingHTTPServer):
+    """socketserver's default backlog of 5 drops SYNs when a fence or an upload pool opens
+    a dozen connections at once on a loaded machine; the client then times out connecting
+    (curl error 28) before any fault was armed."""
+
+    request_queue_size = 128
+
+
 class FaultProxy:
     def __init__(self, upstream: str, port: int = 0) -> None:
         u = urlsplit(upstream)
@@ -64,7 +72,7 @@ class FaultProxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = _Server(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
