@@ -110,8 +110,9 @@ def run(chunk_mb: int, reads: int, tmp: Path) -> list[str]:
         for seg in (4 * MiB, 1 * MiB):
             name = f"seg{seg // MiB}"
             Volume.create(store, name, 256 * MiB)
-            v = Volume.open(store, name, config=VolumeConfig(segment_max_bytes=seg,
-                                                             gc_interval_seconds=0))
+            v = Volume.open(
+                store, name, config=VolumeConfig(segment_max_bytes=seg, gc_interval_seconds=0)
+            )
             t0 = time.perf_counter()
             for off in range(0, FILLED, 4 * MiB):
                 v.write(off, os.urandom(4 * MiB), durable=True)

@@ -14,8 +14,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CORE = REPO / "blockstore"
-ADAPTERS = {"fastapi", "starlette", "uvicorn", "typer", "rich", "httpx", "nbdkit", "api", "cli",
-            "nbd_plugin"}
+ADAPTERS = {
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "typer",
+    "rich",
+    "httpx",
+    "nbdkit",
+    "api",
+    "cli",
+    "nbd_plugin",
+}
 
 
 def core_modules() -> list[str]:

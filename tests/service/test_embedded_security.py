@@ -38,7 +38,7 @@ BUCKET = "blockstore"  # what `serve` creates on its embedded store
 MARKER = b"\x8b\x1dBS-SECRET-DISK-BYTES\x07\xe3"
 
 # Runs as `nobody` with Debian's python3 and the standard library only; prints one JSON list.
-PROBE = r'''
+PROBE = r"""
 import json, os, socket, ssl, subprocess, sys, http.client
 spec = json.load(open(sys.argv[1]))
 out = []
@@ -90,7 +90,7 @@ try:
 except OSError as exc:
     out.append({"listdir_error": type(exc).__name__})
 print(json.dumps(out))
-'''
+"""
 
 
 def _children(pid: int) -> list[int]:

@@ -53,9 +53,10 @@ def _cluster(d: Path, *args: str) -> Iterator[dict[str, str]]:
         yield settings
     finally:
         script("stop", d)
-        assert "running" not in subprocess.run(
-            [str(SCRIPT), "status", d], capture_output=True, text=True
-        ).stdout
+        assert (
+            "running"
+            not in subprocess.run([str(SCRIPT), "status", d], capture_output=True, text=True).stdout
+        )
 
 
 @pytest.fixture
