@@ -41,7 +41,9 @@ Failure guarantees
 - Store errors surface as the volume raises them (`Unavailable` after the bounded retry time of
   the store stack, `IntegrityError`, `Fenced`); nothing is reported as done that was not. In
   ``readwrite`` writes keep being accepted while the store is down until ``dirty_limit`` bytes are
-  waiting; then a write waits ``write_wait_seconds`` for room and fails with `Unavailable`.
+  waiting (each cache block counted once however often it is rewritten) or the journal holds
+  four times that; then a write waits ``write_wait_seconds`` for room and fails with
+  `Unavailable`.
 - Inside an NBD request every wait here (another read's fill, dirty room, the journal applier)
   also ends at the request's own deadline (blockstore/deadline.py), so ``write_wait_seconds``
   longer than the deadline has no effect on a request.

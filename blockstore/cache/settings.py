@@ -8,6 +8,7 @@ the layer below it (`blockstore.engine.volume.Volume`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,6 +37,10 @@ class VolumeLike(Protocol):
 
     def write(self, offset: int, data: Buffer, *, durable: bool = False) -> None: ...
 
+    def write_group(
+        self, records: Sequence[tuple[int, int, bytes | memoryview | None]]
+    ) -> None: ...
+
     def trim(self, offset: int, length: int, *, durable: bool = False) -> None: ...
 
     def zero(self, offset: int, length: int, *, durable: bool = False) -> None: ...
@@ -54,7 +59,9 @@ class HostCacheConfig:
     mode: str = "none"
     block_size: int = 64 * 1024  # unit of fill, eviction and the present map
     cache_size: int = 1 << 30  # bound on the blocks the cache file may hold
-    dirty_limit: int = 256 << 20  # readwrite: journal bytes not yet durable in the store
+    # readwrite: data not yet durable in the store, counting each cache block at most once
+    # however often it is rewritten; the journal may hold four times this.
+    dirty_limit: int = 256 << 20
     readahead: int = 1 << 20  # extra bytes fetched when a miss continues a sequential stream
     write_wait_seconds: float = 30.0  # readwrite: how long a write waits for dirty room -> EIO
     upload_delay: float = 0.005  # readwrite: age of unflushed writes before the uploader sends
@@ -64,6 +71,9 @@ class HostCacheConfig:
     # read them back from the journal (a pread per entry was most of its CPU; see
     # docs/cache-measurements.md); past it, entries are read from the journal as before.
     upload_memory: int = 16 << 20
+    # readwrite: an upload round whose journal entries overwrite each other goes up as one
+    # segment of at most this many bytes, without the overwritten parts (cache/coalesce.py).
+    upload_group_max: int = 64 << 20
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -75,6 +85,8 @@ class HostCacheConfig:
             raise InvalidArgument(f"cache block size must be a power of two >= 4096, not {bs}")
         if self.upload_delay < 0:
             raise InvalidArgument(f"upload delay must be >= 0 seconds, not {self.upload_delay}")
+        if self.upload_group_max < 0:
+            raise InvalidArgument(f"upload group max must be >= 0, not {self.upload_group_max}")
         if self.cache_size < 16 * bs:
             raise InvalidArgument("cache size must hold at least 16 cache blocks")
         if self.mode == "readwrite" and not 0 < self.dirty_limit <= self.cache_size // 2:
@@ -90,9 +102,11 @@ class HostCacheStats:
     misses: int = 0  # reads that had to fetch from the volume
     fills: int = 0  # blocks installed into the cache file from the volume
     evictions: int = 0
-    dirty_bytes: int = 0  # readwrite: journal bytes not yet durable in the store
+    dirty_bytes: int = 0  # readwrite: data not yet durable, each cache block at most once
+    journal_bytes: int = 0  # readwrite: journal bytes not yet durable in the store
     readahead: int = 0  # blocks fetched beyond what the read asked for
     uploads: int = 0  # journal entries applied to the volume
+    coalesced_bytes: int = 0  # journal bytes never sent: a later write of their round replaced them
     syncs: int = 0  # successful upload+volume.flush rounds
     replayed: int = 0  # journal entries replayed at open
     journal_discarded: int = 0  # entries of a fenced epoch's journal dropped at open

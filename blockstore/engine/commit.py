@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from blockstore import deadline as request_deadline
@@ -106,6 +107,31 @@ class CommitPipeline:
         if durable:
             self.commit_through(target)
 
+    def write_group(self, records: Sequence[tuple[int, int, bytes | memoryview | None]]) -> None:
+        """Append (offset, length, data or None for a hole) records as one batch of their own,
+        whatever its size: one segment, one PUT, so the store gets all of them or none (the
+        write-back's coalesced rounds rely on it: cache/coalesce.py). Not durable until a
+        flush. The data is kept by reference: the caller passes bytes nobody changes."""
+        st = self.state
+        for offset, length, _data in records:
+            st.check_range(offset, length)
+        with st.lock:
+            st.check_can_write_locked()
+            self.backpressure_locked()
+            self.seal_locked()
+            for offset, length, data in records:
+                if length == 0:
+                    continue
+                if data is None:
+                    self.append_locked(LogRecord(TRIM, offset, length), grouped=True)
+                    self.ctx.stats.trims += 1
+                else:
+                    assert len(data) == length
+                    self.append_locked(LogRecord(WRITE, offset, length, mem=data), grouped=True)
+                    self.ctx.stats.writes += 1
+                    self.ctx.stats.bytes_written += length
+            self.seal_locked()
+
     def trim(self, offset: int, length: int, *, durable: bool) -> None:
         """Make the range a hole (reads as zeros, stores nothing)."""
         st = self.state
@@ -150,8 +176,9 @@ class CommitPipeline:
 
     # -- batches --
 
-    def append_locked(self, rec: LogRecord, *, wake: bool = True) -> int:
-        """Add a record to the open batch (opening one); returns the batch's ordinal."""
+    def append_locked(self, rec: LogRecord, *, wake: bool = True, grouped: bool = False) -> int:
+        """Add a record to the open batch (opening one); returns the batch's ordinal. A
+        `grouped` record never seals the batch by size (see `write_group`)."""
         b = self.open
         if b is None:
             # The group-commit window is a latency knob timed by the real monotonic clock (a
@@ -166,7 +193,7 @@ class CommitPipeline:
         b.nbytes += encoded_size(rec.kind, rec.length, self.ctx.config.checksum_chunk)
         if rec.kind == WRITE:
             b.data_len += rec.length
-        if b.nbytes >= self.ctx.config.segment_max_bytes:
+        if b.nbytes >= self.ctx.config.segment_max_bytes and not grouped:
             self.seal_locked()
         return b.n
 

@@ -40,6 +40,7 @@ Guarantees (docs/format.md walks through every crash point):
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 from blockstore.clock import SYSTEM_CLOCK, Clock
 from blockstore.engine.checkpoints import Checkpointer
@@ -256,6 +257,11 @@ class Volume:
         """Join the open batch (visible to reads at once); with durable=True, return only when
         the segment holding it and every earlier one are acknowledged by the store."""
         self._commit.write(offset, data, durable=durable)
+
+    def write_group(self, records: Sequence[tuple[int, int, bytes | memoryview | None]]) -> None:
+        """Write (offset, length, data) records, None data making a hole, as one segment: the
+        store gets all of them or none. Durable at the next flush."""
+        self._commit.write_group(records)
 
     def trim(self, offset: int, length: int, *, durable: bool = False) -> None:
         """Make the range a hole (reads as zeros, stores nothing)."""

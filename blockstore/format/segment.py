@@ -72,7 +72,7 @@ class LogRecord:
         offset: int,
         length: int,
         *,
-        mem: bytes | None = None,
+        mem: bytes | memoryview | None = None,
         seg_key: str = "",
         data_off: int = 0,
         chunk: int = 0,
@@ -184,7 +184,7 @@ def encode_segment(
     prefix = _SEG_PREFIX.pack(
         SEG_MAGIC, FORMAT_VERSION, 0, len(body), xxhash.xxh3_64_intdigest(body)
     )
-    out = [prefix, body]
+    out: list[bytes | memoryview] = [prefix, body]
     for rec in records:
         if rec.kind == WRITE:
             rec.data_off += data_start

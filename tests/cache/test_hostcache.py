@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ class ByteVolume:
         self.reads = 0
         self.read_bytes = 0
         self.flushes = 0
+        self.groups = 0  # write_group calls (coalesced upload rounds)
         self.lock = threading.Lock()
 
     def _check(self) -> None:
@@ -77,6 +79,13 @@ class ByteVolume:
             self.image[offset : offset + len(data)] = data
         if durable:
             self.flush()
+
+    def write_group(self, records: Sequence[tuple[int, int, bytes | memoryview | None]]) -> None:
+        self._check()
+        with self.lock:
+            self.groups += 1
+            for offset, length, data in records:
+                self.image[offset : offset + length] = bytes(length) if data is None else data
 
     def trim(self, offset: int, length: int, *, durable: bool = False) -> None:
         self.write(offset, bytes(length), durable=durable)
@@ -112,6 +121,14 @@ def make_cache(
         mode=mode, block_size=BS, cache_size=cache_size, dirty_limit=dirty_limit, **kw
     )
     return HostCache(vol, cfg, tmp_path / "cache")
+
+
+def reopen_after_crash(vol: ByteVolume, cache: HostCache, tmp_path: Path) -> HostCache:
+    """Drop `cache` as a crash would, bring the store back and open the cache again (which
+    replays its journal)."""
+    cache.abandon()
+    vol.fail = False
+    return make_cache(vol, tmp_path, "readwrite")
 
 
 def pattern(seed: int, n: int) -> bytes:
@@ -303,6 +320,37 @@ def test_readwrite_acknowledges_without_the_store_and_flush_fails_cleanly(tmp_pa
     cache.close()
 
 
+def test_rewrites_of_one_area_count_once_and_go_up_coalesced(tmp_path: Path) -> None:
+    """The dirty limit counts each cache block once however often it is rewritten, the journal
+    is bounded at four times the limit, and the round that follows an outage sends each block
+    once, as one group, leaving the store exactly as the writes did."""
+    vol = ByteVolume()
+    cache = make_cache(vol, tmp_path, "readwrite", dirty_limit=2 * MiB, write_wait_seconds=0.2)
+    vol.fail = True
+    want = bytearray(SIZE)
+    for i in range(12):  # 12 x 256 KiB = 3 MiB of journal over one 256 KiB area
+        data = pattern(i, 256 * 1024)
+        cache.pwrite(data, 0)
+        want[: len(data)] = data
+    assert cache.dirty_bytes == 256 * 1024
+    assert cache.stats.journal_bytes >= 3 * MiB
+    assert cache.stats.write_waits == 0
+    with pytest.raises(Unavailable, match="dirty limit"):  # 2 MiB more, elsewhere: no room
+        cache.pwrite(pattern(99, 2 * MiB), 4 * MiB)
+    with pytest.raises(Unavailable, match="journal limit"):  # 4x the dirty limit: 8 MiB
+        for i in range(12, 64):
+            data = pattern(i, 256 * 1024)
+            cache.pwrite(data, 0)
+            want[: len(data)] = data
+    vol.fail = False
+    cache.flush()
+    assert vol.durable == want
+    assert vol.groups >= 1
+    assert cache.stats.coalesced_bytes >= 6 * MiB
+    assert cache.dirty_bytes == 0 and cache.stats.journal_bytes == 0
+    cache.close()
+
+
 @pytest.mark.parametrize("mode", ["none", "readonly"])
 def test_write_through_modes_fail_writes_when_the_store_is_down(tmp_path: Path, mode: str) -> None:
     vol = ByteVolume()
@@ -401,9 +449,31 @@ def test_journal_rolling_past_a_reused_file_loses_nothing(tmp_path: Path) -> Non
         cache.pwrite(data, 8192 * i)
         model[8192 * i : 8192 * i + 4096] = data
     assert len(journal_files(tmp_path / "cache")) == 2
-    cache.abandon()
-    vol.fail = False
-    again = make_cache(vol, tmp_path, "readwrite")
+    again = reopen_after_crash(vol, cache, tmp_path)
+    assert again.stats.replayed == 3
+    assert vol.durable == model
+    again.close()
+
+
+def test_released_journal_files_are_reused_and_never_replayed(tmp_path: Path) -> None:
+    """A released file is kept as a spare (its first header zeroed, out of the journal's
+    names) and becomes the next file when the journal rolls: the replay after a crash finds
+    only what was appended since, never the spare's old entries."""
+    vol = ByteVolume()
+    cache = make_cache(vol, tmp_path, "readwrite", journal_file_size=8192, dirty_limit=2 * MiB)
+    for i in range(6):  # six files of one 8 KiB record each
+        cache.pwrite(pattern(i, 8192), i * 8192)
+    cache.flush()
+    spares = sorted(p.name for p in (tmp_path / "cache").glob("spare-*"))
+    assert len(spares) == 4  # at most four are kept; the rest deleted
+    vol.fail = True
+    model = bytearray(vol.durable)
+    for i in range(3):  # the current file is reused, then the journal rolls onto two spares
+        data = pattern(20 + i, 8192)
+        cache.pwrite(data, 64 * 1024 + i * 8192)
+        model[64 * 1024 + i * 8192 : 64 * 1024 + (i + 1) * 8192] = data
+    assert len(list((tmp_path / "cache").glob("spare-*"))) == 2
+    again = reopen_after_crash(vol, cache, tmp_path)
     assert again.stats.replayed == 3
     assert vol.durable == model
     again.close()

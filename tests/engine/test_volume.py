@@ -127,6 +127,24 @@ def test_multi_extent_read_coalesces_gets_per_segment() -> None:
     assert r.read(0, 240 * KiB) == want[: 240 * KiB]
 
 
+def test_a_write_group_is_one_segment_whatever_its_size() -> None:
+    """The write-back's coalesced rounds rely on it: a group goes up as one PUT (all or
+    nothing), even past segment_max_bytes, and writes around it keep their own batches."""
+    store, v = new_volume(size=1 * MiB, segment_max_bytes=16 * KiB)
+    v.write(0, b"a" * 4096)
+    parts = [os.urandom(8 * KiB) for _ in range(10)]  # 80 KiB: five times segment_max_bytes
+    v.write_group([(i * 8 * KiB, 8 * KiB, p) for i, p in enumerate(parts)] + [(0, 4096, None)])
+    v.write(96 * KiB, b"b" * 4096)
+    v.flush()
+    raw = store.raw()  # type: ignore[attr-defined]
+    assert len(data_segments(raw)) == 3
+    v.close()
+    r = reader(store)
+    assert r.read(0, 4096) == bytes(4096)  # the group's hole after its own write
+    assert r.read(4096, 76 * KiB) == b"".join(parts)[4096:]
+    assert r.read(96 * KiB, 4096) == b"b" * 4096
+
+
 def test_read_of_many_segments_fetches_them_in_parallel() -> None:
     """Pieces from many segments are fetched concurrently (at most a few at once), and a store
     error in one of them fails the whole read without leaving anything half-written behind."""

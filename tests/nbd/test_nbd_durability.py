@@ -27,6 +27,7 @@ from typing import Any
 import nbd
 import pytest
 
+from blockstore.host.contract import ENV_STATS_FILE, read_stats, stats_path
 from tests.support.nbdtools import MODES, MiB, connect, create_disk
 
 SECTOR = 512
@@ -171,6 +172,12 @@ def test_nbd_kill9_while_the_store_is_stopped_loses_no_acknowledged_write(
     assert hist.acked > 10, "the client hardly wrote anything: the test proved little"
 
 
+def coalesced(exp: Any) -> int:
+    """Bytes the export's uploader left out because a later write of the round replaced them."""
+    stats = read_stats(stats_path(exp.config.socket)) or {}
+    return int(stats.get("cache", {}).get("coalesced_bytes", 0))
+
+
 def check_prefix(hist: History, image: bytes, flushed_upto: int) -> int:
     """The image must be the disk as it was after some write K (a prefix of the writes), with K
     at least the last write a flush covered. Returns K."""
@@ -195,13 +202,24 @@ def check_prefix(hist: History, image: bytes, flushed_upto: int) -> int:
     return k
 
 
-@pytest.mark.parametrize("seed", [3, 4])
-def test_nbd_readwrite_host_lost_leaves_a_prefix(seaweed: Any, tmp_path: Path, seed: int) -> None:
+SMALL = ([1, 8, 16], NSECT, "4M", "2M")  # sector counts, sectors written, cache, dirty limit
+# 128 KiB - 1 MiB writes over 3 MiB: upload rounds overwrite themselves and go up coalesced,
+# as one segment each (blockstore/cache/coalesce.py).
+HOT = ([256, 1024, 2048], 3 * MiB // SECTOR, "16M", "4M")
+
+
+@pytest.mark.parametrize(
+    ("seed", "shape"), [(3, SMALL), (4, SMALL), (5, HOT), (6, HOT)], ids=["s3", "s4", "h5", "h6"]
+)
+def test_nbd_readwrite_host_lost_leaves_a_prefix(
+    seaweed: Any, tmp_path: Path, seed: int, shape: tuple[list[int], int, str, str]
+) -> None:
     """readwrite, cache directory lost with the process: writes after the last flush may be
     gone, but the store holds the disk as it was after some write, never a mix."""
     rng = random.Random(seed)
-    disk = create_disk(seaweed.s3_config(), tmp_path, "readwrite", REGION, cache_size="4M",
-                       dirty_limit="2M")  # fmt: skip
+    sizes, span, cache_size, dirty_limit = shape
+    disk = create_disk(seaweed.s3_config(), tmp_path, "readwrite", REGION, cache_size=cache_size,
+                       dirty_limit=dirty_limit)  # fmt: skip
     assert disk.config.cache_dir is not None
     hist = History()
     flushed_upto = 0
@@ -209,8 +227,8 @@ def test_nbd_readwrite_host_lost_leaves_a_prefix(seaweed: Any, tmp_path: Path, s
     def flushing_client(h: nbd.NBD, stop: threading.Event) -> None:
         nonlocal flushed_upto
         while not stop.is_set():
-            n = rng.choice([1, 8, 16])
-            first = rng.randrange(0, NSECT - n + 1)
+            n = rng.choice(sizes)
+            first = rng.randrange(0, span - n + 1)
             wid = hist.next_wid
             hist.next_wid += 1
             hist.issued[wid] = (first, n)
@@ -224,13 +242,26 @@ def test_nbd_readwrite_host_lost_leaves_a_prefix(seaweed: Any, tmp_path: Path, s
             except nbd.Error:
                 return
 
-    exp = disk.export().start()
+    stats_file = {ENV_STATS_FILE: str(stats_path(disk.config.socket))}  # for `coalesced`
+    exp = disk.export(extra_env=stats_file).start()
     try:
         h = connect(exp)
         stop = threading.Event()
         t = threading.Thread(target=flushing_client, args=(h, stop))
         t.start()
         time.sleep(rng.uniform(0.5, 1.5))
+        if shape is HOT:
+            # A store that stops answering for a moment lets a round build up past
+            # writeback._COALESCE_FROM; the test must then see coalesced rounds, or it proved
+            # little. It kills the export a moment later, while later rounds are in flight.
+            seaweed.pause()
+            time.sleep(1.0)
+            seaweed.resume()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not coalesced(exp):
+                time.sleep(0.05)
+            assert coalesced(exp), "no upload round was coalesced"
+            time.sleep(rng.uniform(0.1, 0.8))
     finally:
         exp.kill()
     stop.set()
