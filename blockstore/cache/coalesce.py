@@ -6,11 +6,11 @@ holds all of it or none), so the store moves from the state before the run strai
 state after it; both are prefixes. Inside such a run, the bytes that a later entry of the same
 run overwrites or trims never need to leave the host.
 
-Why it matters: the dirty limit counts journal bytes. A stream rewriting a hot area (a 1 MiB
-sequential job over 32 MiB, a database's log, a file system's journal) used to send every
-byte it wrote, so it ran at the store's PUT speed once the limit was reached (0.05x the
-minimal plugin in issue #18's run). Coalesced, a round of 256 MiB of journal over a 32 MiB
-area sends 32 MiB.
+Why it matters: a stream rewriting a hot area (a 1 MiB sequential job over 32 MiB, a
+database's log, a file system's journal) used to send every byte it wrote, so it ran at the
+store's PUT speed once the dirty limit was reached (0.05x the minimal plugin in issue #18's
+run). Coalesced, a round of 256 MiB of journal over a 32 MiB area sends 32 MiB, and the dirty
+count (cache/writeback.py) counts that area once.
 
 Place: pure functions over `JournalEntry`s, called by `WriteBack._upload`.
 """

@@ -207,16 +207,17 @@ class Journal:
                 fd = self._fds.pop(n)
                 del self._last_seq[n]
                 path = journal_path(self.dir, n)
-                if len(self._spares) < _SPARES:
+                keep = len(self._spares) < _SPARES
+                if keep:
                     os.pwrite(fd, bytes(ENTRY_HEADER), 0)
+                os.close(fd)
+                if keep:
                     spare = self.dir / f"{_SPARE}{n:08d}"
                     os.replace(path, spare)
                     self._spares.append(spare)
-                    os.close(fd)
-                    continue
-                os.close(fd)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -259,11 +260,7 @@ def _entries_of(blob: bytes, last_seq: int, out: list[tuple[int, int, int, bytes
         if zlib.crc32(head) != hcrc:
             return -1
         magic, kind, seq, offset, length, dcheck = _HEAD.unpack(head)
-        if (
-            magic not in _CHECKS
-            or seq <= last_seq
-            or kind not in (KIND_WRITE, KIND_TRIM, KIND_ZERO)
-        ):
+        if magic not in _CHECKS or seq <= last_seq or kind not in _KINDS:
             return -1
         pos += ENTRY_HEADER
         data: bytes | None = None

@@ -72,7 +72,8 @@ class HostCacheConfig:
     # docs/cache-measurements.md); past it, entries are read from the journal as before.
     upload_memory: int = 16 << 20
     # readwrite: an upload round whose journal entries overwrite each other goes up as one
-    # segment of at most this many bytes, without the overwritten parts (cache/coalesce.py).
+    # segment of at most this many bytes, without the overwritten parts (cache/coalesce.py);
+    # 0 sends every round entry by entry.
     upload_group_max: int = 64 << 20
 
     def __post_init__(self) -> None:
