@@ -35,6 +35,7 @@ from blockstore.errors import Unavailable
 
 FILL_WAIT_SECONDS = 5.0  # a miss waits this long at most for another fill, then looks again
 _ATTEMPTS = 64
+SCRATCH_MAX = 4 << 20  # fetches up to this size reuse their thread's buffer
 
 
 class _Plan(NamedTuple):
@@ -65,6 +66,7 @@ class Filler:
         # Blocks a fill is fetching now: a miss on one waits for that fill instead of fetching
         # the same bytes again (docs/cache-measurements.md).
         self._filling: dict[int, threading.Event] = {}
+        self._local = threading.local()  # each nbdkit thread's fetch buffer (`_scratch`)
 
     def read(self, buf: bytearray | memoryview, offset: int, sequential: bool) -> None:
         """Serve a read the hit path could not; `sequential`: it continues the previous one."""
@@ -85,6 +87,17 @@ class Filler:
                 return
             # A write or an eviction raced with the fill on a block we still need: go again.
         raise Unavailable("cache blocks kept changing under a read; giving up")
+
+    def _scratch(self, n: int) -> memoryview:
+        """A buffer of `n` bytes for one fetch: this thread's own, reused while fetches fit in
+        `SCRATCH_MAX` (a fresh bytearray is zeroed and faulted in page by page, which cost a
+        cold sequential read as much CPU as the copy into the cache file)."""
+        if n > SCRATCH_MAX:
+            return memoryview(bytearray(n))
+        buf: bytearray | None = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < n:
+            buf = self._local.buf = bytearray(max(n, 2 << 20))
+        return memoryview(buf)[:n]
 
     def _plan_locked(
         self, buf: bytearray | memoryview, offset: int, sequential: bool
@@ -116,13 +129,13 @@ class Filler:
         try:
             start = plan.lo << m.shift
             end = min(m.size, plan.hi << m.shift)
-            tmp = bytearray(end - start)
-            self._volume.readinto(start, memoryview(tmp))
+            tmp = self._scratch(end - start)
+            self._volume.readinto(start, tmp)
             with self._lock:
                 self._stats.misses += 1
                 self._stats.readahead += max(0, plan.hi - last - 1)
-                m.install_locked(start, tmp, plan.gens)
-                served = m.serve_locked(buf, offset, tmp, start, plan.gens)
+                same = m.install_locked(start, tmp, plan.gens)
+                served = m.serve_locked(buf, offset, tmp, start, plan.gens, same)
                 m.make_room_locked()
                 return served
         finally:

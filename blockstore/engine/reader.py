@@ -27,8 +27,8 @@ COALESCE_GAP = 64 << 10  # pieces of one segment closer than this share a ranged
 _ZEROS = memoryview(bytes(1 << 20))
 
 # A stored piece to fetch: (segment key, object start, object end, first chunk index, the
-# record, the offset in the record, where the piece goes in the caller's buffer).
-_Span = tuple[str, int, int, int, LogRecord, int, memoryview]
+# record, the offset in the record, where the piece goes in the caller's buffer, its length).
+_Span = tuple[str, int, int, int, LogRecord, int, int, int]
 
 
 def zero_fill(dst: memoryview) -> None:
@@ -55,7 +55,7 @@ class Reader:
         if buf.format != "B" or buf.ndim != 1:
             buf = buf.cast("B")
         n = len(buf)
-        stored: list[tuple[LogRecord, int, memoryview]] = []
+        stored: list[tuple[LogRecord, int, int, int]] = []
         for s, e, rec, delta in self._pieces(offset, n):
             dst = buf[s - offset : e - offset]
             if rec is None or rec.kind != WRITE:
@@ -65,9 +65,9 @@ class Reader:
             if mem is not None:
                 dst[:] = memoryview(mem)[delta : delta + (e - s)]
             else:
-                stored.append((rec, delta, dst))
+                stored.append((rec, delta, s - offset, e - s))
         if stored:
-            self._fetch_all(stored)
+            self._fetch_all(buf, stored)
         with self.ctx.stats.lock:
             self.ctx.stats.reads += 1
             self.ctx.stats.bytes_read += n
@@ -109,20 +109,20 @@ class Reader:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-    def _fetch_all(self, pieces: list[tuple[LogRecord, int, memoryview]]) -> None:
-        """Fetch stored pieces, the groups of one read in parallel; every piece verified
-        before it is copied into the caller's buffer."""
+    def _fetch_all(self, buf: memoryview, pieces: list[tuple[LogRecord, int, int, int]]) -> None:
+        """Fetch stored pieces into `buf`, the groups of one read in parallel; every piece
+        verified before the read returns."""
         groups = _group(pieces)
         if len(groups) == 1:
-            self._fetch_group(groups[0])
+            self._fetch_group(buf, groups[0])
             return
         pool = self._read_pool()
         # Each GET carries the request's deadline along (blockstore/deadline.py): one queued
         # behind other reads' GETs starts no attempt past it.
-        futures = [pool.submit(contextvars.copy_context().run, self._fetch_group, g)
+        futures = [pool.submit(contextvars.copy_context().run, self._fetch_group, buf, g)
                    for g in groups[1:]]  # fmt: skip
         try:
-            self._fetch_group(groups[0])
+            self._fetch_group(buf, groups[0])
         finally:
             for f in futures:
                 f.exception()  # wait for all: none may write into the buffer after we return
@@ -140,19 +140,21 @@ class Reader:
                 pool = self._pool
         return pool
 
-    def _fetch_group(self, group: list[_Span]) -> None:
+    def _fetch_group(self, buf: memoryview, group: list[_Span]) -> None:
         key = group[0][0]
         glo = group[0][1]
         ghi = max(x[2] for x in group)
-        _k, lo, hi, c0, rec, delta, dst = group[0]
-        # The GET is exactly the caller's piece (whole chunks, e.g. an aligned 1 MiB read):
-        # the body lands in the caller's buffer and is verified there. On a mismatch the read
-        # fails, so bad bytes in the buffer are never returned.
-        direct = len(group) == 1 and delta == c0 * rec.chunk and len(dst) == hi - lo
         try:
-            if direct:
+            if _direct(group):
+                # The GET is exactly the caller's pieces (whole chunks, back to back in the
+                # object and in the buffer, e.g. an aligned read of records written in order):
+                # the body lands in the caller's buffer and is verified there. On a mismatch
+                # the read fails, so bad bytes in the buffer are never returned.
+                pos = group[0][6]
+                dst = buf[pos : pos + ghi - glo]
                 got = self.ctx.store.get_into(key, glo, dst)
-                self.verify(rec, c0, dst[:got], hi - lo)
+                for _key, lo, hi, c0, rec, _delta, _pos, _n in group:
+                    self.verify(rec, c0, dst[lo - glo : min(hi, glo + got) - glo], hi - lo)
                 return
             data = memoryview(self.ctx.store.get(key, glo, ghi - glo))
         except NotFound:
@@ -160,23 +162,36 @@ class Reader:
                 f"segment {key} named by the extent map is missing (removed by GC while "
                 "this read-only view was open past gc_min_age_seconds, or lost)"
             ) from None
-        for _key, lo, hi, c0, rec, delta, dst in group:
+        for _key, lo, hi, c0, rec, delta, pos, n in group:
             part = data[lo - glo : hi - glo]
             self.verify(rec, c0, part, hi - lo)
             skip = delta - c0 * rec.chunk
-            dst[:] = part[skip : skip + len(dst)]
+            buf[pos : pos + n] = part[skip : skip + n]
 
 
-def _group(pieces: list[tuple[LogRecord, int, memoryview]]) -> list[list[_Span]]:
+def _direct(group: list[_Span]) -> bool:
+    """Whether the group's GET can land in the caller's buffer as it is: every piece whole
+    chunks, and each one next to the previous in the object and in the buffer."""
+    prev_hi = prev_end = -1
+    for _key, lo, hi, c0, rec, delta, pos, n in group:
+        if delta != c0 * rec.chunk or n != hi - lo:
+            return False
+        if prev_hi >= 0 and (lo != prev_hi or pos != prev_end):
+            return False
+        prev_hi, prev_end = hi, pos + n
+    return True
+
+
+def _group(pieces: list[tuple[LogRecord, int, int, int]]) -> list[list[_Span]]:
     """Pieces as whole-chunk spans of their segments, sorted, and grouped into runs that lie
     within `COALESCE_GAP` of each other in one segment (one ranged GET per group)."""
     spans: list[_Span] = []
-    for rec, delta, dst in pieces:
+    for rec, delta, pos, n in pieces:
         chunk = rec.chunk
         c0 = delta // chunk
         lo = rec.data_off + c0 * chunk
-        hi = rec.data_off + min(n_chunks(delta + len(dst), chunk) * chunk, rec.length)
-        spans.append((rec.seg_key, lo, hi, c0, rec, delta, dst))
+        hi = rec.data_off + min(n_chunks(delta + n, chunk) * chunk, rec.length)
+        spans.append((rec.seg_key, lo, hi, c0, rec, delta, pos, n))
     spans.sort(key=lambda x: (x[0], x[1]))
     groups: list[list[_Span]] = []
     for sp in spans:

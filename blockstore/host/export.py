@@ -77,6 +77,18 @@ class ExportConfig:
         return f"ExportConfig(disk_id={self.disk_id!r}, socket={str(self.socket)!r}, ...)"
 
 
+# glibc's malloc, tuned for nbdkit's 1 MiB request buffers: by default a freed buffer goes back
+# to the kernel and the next request faults in and zeroes fresh pages (clear_page was 9% of
+# nbdkit's CPU on 1 MiB writes). Buffers up to 8 MiB come from the heap, which keeps up to
+# 32 MiB free; two arenas bound what a process keeps (the interpreter lock serialises most
+# allocations anyway). The caller's environment wins.
+MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(8 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(32 << 20),
+    "MALLOC_ARENA_MAX": "2",
+}
+
+
 def venv_bin() -> Path | None:
     """The virtualenv this process runs in, if any (its python3 becomes nbdkit's home)."""
     if sys.prefix != sys.base_prefix:
@@ -162,7 +174,7 @@ class Export(ChildProcess):
         return params
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**MALLOC_ENV, **os.environ}
         vbin = venv_bin()
         if vbin is not None:
             env["PATH"] = f"{vbin}:{env.get('PATH', '/usr/bin:/bin')}"
