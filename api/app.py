@@ -18,13 +18,23 @@ from api import errors
 from api.context import AppContext
 from api.guard import Guard
 from api.metrics import DiskCollector, MigrationCollector, ReplicationCollector, StoreCollector
-from api.routes import attachments, disks, geo, health, info, migration, operations, snapshots
+from api.routes import (
+    attachments,
+    disks,
+    geo,
+    health,
+    info,
+    migration,
+    operations,
+    points,
+    snapshots,
+)
 from api.routes.common import require_token
 from blockstore.store.health import StoreProbe
 
 __all__ = ["AppContext", "create_app"]
 
-V1_ROUTERS = (info, disks, geo, attachments, migration, snapshots, operations)
+V1_ROUTERS = (info, disks, geo, attachments, migration, snapshots, points, operations)
 
 
 def metrics_registry(context: AppContext) -> CollectorRegistry:

@@ -6,6 +6,7 @@ Strict: a field takes its JSON type only (`"1048576"`, `1048576.0`, `true` for a
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -45,6 +46,38 @@ class Sized(Strict):
         return self.size_bytes if self.size_gib is None else self.size_gib * GIB
 
 
+# At most 90 days (blockstore/engine/points.py); 0 turns the window off.
+RetentionField = Annotated[int | None, Field(ge=0, le=90 * 86400)]
+
+
+def epoch_seconds(t: datetime | None) -> float | None:
+    """Unix seconds of a time a request gave (one without a zone is UTC)."""
+    if t is None:
+        return None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
+class PointTarget(Strict):
+    """A restore point: its log position, or a time (the last point at or before it)."""
+
+    position: Annotated[int | None, Field(ge=1)] = None
+    time: Annotated[datetime | None, Field(strict=False)] = None
+
+    @model_validator(mode="after")
+    def one_of(self) -> PointTarget:
+        if (self.position is None) == (self.time is None):
+            raise ValueError("give position or time (one of them)")
+        return self
+
+
+class SourcePoint(PointTarget):
+    disk: Name
+
+    def ref(self) -> dict[str, object]:
+        """The point as the control plane takes it: {disk, position | time (Unix seconds)}."""
+        return {"disk": self.disk, "position": self.position, "time": epoch_seconds(self.time)}
+
+
 class DiskCreate(Sized):
     name: Name
     kind: KindField
@@ -57,10 +90,19 @@ class DiskCreate(Sized):
             description="'<disk>/<snapshot>' to create the disk from a snapshot",
         ),
     ] = None
+    source_point: SourcePoint | None = None  # create the disk from a restore point
+    retention_seconds: RetentionField = None
+
+    @model_validator(mode="after")
+    def one_source(self) -> DiskCreate:
+        if self.source_snapshot is not None and self.source_point is not None:
+            raise ValueError("give source_snapshot or source_point, not both")
+        return self
 
 
 class DiskUpdate(Sized):
     caching: CachingField | None = None
+    retention_seconds: RetentionField = None
     allow_shrink: bool = False
     redundancy: RedundancyField | None = None  # a change runs as an operation (202)
 

@@ -21,6 +21,7 @@ from cli.common import (
     whole_lines,
 )
 from cli.operations import follow, start
+from cli.points import parse_duration, parse_point
 
 disk_app = typer.Typer(
     help="Create, list, show, resize, delete, attach and detach disks.", no_args_is_help=True
@@ -64,8 +65,14 @@ def disk_create(
     caching: Annotated[str | None, typer.Option(help="none, readonly or readwrite")] = None,
     redundancy: Annotated[str, typer.Option(help="lrs or grs")] = "lrs",
     source_snapshot: Annotated[str | None, typer.Option(help="<disk>/<snapshot>")] = None,
+    source_point: Annotated[
+        str | None, typer.Option(help="A restore point: DISK@POSITION or DISK@TIME (ISO 8601)")
+    ] = None,
+    retention: Annotated[
+        str | None, typer.Option(help="Keep restore points this long: 3600, 30m, 24h, 7d")
+    ] = None,
 ) -> None:
-    """Create a disk."""
+    """Create a disk (empty, from a snapshot or from a restore point)."""
     body: dict[str, Any] = {"name": name, "kind": kind, "redundancy": redundancy}
     if size is not None:
         body["size_bytes"] = parse_size(size)
@@ -73,6 +80,10 @@ def disk_create(
         body["caching"] = caching
     if source_snapshot:
         body["source_snapshot"] = source_snapshot
+    if source_point:
+        body["source_point"] = parse_point(source_point)
+    if retention is not None:
+        body["retention_seconds"] = parse_duration(retention)
     call(lambda: c.post("/v1/disks", body), as_json, key_values(f"disk {name}"))
 
 
@@ -98,6 +109,18 @@ def disk_resize(
 ) -> None:
     """Grow a disk (attached or not); shrink only with --allow-shrink."""
     body = {"size_bytes": parse_size(size), "allow_shrink": allow_shrink}
+    call(lambda: c.patch(f"/v1/disks/{name}", body), as_json, key_values(f"disk {name}"))
+
+
+@api_command(disk_app, "retention")
+def disk_retention(
+    c: ApiClient,
+    as_json: bool,
+    name: str,
+    window: Annotated[str, typer.Argument(help="3600, 30m, 24h, 7d; 0 turns it off")],
+) -> None:
+    """Keep every flushed state of a disk restorable for this long (blockstore point ...)."""
+    body = {"retention_seconds": parse_duration(window)}
     call(lambda: c.patch(f"/v1/disks/{name}", body), as_json, key_values(f"disk {name}"))
 
 

@@ -24,6 +24,8 @@ def create_disk(body: DiskCreate, response: Response, context: Context) -> dict[
         caching=body.caching,
         redundancy=body.redundancy,
         source_snapshot=body.source_snapshot,
+        source_point=None if body.source_point is None else body.source_point.ref(),
+        retention_seconds=body.retention_seconds,
     )
     disk, created = svc.disks.create(spec)
     if not created:
@@ -54,7 +56,11 @@ def update_disk(
     then 202 with the operation."""
     svc = context.service()
     disk = svc.disks.update(
-        name, size_bytes=body.size(), caching=body.caching, allow_shrink=body.allow_shrink
+        name,
+        size_bytes=body.size(),
+        caching=body.caching,
+        allow_shrink=body.allow_shrink,
+        retention_seconds=body.retention_seconds,
     )
     if body.redundancy is not None:
         op = svc.geo.set_redundancy(name, body.redundancy)

@@ -176,6 +176,11 @@ class AttachmentService:
             current = disk.get("attachment")
             if current and current["vm"] == vm and current["host"] == self.ctx.host_id:
                 return dict(self.ensure_served(name)["attachment"])
+            if disk.get("reverting"):
+                raise Conflict(
+                    f"disk {name!r} is being reverted to restore point {disk['reverting']}: "
+                    "attach it once the revert operation has finished"
+                )
             if current and not force:
                 raise Conflict(
                     f"disk {name!r} is attached to VM {current['vm']!r} on host "

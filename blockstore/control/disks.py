@@ -35,6 +35,7 @@ from blockstore.control.model import (
     validate_size,
 )
 from blockstore.control.operations import Progress, Work
+from blockstore.control.points import PointService
 from blockstore.control.records import Record
 from blockstore.control.snapshots import SnapshotService, Source
 from blockstore.engine.volume import Volume
@@ -46,11 +47,16 @@ class DiskService:
     """Create, show, change and delete the disks in `context`'s records."""
 
     def __init__(
-        self, context: ControlContext, snapshots: SnapshotService, geo: GeoService
+        self,
+        context: ControlContext,
+        snapshots: SnapshotService,
+        geo: GeoService,
+        points: PointService,
     ) -> None:
         self.ctx = context
         self.snapshots = snapshots
         self.geo = geo
+        self.points = points
 
     # -- create ---------------------------------------------------------------------------
 
@@ -89,13 +95,22 @@ class DiskService:
                 raise InvalidArgument("ephemeral disks live on the host's local disk: no caching")
             if spec.redundancy != Redundancy.lrs:
                 raise InvalidArgument("ephemeral disks live on one host: redundancy must be lrs")
-            if spec.source_snapshot:
+            if spec.source_snapshot or spec.source_point:
                 raise InvalidArgument("ephemeral disks cannot be created from a snapshot")
+            if spec.retention_seconds:
+                raise InvalidArgument("ephemeral disks keep no restore points: no retention")
             caching = Caching.none
         caching = caching or DEFAULT_CACHING.get(spec.kind, Caching.none)
         if spec.redundancy == Redundancy.grs:
             self.ctx.require_secondary()
-        source = self.snapshots.source(spec.source_snapshot) if spec.source_snapshot else None
+        source_ref, point = spec.source_snapshot, None
+        source: Source | None
+        if spec.source_point is not None:
+            # Pinned as snapshot at-<position> of the source disk (control/points.py).
+            source_ref, source, position = self.points.source(spec.source_point)
+            point = {"disk": spec.source_point["disk"], "position": position}
+        else:
+            source = self.snapshots.source(source_ref) if source_ref else None
         size = spec.size_bytes
         if size is None:
             if source is None:
@@ -104,16 +119,21 @@ class DiskService:
         validate_size(size)
         if source is not None and size < int(source[2]["size"]):
             raise InvalidArgument(
-                f"size_bytes {size} is smaller than snapshot {spec.source_snapshot} "
+                f"size_bytes {size} is smaller than snapshot {source_ref} "
                 f"({source[2]['size']} bytes)"
             )
-        wanted = {
+        wanted: Record = {
             "size_bytes": size,
             "kind": spec.kind.value,
             "caching": caching.value,
             "redundancy": spec.redundancy.value,
-            "source_snapshot": spec.source_snapshot,
+            "source_snapshot": source_ref,
         }
+        # Only when asked for: records made before these fields existed still compare equal.
+        if spec.retention_seconds:
+            wanted["retention_seconds"] = spec.retention_seconds
+        if point is not None:
+            wanted["source_point"] = point
         return wanted, source
 
     def _finish_create(self, disk: Record, source: Source | None) -> Record:
@@ -129,6 +149,8 @@ class DiskService:
                         vol.resize(disk["size_bytes"])
                 finally:
                     vol.close()
+            if disk.get("retention_seconds"):
+                self.points.set_retention(disk, disk["retention_seconds"])
         return self.ctx.set_fields(disk["name"], state="ready")
 
     def _same_or_conflict(self, existing: Record, wanted: Record) -> Record:
@@ -158,6 +180,7 @@ class DiskService:
             out["host"] = disk.get("home_host")
         else:
             store = self.ctx.data_store(disk)
+            out.setdefault("retention_seconds", 0)
             out["bytes_stored"] = sum(
                 o.size for o in store.list(keys.disk_prefix(disk_id_of(disk)))
             )
@@ -174,8 +197,16 @@ class DiskService:
         size_bytes: int | None = None,
         caching: Caching | None = None,
         allow_shrink: bool = False,
+        retention_seconds: int | None = None,
     ) -> Record:
         disk = self.ctx.get_disk(name)
+        if retention_seconds is not None and retention_seconds != disk.get("retention_seconds", 0):
+            if disk["kind"] == DiskKind.ephemeral:
+                raise InvalidArgument("ephemeral disks keep no restore points: no retention")
+            # The store first: GC reads the window there (a record saying more than GC keeps
+            # would promise points that are gone).
+            self.points.set_retention(disk, retention_seconds)
+            disk = self.ctx.set_fields(name, retention_seconds=retention_seconds)
         if caching is not None and disk["kind"] == DiskKind.ephemeral and caching != "none":
             raise InvalidArgument("ephemeral disks have no host caching")
         if size_bytes is not None and size_bytes != disk["size_bytes"]:

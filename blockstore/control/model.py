@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from blockstore.clock import Clock
 from blockstore.control.records import PRIMARY, SECONDARY, Record
@@ -60,6 +61,8 @@ class DiskSpec:
     caching: Caching | None = None
     redundancy: Redundancy = Redundancy.lrs
     source_snapshot: str | None = None  # "<disk>/<snapshot>"
+    source_point: dict[str, Any] | None = None  # {disk, position | time}: a restore point
+    retention_seconds: int | None = None  # restore points kept this long (0: none)
 
 
 def now_iso(clock: Clock) -> str:

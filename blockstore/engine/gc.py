@@ -12,8 +12,9 @@ A pass, in order:
    bytes still served from the very place read are copied: anything written or trimmed since
    wins. Every byte copied is verified first.
 2. Flush, and checkpoint at the acknowledged position.
-3. *Delete*: segments at or below that checkpoint that neither the map, the checkpoint nor a
-   snapshot names, and checkpoints older than it that no snapshot pins, once each has been seen
+3. *Delete*: segments at or below that checkpoint that neither the map, the checkpoint, a
+   snapshot nor the disk's retention window (engine/points.py) needs, and checkpoints older
+   than it that no snapshot pins and the window does not keep, once each has been seen
    unreferenced for `gc_min_age_seconds` (read-only views opened before may still read them).
    Fences are never deleted: a fenced writer may retry a PUT at that very position any time
    and must keep getting 412 there.
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from blockstore.engine.checkpoints import Checkpointer
 from blockstore.engine.commit import CommitPipeline
 from blockstore.engine.meta import listing, newer_epoch, read_checkpoint
+from blockstore.engine.points import LogListing, read_retention, retention_base
 from blockstore.engine.reader import Reader
 from blockstore.engine.snapshots import list_snapshots
 from blockstore.engine.state import Context
@@ -98,7 +100,10 @@ class GarbageCollector:
             self._compact(pinned_segs, result)
             self.pipeline.flush()
             ckpt_seq, ckpt_refs = self.checkpointer.write()
-            self._delete_unreferenced(ckpt_seq, ckpt_refs | pinned_segs, pinned_ckpts, result)
+            kept_segs, kept_ckpts = self._retained()
+            self._delete_unreferenced(
+                ckpt_seq, ckpt_refs | pinned_segs | kept_segs, pinned_ckpts | kept_ckpts, result
+            )
             with self.ctx.stats.lock:
                 self.ctx.stats.gc_passes += 1
                 self.ctx.stats.gc_segments_compacted += result.segments_compacted
@@ -106,6 +111,29 @@ class GarbageCollector:
                 self.ctx.stats.gc_objects_deleted += result.objects_deleted
                 self.ctx.stats.gc_bytes_deleted += result.bytes_deleted
             return result
+
+    def _retained(self) -> tuple[set[str], set[int]]:
+        """Segments and checkpoint seqs the disk's retention window keeps (engine/points.py):
+        every checkpoint from the window's base on, every segment after it, and those the base
+        names. Read afresh each pass, so a change through the API applies at the next one."""
+        disk_id = self.state.disk_id
+        seconds = read_retention(self.ctx.store, disk_id)
+        if not seconds:
+            return set(), set()
+        log = LogListing.read(self.ctx.store, disk_id)
+        base = retention_base(log, self.ctx.clock.time(), seconds)
+        segs = {o.key for p, o in log.segments.items() if p > base}
+        if base >= 0:
+            segs |= self._refs_of(keys.checkpoint_key(disk_id, base))
+        return segs, {c for c in log.checkpoints if c >= base}
+
+    def _refs_of(self, ckey: str) -> set[str]:
+        """The segments checkpoint `ckey` names (cached: checkpoints are immutable)."""
+        refs = self._snap_refs_cache.get(ckey)
+        if refs is None:
+            refs = set(read_checkpoint(self.ctx.store, ckey).segments)
+            self._snap_refs_cache[ckey] = refs
+        return refs
 
     def _snapshot_pins(self) -> tuple[set[str], set[int]]:
         """Segments and checkpoint seqs that this disk's snapshots hold."""
@@ -116,11 +144,7 @@ class GarbageCollector:
         for info in list_snapshots(self.ctx.store.inner, disk_id):
             ckey = keys.checkpoint_key(disk_id, info.checkpoint_seq)
             ckpts.add(info.checkpoint_seq)
-            refs = self._snap_refs_cache.get(ckey)
-            if refs is None:
-                refs = set(read_checkpoint(self.ctx.store, ckey).segments)
-                self._snap_refs_cache[ckey] = refs
-            segs |= refs
+            segs |= self._refs_of(ckey)
         return segs, ckpts
 
     # -- compaction --

@@ -54,29 +54,44 @@ def load_state(
         for k, _s in listing(store, keys.checkpoint_prefix(disk_id))
         if (p := keys.parse_checkpoint_key(k)) is not None
     ]
+    state = base_state(store, disk_id, meta, max(ckpts) if ckpts else None)
+    return replay_listed(store, stats, disk_id, state, header_read)
+
+
+def base_state(
+    store: ObjectStore, disk_id: str, meta: dict[str, Any], base_seq: int | None
+) -> LogState:
+    """The state replay starts from: checkpoint `base_seq`, or with none, the clone source's
+    map with an empty log, or an empty disk."""
     source = meta.get("source")
-    if ckpts:
-        base_seq = max(ckpts)
+    if base_seq is not None:
         ck = read_checkpoint(store, keys.checkpoint_key(disk_id, base_seq))
         if ck.disk_id != disk_id or ck.seq != base_seq:
             raise IntegrityError(
                 f"checkpoint {base_seq:016x} of {disk_id} names {ck.disk_id}/{ck.seq}"
             )
-        state = LogState.from_checkpoint(ck)
-    elif source:
+        return LogState.from_checkpoint(ck)
+    if source:
         ck = read_checkpoint(store, str(source["checkpoint_key"]))
-        state = LogState.from_checkpoint(ck, clone_size=int(meta["size"]))
-    else:
-        state = LogState(ExtentMap(), int(meta["size"]), 0, -1, set(), {})
-    return replay_listed(store, stats, disk_id, state, header_read)
+        return LogState.from_checkpoint(ck, clone_size=int(meta["size"]))
+    return LogState(ExtentMap(), int(meta["size"]), 0, -1, set(), {})
 
 
 def replay_listed(
-    store: ObjectStore, stats: VolumeStats, disk_id: str, state: LogState, header_read: int
+    store: ObjectStore,
+    stats: VolumeStats,
+    disk_id: str,
+    state: LogState,
+    header_read: int,
+    upto: int | None = None,
 ) -> LogState:
-    """List the segments after `state.seq` and replay them up to the first missing one."""
+    """List the segments after `state.seq` and replay them up to the first missing one (or
+    up to position `upto`: a restore point, engine/points.py)."""
     start = keys.segment_key(disk_id, state.seq)
     present = dict(listing(store, keys.segment_prefix(disk_id), start))
+    if upto is not None:
+        last = keys.segment_key(disk_id, upto)
+        present = {k: v for k, v in present.items() if k <= last}
     if keys.segment_key(disk_id, state.seq + 1) not in present:
         return state
     pool = ThreadPoolExecutor(REPLAY_AHEAD, thread_name_prefix=f"replay-{disk_id}")

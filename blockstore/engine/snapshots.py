@@ -30,7 +30,7 @@ from blockstore.engine.meta import (
     read_snapshot,
     snapshot_info,
 )
-from blockstore.engine.state import Context
+from blockstore.engine.state import Context, VolumeState
 from blockstore.errors import Conflict, NotFound, PreconditionFailed
 from blockstore.format import keys
 from blockstore.format.checkpoint import Checkpoint
@@ -154,6 +154,19 @@ class Snapshots:
         disk_id = self.ctx.state.disk_id
         info = read_snapshot(self.ctx.store, disk_id, name)
         return read_checkpoint(self.ctx.store, keys.checkpoint_key(disk_id, info.checkpoint_seq))
+
+
+def changed_between(a: VolumeState | None, b: VolumeState) -> list[tuple[int, int]]:
+    """Ranges of [0, b's size) whose content may differ between the durable state of `a`
+    (None: an empty disk) and of `b`: where their maps do not name the same stored bytes."""
+    maps: list[_Located] = []
+    for st in (a, b):
+        if st is not None:
+            with st.lock:
+                starts, ends, vals = st.durable.copy().lists()
+                limit = st.durable_size
+            maps.append(_located(starts, ends, vals))
+    return _diff(maps[0] if a is not None else [], maps[-1], limit)
 
 
 def _located(starts: list[int], ends: list[int], vals: list[tuple[LogRecord, int]]) -> _Located:

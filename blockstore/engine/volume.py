@@ -59,9 +59,15 @@ from blockstore.engine.meta import (
     read_snapshot,
     top_epoch,
 )
+from blockstore.engine.points import load_state_at
 from blockstore.engine.reader import Reader
 from blockstore.engine.replay import load_state
-from blockstore.engine.snapshots import Snapshots, delete_snapshot, list_snapshots
+from blockstore.engine.snapshots import (
+    Snapshots,
+    changed_between,
+    delete_snapshot,
+    list_snapshots,
+)
 from blockstore.engine.state import Context, LogState, VolumeState
 from blockstore.errors import Conflict, InvalidArgument
 from blockstore.format import keys
@@ -169,6 +175,25 @@ class Volume:
         info = read_snapshot(io, disk_id, snapshot)
         ck = read_checkpoint(io, keys.checkpoint_key(disk_id, info.checkpoint_seq))
         state = LogState.from_checkpoint(ck)
+        return cls(io, stats, disk_id, state, config, clock or SYSTEM_CLOCK, False, 0)
+
+    @classmethod
+    def open_at(
+        cls,
+        store: ObjectStore,
+        disk_id: str,
+        position: int,
+        *,
+        config: VolumeConfig | None = None,
+        clock: Clock | None = None,
+    ) -> Volume:
+        """A read-only view of the disk as it was after log `position`, a restore point
+        (engine/points.py); NotFound when it is not restorable any more."""
+        config = config or VolumeConfig()
+        stats = VolumeStats()
+        io = CountingStore(store, stats)
+        meta = read_meta(io, disk_id)
+        state = load_state_at(io, stats, disk_id, meta, config.header_read_bytes, position)
         return cls(io, stats, disk_id, state, config, clock or SYSTEM_CLOCK, False, 0)
 
     @classmethod
@@ -309,6 +334,12 @@ class Volume:
         """Ranges whose content may differ between snapshot `since` (None: the empty disk)
         and snapshot `until` (None: now), merged and sorted."""
         return self._snapshots.changed_ranges(since, until)
+
+    def changed_from(self, base: Volume | None) -> list[tuple[int, int]]:
+        """Ranges whose content may differ between `base` (None: an empty disk) and this
+        volume's durable state, e.g. two restore points' views (flush first to include
+        writes not yet acknowledged)."""
+        return changed_between(None if base is None else base._state, self._state)
 
     # -- space and garbage collection (gc.py) --
 

@@ -71,6 +71,11 @@ def volume_key(disk_id: str) -> str:
     return disk_prefix(disk_id) + "volume.json"
 
 
+def protection_key(disk_id: str) -> str:
+    """The disk's data-protection settings (its retention window: engine/points.py)."""
+    return disk_prefix(disk_id) + "protection.json"
+
+
 def replication_progress_key(disk_id: str) -> str:
     """The replicator's marker (last sync time, frontier); it lives only on the target side."""
     return disk_prefix(disk_id) + "replication.json"
