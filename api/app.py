@@ -22,6 +22,7 @@ from api.routes import (
     attachments,
     disks,
     geo,
+    groups,
     health,
     info,
     migration,
@@ -34,7 +35,7 @@ from blockstore.store.health import StoreProbe
 
 __all__ = ["AppContext", "create_app"]
 
-V1_ROUTERS = (info, disks, geo, attachments, migration, snapshots, points, operations)
+V1_ROUTERS = (info, disks, geo, attachments, migration, snapshots, points, groups, operations)
 
 
 def metrics_registry(context: AppContext) -> CollectorRegistry:

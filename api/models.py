@@ -128,3 +128,14 @@ class ReplicationWait(Strict):
 
 class SnapshotCreate(Strict):
     name: Name
+
+
+class GroupCreate(Strict):
+    name: Name
+    disks: Annotated[list[Name], Field(min_length=1, max_length=64)]
+
+
+class GroupClone(Strict):
+    prefix: Annotated[
+        str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$", description="new disks: <prefix>-<member>")
+    ]

@@ -18,6 +18,7 @@ from blockstore.errors import BlockstoreError
 from blockstore.host.config import load_settings
 from cli.common import HomeOption
 from cli.disks import disk_app
+from cli.groups import group_app
 from cli.operations import operation_app
 from cli.points import point_app
 from cli.snapshots import snapshot_app
@@ -30,6 +31,7 @@ app = typer.Typer(
 app.add_typer(disk_app, name="disk")
 app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(point_app, name="point")
+app.add_typer(group_app, name="group")
 app.add_typer(operation_app, name="operation")
 
 

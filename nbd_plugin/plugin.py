@@ -69,6 +69,7 @@ from blockstore.host.iostats import IoStats  # noqa: E402
 from blockstore.stats import counters  # noqa: E402
 from nbd_plugin import settings  # noqa: E402
 from nbd_plugin.errors import fail  # noqa: E402
+from nbd_plugin.freeze import GatedWrites, gated  # noqa: E402
 from nbd_plugin.incoming import Incoming  # noqa: E402
 
 API_VERSION = 2
@@ -87,7 +88,7 @@ _incoming: Incoming | None = None  # a live migration's destination (nbd_plugin/
 _holding = False  # requests wait in _incoming.hold until this export is the writer
 # Set in after_fork, before nbdkit accepts any connection (or, for an incoming export, before
 # `_holding` goes False); data callbacks use it without a check.
-_cache: HostCache = None  # type: ignore[assignment]
+_cache: HostCache | GatedWrites = None  # type: ignore[assignment]
 
 
 def thread_model():
@@ -157,6 +158,8 @@ def _open_disk(epoch: int | None) -> None:
     if "cache-dir" in s:
         cache_dir = contract.disk_cache_dir(Path(s["cache-dir"]), s["disk"])
     _cache = HostCache(_volume, settings.cache_config(), cache_dir)
+    if writable and contract.ENV_FREEZE in os.environ:  # group snapshots (nbd_plugin/freeze.py)
+        _cache = gated(_cache, Path(os.environ[contract.ENV_FREEZE]), _retry_seconds)
     nbdkit.debug(f"blockstore: disk {s['disk']} size {_volume.size} cache {s['cache']}")
     interval = float(s["fence-check"])
     if writable and interval > 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from blockstore.clock import Clock
@@ -35,6 +36,8 @@ class Exports(Protocol):
     def resize(self, disk: Record, size_bytes: int) -> None: ...
 
     def serving(self, disk: Record) -> bool: ...
+
+    def socket_of(self, disk: Record) -> Path: ...
 
     def clients(self, disk: Record) -> int: ...
 

@@ -8,6 +8,7 @@ imports no web framework. Its parts, each a module of this package:
   (blockstore/host/supervisor.py), the clock, the attach lock;
 - `disks`: create, show, resize, delete; `snapshots`: snapshots and changed ranges;
   `points`: restore points (any flushed state), clones of them, revert, retention;
+  `groups`: crash-consistent snapshots of several disks at once;
 - `attachments`: attach, detach and the writer epochs that make exactly one host a disk's
   writer; it is the supervisor's `Authority`;
 - `migration`: live migration of a disk in use to this host, with QEMU's protocol;
@@ -35,6 +36,7 @@ from blockstore.control.attachments import AttachmentService
 from blockstore.control.context import ControlContext, Exports
 from blockstore.control.disks import DiskService
 from blockstore.control.geo import GeoService
+from blockstore.control.groups import GroupService
 from blockstore.control.migration import MigrationConfig, MigrationService
 from blockstore.control.points import PointService
 from blockstore.control.snapshots import SnapshotService
@@ -76,6 +78,7 @@ class ControlService:
         self.geo = GeoService(self.context, self.attachments, self.snapshots)
         self.points = PointService(self.context, self.snapshots)
         self.disks = DiskService(self.context, self.snapshots, self.geo, self.points)
+        self.groups = GroupService(self.context, self.snapshots)
         self.replication = self.geo.replication  # None without a secondary region
         exports.authority = self.attachments
 

@@ -39,6 +39,7 @@ _CLONE_RE = re.compile(rf"disks/{NAME}/snap/({NAME})\.clones/({NAME})\Z")
 
 CONTROL_DISKS_PREFIX = "control/disks/"
 CONTROL_OPERATIONS_PREFIX = "control/operations/"
+CONTROL_GROUPS_PREFIX = "control/groups/"  # group snapshots (blockstore/control/groups.py)
 
 MAX_SEQ = (1 << 64) - 1
 MAX_EPOCH = (1 << 32) - 1

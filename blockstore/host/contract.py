@@ -66,6 +66,7 @@ ENV_SECRET_KEY = "BLOCKSTORE_S3_SECRET_KEY"
 ENV_SIZE_REQUEST = "BLOCKSTORE_SIZE_REQUEST"
 ENV_STATS_FILE = "BLOCKSTORE_STATS_FILE"
 ENV_ACTIVATION = "BLOCKSTORE_ACTIVATION"  # an incoming export's `Activation` base path
+ENV_FREEZE = "BLOCKSTORE_FREEZE"  # the base path of an export's `Freeze` files (its socket)
 _REPAIR = "BLOCKSTORE_REPAIR_"  # + ENDPOINT, BUCKET, REGION, PREFIX, ACCESS_KEY, SECRET_KEY
 
 
@@ -190,6 +191,77 @@ class Activation:
     def clear(self) -> None:
         for path in (self.wanted_path, self.answer_path):
             path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """How the service holds an export's writes for the cut of a group snapshot
+    (blockstore/control/groups.py) and lets them go again.
+
+    The service writes a token to ``<sock>.freeze``. The export (nbd_plugin/freeze.py) then
+    acknowledges no more writes, trims, zeroes or flushes: new ones wait; it waits for those
+    in flight, flushes (so a host cache's writes are in the store) and writes the token to
+    ``<sock>.frozen``. Removing ``<sock>.freeze`` thaws it. An export frozen longer than
+    `MAX_SECONDS` thaws itself, writing ``<sock>.thawed`` before it lets a write through, so
+    a service that finds that file knows its cut may hold later writes. Files are written whole
+    (rename)."""
+
+    base: Path  # the socket path
+
+    MAX_SECONDS = 10.0  # an export thaws itself after this long frozen
+    POLL_SECONDS = 0.05  # how often the export looks for a request
+
+    @property
+    def request_path(self) -> Path:
+        return self.base.with_suffix(".freeze")
+
+    @property
+    def frozen_path(self) -> Path:
+        return self.base.with_suffix(".frozen")
+
+    @property
+    def thawed_path(self) -> Path:
+        return self.base.with_suffix(".thawed")
+
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
+        tmp = path.with_suffix(".tmp-freeze")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+    @staticmethod
+    def _read(path: Path) -> str | None:
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    # The service's side.
+    def ask(self, token: str) -> None:
+        self.thawed_path.unlink(missing_ok=True)
+        self._write(self.request_path, token)
+
+    def is_frozen(self, token: str) -> bool:
+        return self._read(self.frozen_path) == token
+
+    def thaw(self) -> None:
+        self.request_path.unlink(missing_ok=True)
+
+    def thawed_early(self) -> bool:
+        return self.thawed_path.exists()
+
+    # The export's side.
+    def requested(self) -> str | None:
+        return self._read(self.request_path)
+
+    def answer(self, token: str) -> None:
+        self._write(self.frozen_path, token)
+
+    def gave_up(self) -> None:
+        self.thawed_path.write_text("thawed after the freeze outlasted its limit\n")
+
+    def clear_answer(self) -> None:
+        self.frozen_path.unlink(missing_ok=True)
 
 
 @dataclass

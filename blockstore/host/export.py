@@ -181,6 +181,7 @@ class Export(ChildProcess):
         env["PYTHONPATH"] = str(REPO)
         env.update(contract.credentials_env(self.config.s3))
         env.update(self.config.extra_env)
+        env[contract.ENV_FREEZE] = str(self.config.socket)
         if self.config.incoming:
             env[contract.ENV_ACTIVATION] = str(self.config.socket)
         return env
