@@ -75,10 +75,10 @@ class PointService:
         disk = self._disk(name)
         listing = LogListing.read(self.ctx.data_store(disk), disk_id_of(disk))
         lo, hi = -math.inf if since is None else since, math.inf if until is None else until
-        pts = [pt for pt in listing.points(disk_id_of(disk)) if lo <= pt.time <= hi]
+        pts = [pt for pt in listing.points(disk_id_of(disk)) if lo <= (pt.time or 0) <= hi]
         minutes: dict[int, list[int]] = {}
         for pt in pts:
-            m = minutes.setdefault(int(pt.time // 60) * 60, [0, 0])
+            m = minutes.setdefault(int((pt.time or 0) // 60) * 60, [0, 0])
             m[0] += 1
             m[1] += pt.bytes
         return {

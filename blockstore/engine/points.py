@@ -44,7 +44,9 @@ class Point:
     """One restore point: the state after log position `position`."""
 
     position: int
-    time: float  # when the store took the segment (its clock, whole seconds on S3)
+    # When the store took the segment (its clock, whole seconds on S3); None for a position
+    # that only a checkpoint still describes.
+    time: float | None
     bytes: int  # the segment's size: what the disk's writes since the previous point cost
 
 
@@ -97,23 +99,26 @@ class LogListing:
 def resolve(
     store: ObjectStore, disk_id: str, *, position: int | None = None, time: float | None = None
 ) -> Point:
-    """The restore point at `position`, or the last one stored at or before `time`."""
+    """The restore point at `position` (any restorable one, fences too: the state there is
+    the one before it), or the last point that holds writes stored at or before `time`."""
     if (position is None) == (time is None):
         raise InvalidArgument("give a restore point's position or its time, not both")
     listing = LogListing.read(store, disk_id)
     points = listing.points(disk_id)
-    oldest = (
-        f"the oldest restorable point is position {points[0].position} (time {points[0].time:.0f})"
-        if points
-        else "the disk has no restorable point (no writes since its last checkpoint)"
-    )
+    oldest = "the disk has no restorable point (no writes since its last checkpoint)"
+    if points:
+        first = points[0]
+        when = f"time {first.time or 0:.0f}"
+        oldest = f"the oldest restorable point is position {first.position} ({when})"
     if position is not None:
-        for pt in points:
-            if pt.position == position:
-                return pt
-        raise NotFound(f"disk {disk_id!r}: position {position} is not a restore point; {oldest}")
+        if position not in listing.restorable():
+            raise NotFound(
+                f"disk {disk_id!r}: position {position} is not a restore point; {oldest}"
+            )
+        seg = listing.segments.get(position)
+        return Point(position, seg.modified if seg else None, seg.size if seg else 0)
     assert time is not None
-    before = [pt for pt in points if pt.time <= time]
+    before = [pt for pt in points if pt.time is not None and pt.time <= time]
     if not before:
         raise NotFound(f"disk {disk_id!r}: no restore point at or before time {time:.0f}; {oldest}")
     return before[-1]

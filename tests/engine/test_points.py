@@ -143,6 +143,23 @@ def test_a_time_picks_the_last_point_at_or_before_it() -> None:
     vol.close()
 
 
+def test_any_restorable_position_resolves_fences_too() -> None:
+    """The newest restorable position after an open may be a fence (no writes): reverting to
+    it (the undo of a revert) must work, and reads the state before it."""
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    Volume.create(store, "d", SIZE)
+    vol = Volume.open(store, "d", config=cfg(checkpoint_every_segments=256), clock=clock)
+    vol.write(0, b"z" * 4096, durable=True)
+    vol.abandon()
+    Volume.open(store, "d", config=cfg(), clock=clock).abandon()  # fences, writes nothing
+    last = LogListing.read(store, "d").restorable()[-1]
+    assert last > newest(store)
+    pt = resolve(store, "d", position=last)
+    assert pt.position == last and pt.bytes < 200
+    assert Volume.open_at(store, "d", last).read(0, 4096) == b"z" * 4096
+
+
 def test_changed_ranges_between_two_points() -> None:
     clock = FakeClock()
     store = MemoryStore(clock)
