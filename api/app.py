@@ -20,6 +20,7 @@ from api.guard import Guard
 from api.metrics import DiskCollector, MigrationCollector, ReplicationCollector, StoreCollector
 from api.routes import (
     attachments,
+    backups,
     disks,
     geo,
     groups,
@@ -35,7 +36,18 @@ from blockstore.store.health import StoreProbe
 
 __all__ = ["AppContext", "create_app"]
 
-V1_ROUTERS = (info, disks, geo, attachments, migration, snapshots, points, groups, operations)
+V1_ROUTERS = (
+    info,
+    disks,
+    geo,
+    attachments,
+    migration,
+    snapshots,
+    points,
+    groups,
+    backups,
+    operations,
+)
 
 
 def metrics_registry(context: AppContext) -> CollectorRegistry:

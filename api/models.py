@@ -130,6 +130,15 @@ class SnapshotCreate(Strict):
     name: Name
 
 
+class BackupRequest(Strict):
+    target: Name = "default"  # a configured backup target
+
+
+class RestoreRequest(Strict):
+    name: Name  # the new disk
+    caching: CachingField | None = None
+
+
 class GroupCreate(Strict):
     name: Name
     disks: Annotated[list[Name], Field(min_length=1, max_length=64)]

@@ -108,7 +108,7 @@ def record_service(settings: Settings, stack: ExitStack) -> None:
 
 def open_stores(settings: Settings, stack: ExitStack) -> tuple[ObjectStore, ObjectStore | None]:
     """The store stack over the primary region's bucket, and over the secondary's if one is
-    configured."""
+    configured (backup targets: `backup_stores`)."""
     assert settings.s3 is not None
     store = build_store(settings.s3, settings.retry)
     stack.callback(store.close)
@@ -119,6 +119,15 @@ def open_stores(settings: Settings, stack: ExitStack) -> tuple[ObjectStore, Obje
         secondary = build_store(settings.secondary, settings.retry)
         stack.callback(secondary.close)
     return store, secondary
+
+
+def backup_stores(settings: Settings, stack: ExitStack) -> dict[str, ObjectStore]:
+    """A store stack over each configured backup target (blockstore/control/backups.py)."""
+    out = {}
+    for name, s3 in settings.backups.items():
+        out[name] = build_store(s3, settings.retry)
+        stack.callback(out[name].close)
+    return out
 
 
 def start_control(
@@ -143,6 +152,7 @@ def start_control(
         supervisor,
         secondary=secondary,
         replication_config=ReplicationConfig(rpo_target_seconds=settings.rpo_seconds),
+        backups=backup_stores(settings, stack),
     )
     stack.callback(control.close)
     if control.replication is not None:

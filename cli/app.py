@@ -16,6 +16,7 @@ import typer
 import blockstore
 from blockstore.errors import BlockstoreError
 from blockstore.host.config import load_settings
+from cli.backups import backup_app
 from cli.common import HomeOption
 from cli.disks import disk_app
 from cli.groups import group_app
@@ -32,6 +33,7 @@ app.add_typer(disk_app, name="disk")
 app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(point_app, name="point")
 app.add_typer(group_app, name="group")
+app.add_typer(backup_app, name="backup")
 app.add_typer(operation_app, name="operation")
 
 

@@ -8,7 +8,8 @@ imports no web framework. Its parts, each a module of this package:
   (blockstore/host/supervisor.py), the clock, the attach lock;
 - `disks`: create, show, resize, delete; `snapshots`: snapshots and changed ranges;
   `points`: restore points (any flushed state), clones of them, revert, retention;
-  `groups`: crash-consistent snapshots of several disks at once;
+  `groups`: crash-consistent snapshots of several disks at once; `backups`: snapshots copied
+  to other S3 stores, and disks restored from them;
 - `attachments`: attach, detach and the writer epochs that make exactly one host a disk's
   writer; it is the supervisor's `Authority`;
 - `migration`: live migration of a disk in use to this host, with QEMU's protocol;
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from blockstore.clock import SYSTEM_CLOCK, Clock
 from blockstore.control.attachments import AttachmentService
+from blockstore.control.backups import BackupService
 from blockstore.control.context import ControlContext, Exports
 from blockstore.control.disks import DiskService
 from blockstore.control.geo import GeoService
@@ -60,6 +62,7 @@ class ControlService:
         replication_config: ReplicationConfig | None = None,
         primary_hold_seconds: float = 30.0,
         migration_config: MigrationConfig | None = None,
+        backups: dict[str, ObjectStore] | None = None,
     ) -> None:
         self.context = ControlContext(
             store,
@@ -79,6 +82,7 @@ class ControlService:
         self.points = PointService(self.context, self.snapshots)
         self.disks = DiskService(self.context, self.snapshots, self.geo, self.points)
         self.groups = GroupService(self.context, self.snapshots)
+        self.backups = BackupService(self.context, backups or {})
         self.replication = self.geo.replication  # None without a secondary region
         exports.authority = self.attachments
 

@@ -66,6 +66,33 @@ def create_volume(
         raise Conflict(f"disk {disk_id!r} already exists") from None
 
 
+def create_restored_volume(
+    store: ObjectStore, disk_id: str, size: int, clock: Clock, checkpoint_key: str, seq: int
+) -> None:
+    """Create a volume that starts from a checkpoint of its own prefix (a backup restored into
+    it, blockstore/control/backups.py): a clone whose source is that checkpoint, with no
+    snapshot to register under. Conflict if the volume record exists."""
+    keys.validate_disk_id(disk_id)
+    if not checkpoint_key.startswith(keys.disk_prefix(disk_id)):
+        raise InvalidArgument(f"checkpoint {checkpoint_key} is not under disk {disk_id!r}")
+    meta = {
+        "format": 1,
+        "disk_id": disk_id,
+        "created": clock.time(),
+        "size": check_size("size", size),
+        "source": {
+            "disk_id": disk_id,
+            "snapshot": None,
+            "checkpoint_seq": seq,
+            "checkpoint_key": checkpoint_key,
+        },
+    }
+    try:
+        store.put(keys.volume_key(disk_id), json.dumps(meta).encode(), if_none_match=True)
+    except PreconditionFailed:
+        raise Conflict(f"disk {disk_id!r} already exists") from None
+
+
 def destroy_volume(store: ObjectStore, disk_id: str) -> None:
     """Delete every object of the volume; Conflict while a clone depends on one of its
     snapshots. The volume record goes last, so an interrupted destroy can be re-run."""
@@ -85,7 +112,7 @@ def destroy_volume(store: ObjectStore, disk_id: str) -> None:
     except (NotFound, IntegrityError):
         meta = {}
     source = meta.get("source")
-    if source:
+    if source and source.get("snapshot"):  # a restored disk's source is its own copy
         store.delete(keys.clone_ref_key(source["disk_id"], source["snapshot"], disk_id))
     delete_all(store, disk_id, [key for key, _size in objects])
 

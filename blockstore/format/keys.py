@@ -77,6 +77,26 @@ def protection_key(disk_id: str) -> str:
     return disk_prefix(disk_id) + "protection.json"
 
 
+def restored_key(disk_id: str, original: str) -> str:
+    """Where a disk restored from a backup keeps its copy of object `original` (a segment or
+    checkpoint of the backed-up disk, blockstore/control/backups.py)."""
+    return disk_prefix(disk_id) + "restored/" + original
+
+
+# A backup target's layout (under its own prefix): copies of primary objects by their key, and
+# one manifest per complete backup.
+BACKUP_OBJECTS_PREFIX = "objects/"
+BACKUP_MANIFESTS_PREFIX = "manifests/"
+
+
+def backup_object_key(original: str) -> str:
+    return BACKUP_OBJECTS_PREFIX + original
+
+
+def backup_manifest_key(backup_id: str) -> str:
+    return f"{BACKUP_MANIFESTS_PREFIX}{validate_name(backup_id, 'backup id')}.json"
+
+
 def replication_progress_key(disk_id: str) -> str:
     """The replicator's marker (last sync time, frontier); it lives only on the target side."""
     return disk_prefix(disk_id) + "replication.json"

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from blockstore.errors import InvalidArgument
+from blockstore.format.keys import DISK_ID_RE
 from blockstore.store.retry import RetryConfig
 from blockstore.store.s3 import S3Config
 
@@ -31,6 +32,7 @@ class Settings:
     port: int = DEFAULT_PORT
     s3: S3Config | None = None  # None: run the embedded SeaweedFS
     secondary: S3Config | None = None  # for geo-redundant (grs) disks
+    backups: dict[str, S3Config] = field(default_factory=dict)  # backup targets by name
     retry: RetryConfig = field(default_factory=RetryConfig)
     embedded: bool = False  # True once `s3` points at the SeaweedFS this host started
     rpo_seconds: float = 300.0  # a grs disk whose replication lag exceeds this is flagged
@@ -69,6 +71,25 @@ def _s3_from(prefix: str, env: dict[str, str], file: dict[str, Any]) -> S3Config
         region=pick("region", "us-east-1") or "us-east-1",
         prefix=pick("prefix", "") or "",
     )
+
+
+def _backup_targets(env: dict[str, str], tables: dict[str, Any]) -> dict[str, S3Config]:
+    """`[backups.<name>]` tables, and `BLOCKSTORE_BACKUP_*` as the target named `default`."""
+    out: dict[str, S3Config] = {}
+    for name, table in tables.items():
+        if not isinstance(table, dict) or not DISK_ID_RE.match(name):
+            raise InvalidArgument(
+                f"[backups.{name}] must be a table named with 1-63 of a-z, 0-9, '-'"
+            )
+        if not table.get("endpoint") or not table.get("access_key") or not table.get("secret_key"):
+            raise InvalidArgument(f"[backups.{name}] needs endpoint, access_key and secret_key")
+        target = _s3_from(f"[backups.{name}]", {}, table)
+        assert target is not None
+        out[name] = target
+    default = _s3_from("BLOCKSTORE_BACKUP", env, {})
+    if default is not None:
+        out["default"] = default
+    return out
 
 
 def _group(name: str | None) -> int | None:
@@ -128,6 +149,7 @@ def load_settings(home: Path | None = None, port: int | None = None) -> Settings
         port=port,
         s3=_s3_from("BLOCKSTORE_S3", env, table("s3")),
         secondary=_s3_from("BLOCKSTORE_SECONDARY", env, table("secondary")),
+        backups=_backup_targets(env, table("backups")),
         retry=RetryConfig(deadline_seconds=number("retry_seconds", 30, float, 0.1)),
         rpo_seconds=number("rpo_seconds", 300, float, 1),
         socket_group=_group(socket_group and str(socket_group)),

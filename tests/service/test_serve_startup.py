@@ -176,6 +176,9 @@ def test_malformed_environment(tmp_path: Path, variable: str, value: str, says: 
         ('s3 = "http://127.0.0.1:8333"\n', "[s3] must be a table"),
         ("retry_seconds = true\n", "retry_seconds in "),
         ('[s3]\nendpoint = "http://127.0.0.1:8333"\n', "BLOCKSTORE_S3_ACCESS_KEY"),
+        ('[backups.Vault]\nendpoint = "http://127.0.0.1:1"\n', "[backups.Vault] must be a table"),
+        ('[backups.vault]\nendpoint = "http://127.0.0.1:1"\n', "needs endpoint, access_key"),
+        ("[backups]\nvault = 3\n", "[backups.vault] must be a table"),
     ],
 )
 def test_malformed_config_toml(tmp_path: Path, text: str, says: str) -> None:

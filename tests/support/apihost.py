@@ -21,6 +21,7 @@ from blockstore.control.service import ControlService
 from blockstore.geo.config import ReplicationConfig
 from blockstore.host.config import Settings
 from blockstore.host.supervisor import ExportSupervisor, SupervisorConfig
+from blockstore.store.base import ObjectStore
 from blockstore.store.retry import RetryConfig
 from blockstore.store.stack import build_store
 from tests.support.seaweed import SeaweedServer
@@ -39,11 +40,19 @@ class _Client:
 class Host(_Client):
     """One blockstore host (API + its exports) over the shared test bucket prefix."""
 
-    def __init__(self, seaweed: SeaweedServer, prefix: str, home: Path) -> None:
+    def __init__(
+        self,
+        seaweed: SeaweedServer,
+        prefix: str,
+        home: Path,
+        backups: dict[str, ObjectStore] | None = None,
+    ) -> None:
         s3 = replace(seaweed.s3_config(prefix))
         self.store = build_store(s3)
         self.supervisor = ExportSupervisor(SupervisorConfig(home=home, s3=s3, retry_seconds=10))
-        self.control = ControlService(self.store, f"host-{home.name}", self.supervisor)
+        self.control = ControlService(
+            self.store, f"host-{home.name}", self.supervisor, backups=backups
+        )
         ctx = AppContext(Settings(home=home, s3=s3), self.store, TOKEN, self.control)
         self.client = TestClient(create_app(ctx))
 

@@ -5,6 +5,7 @@ Host header included, so SigV4 signatures still match) until a fault is armed:
 
 - ``"503"``: answer 503 with an S3 ``SlowDown`` error body;
 - ``"500"``: answer 500 with an S3 ``InternalError`` body;
+- ``"full"``: answer 507 with an S3 ``InsufficientStorage`` body (a store out of space);
 - ``"reset"``: forward, then send the response headers and half the body and reset the
   connection (RST via SO_LINGER 0);
 - ``"truncate"``: forward, then send the full Content-Length header but only half the body and
@@ -29,7 +30,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-FAULTS = ("503", "500", "reset", "truncate", "stall", "down")
+FAULTS = ("503", "500", "full", "reset", "truncate", "stall", "down")
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"}
 
 
@@ -132,8 +133,9 @@ class FaultProxy:
             h.close_connection = True
             self._reset(h)
             return
-        if fault in ("503", "500"):
-            code, name = (503, "SlowDown") if fault == "503" else (500, "InternalError")
+        if fault in ("503", "500", "full"):
+            code, name = {"503": (503, "SlowDown"), "500": (500, "InternalError"),
+                          "full": (507, "InsufficientStorage")}[fault]  # fmt: skip
             xml = (
                 f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{name}</Code>'
                 f"<Message>injected by faultproxy</Message></Error>"
