@@ -112,7 +112,7 @@ def test_incremental_backup_and_restore_after_the_source_is_gone(
 def test_unreachable_full_or_damaged_targets_fail_clearly(
     setup: tuple[Host, ObjectStore, FaultProxy],
 ) -> None:
-    api, _target, proxy = setup
+    api, target, proxy = setup
     api("POST", "/v1/disks", json={"name": "d", "size_bytes": 4 * MiB, "kind": "data"})
     sock = api("POST", "/v1/disks/d/attach", json={"vm": "vm1"}).json()["socket"]
     nbd_write_all(sock, [(0, os.urandom(MiB))])
@@ -127,6 +127,16 @@ def test_unreachable_full_or_damaged_targets_fail_clearly(
     assert [b["target"] for b in listed] == [], "a failed backup is never listed"
     assert backup(api, "d", "s", "flaky")["status"] == "succeeded"
     (done,) = api("GET", "/v1/backups", params={"target": "flaky"}).json()["backups"]
+    # A copy in the target that a complete backup recorded, damaged since: the next backup
+    # that needs it stops and is not listed.
+    assert backup(api, "d", "s", "vault")["status"] == "succeeded"
+    seg = next(o for o in target.list(keys.BACKUP_OBJECTS_PREFIX) if "/seg/" in o.key)
+    target.put(seg.key, b"not what was copied")
+    api("POST", "/v1/disks/d/snapshots", json={"name": "s2"})
+    op = backup(api, "d", "s2", "vault")
+    assert op["status"] == "failed" and "damaged or replaced" in op["error"], op
+    vault = api("GET", "/v1/backups", params={"target": "vault"}).json()["backups"]
+    assert [b["snapshot"] for b in vault] == ["s"]
     for body, path, status in [
         ({"target": "nosuch"}, "/v1/disks/d/snapshots/s/backup", 404),
         ({"target": "vault"}, "/v1/disks/d/snapshots/nosnap/backup", 404),

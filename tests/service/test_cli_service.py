@@ -191,3 +191,34 @@ def test_attach_prints_uri_and_blockdev_whole_at_80_columns(service: Service) ->
     assert f"name: {name}" in out.stdout.splitlines()
     out = service.cli("disk", "detach", name)
     assert out.returncode == 0, out.stderr
+
+
+def test_restore_points_groups_and_backups_from_the_cli(service: Service) -> None:
+    """The data-protection commands through the real service, as the README shows them."""
+
+    def ok(*args: str) -> str:
+        out = service.cli(*args)
+        assert out.returncode == 0, (args, out.stdout, out.stderr)
+        return out.stdout
+
+    ok("disk", "create", "cdp", "--size", "8M", "--kind", "data", "--retention", "1h")
+    assert json.loads(ok("disk", "show", "cdp", "--json"))["retention_seconds"] == 3600
+    sock = json.loads(ok("disk", "attach", "cdp", "--vm", "vm1", "--json"))["socket"]
+    subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x61 0 64k",
+                    f"nbd+unix:///cdp?socket={sock}"], check=True, capture_output=True)  # fmt: skip
+    points = json.loads(ok("point", "list", "cdp", "--json"))
+    assert points["count"] >= 1
+    position = points["newest"]["position"]
+    assert "restore points of cdp" in ok("point", "list", "cdp")
+    ok("disk", "create", "cdp-then", "--kind", "data", "--source-point", f"cdp@{position}")
+    ok("disk", "create", "other", "--size", "8M", "--kind", "data")
+    group = json.loads(ok("group", "create", "both", "cdp", "other", "--json"))
+    assert [m["disk"] for m in group["members"]] == ["cdp", "other"]
+    assert "both" in ok("group", "list")
+    ok("disk", "detach", "cdp")
+    out = ok("point", "revert", "cdp", "--position", str(position))
+    assert "undo: blockstore point revert cdp --position" in out
+    out = service.cli("backup", "list")
+    assert out.returncode == 0 and "TARGET" in out.stdout, out.stderr
+    out = service.cli("backup", "create", "cdp", "both", "--target", "nosuch")
+    assert out.returncode != 0 and "backup target 'nosuch' does not exist" in out.stderr
