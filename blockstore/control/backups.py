@@ -47,7 +47,7 @@ from blockstore.control.model import (
 )
 from blockstore.control.operations import Progress
 from blockstore.control.records import Record
-from blockstore.engine.lifecycle import create_restored_volume
+from blockstore.engine.lifecycle import create_restored_volume, delete_all
 from blockstore.engine.meta import read_checkpoint, read_snapshot
 from blockstore.errors import BlockstoreError, Conflict, IntegrityError, NotFound
 from blockstore.format import keys
@@ -83,7 +83,8 @@ class BackupService:
         dest = self.target(target)
         store, disk_id = self.ctx.data_store(disk), disk_id_of(disk)
         info = read_snapshot(store, disk_id, snapshot)  # NotFound now, not in the operation
-        backup_id = f"{name}-{snapshot}-{secrets.token_hex(4)}"
+        # At most 58 characters: the manifest's key takes a name (keys.backup_manifest_key).
+        backup_id = f"{name[:24]}-{snapshot[:24]}-{secrets.token_hex(4)}"
         head = {"id": backup_id, "target": target, "disk": name, DISK_ID_FIELD: disk_id,
                 "kind": disk["kind"], "snapshot": snapshot, "size": info.size,
                 "checkpoint": keys.checkpoint_key(disk_id, info.checkpoint_seq)}  # fmt: skip
@@ -203,10 +204,21 @@ class BackupService:
         dest = self.target(target)
 
         def work(progress: Progress) -> None:
-            self._restore(dest, manifest, record, progress)
+            try:
+                self._restore(dest, manifest, record, progress)
+            except BaseException:
+                self._discard(record)  # the name is free again; nothing half-made is left
+                raise
             self.ctx.set_fields(name, state="ready")
 
         return self.ctx.operations.start("restore-backup", name, work)
+
+    def _discard(self, disk: Record) -> None:
+        """Remove what a failed restore made: its objects, then its `creating` record."""
+        disk_id = disk_id_of(disk)
+        made = [o.key for o in self.ctx.store.list(keys.disk_prefix(disk_id))]
+        delete_all(self.ctx.store, disk_id, made)
+        self.ctx.disks.delete(disk["name"])
 
     def _restore(
         self, dest: ObjectStore, manifest: dict[str, Any], disk: Record, progress: Progress

@@ -107,6 +107,9 @@ def test_incremental_backup_and_restore_after_the_source_is_gone(
     restore = api("POST", f"/v1/backups/vault/{second['id']}/restore", json={"name": "back2"})
     op = wait_op(api, restore.json()["operation"])
     assert op["status"] == "failed" and "damaged" in op["error"]
+    assert api("GET", "/v1/disks/back2").status_code == 404, "a failed restore leaves nothing"
+    held = {o.key.split("/")[1] for o in api.store.list("disks/")}
+    assert held == {disk["volume_id"]}, "the failed restore's objects are gone"
 
 
 def test_unreachable_full_or_damaged_targets_fail_clearly(
