@@ -77,6 +77,27 @@ def protection_key(disk_id: str) -> str:
     return disk_prefix(disk_id) + "protection.json"
 
 
+_DATA_KEY_RE = re.compile(rf"disks/{NAME}/keys/(k[0-9a-f]{{16}})\.([a-z0-9-]{{1,63}})\.json\Z")
+
+
+def data_key_prefix(disk_id: str) -> str:
+    """Where an encrypted disk's wrapped data keys live (blockstore/crypto/keyring.py)."""
+    return disk_prefix(disk_id) + "keys/"
+
+
+def data_key_key(disk_id: str, key_id: str, kek_id: str) -> str:
+    key = f"{data_key_prefix(disk_id)}{key_id}.{kek_id}.json"
+    if parse_data_key_key(key) is None:
+        raise InvalidArgument(f"data key {key_id!r} / KEK {kek_id!r} make no valid key name")
+    return key
+
+
+def parse_data_key_key(key: str) -> tuple[str, str] | None:
+    """(key id, KEK id) of a wrapped data key's object key."""
+    m = _DATA_KEY_RE.search(key)
+    return (m.group(1), m.group(2)) if m else None
+
+
 def restored_key(disk_id: str, original: str) -> str:
     """Where a disk restored from a backup keeps its copy of object `original` (a segment or
     checkpoint of the backed-up disk, blockstore/control/backups.py)."""
