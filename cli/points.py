@@ -59,7 +59,7 @@ def point_list(
     points: Annotated[bool, typer.Option(help="List every point, not the summary")] = False,
 ) -> None:
     """A disk's restore points: per minute, how many and how many bytes were written."""
-    params = {k: v for k, v in (("since", since), ("until", until)) if v}
+    params = {k: v for k, v in (("from", since), ("to", until)) if v}
 
     def table(res: dict[str, Any]) -> None:
         title = f"{res['count']} restore points of {disk}, window {res['retention_seconds']} s"

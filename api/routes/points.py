@@ -26,14 +26,14 @@ Time = Annotated[datetime | None, Query(description="ISO 8601; the last point at
 def list_points(
     name: DiskName,
     context: Context,
-    since: Time = None,
-    until: Time = None,
+    start: Annotated[datetime | None, Query(alias="from", description="ISO 8601")] = None,
+    end: Annotated[datetime | None, Query(alias="to", description="ISO 8601")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> dict[str, Any]:
-    """The disk's restore points in [since, until] (the newest `limit` of them listed), with a
+    """The disk's restore points in [from, to] (the newest `limit` of them listed), with a
     per-minute summary of the bytes written, to find the moment before a burst."""
     return context.service().points.list_points(
-        name, epoch_seconds(since), epoch_seconds(until), limit
+        name, epoch_seconds(start), epoch_seconds(end), limit
     )
 
 

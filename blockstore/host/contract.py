@@ -209,7 +209,9 @@ class Freeze:
     base: Path  # the socket path
 
     MAX_SECONDS = 10.0  # an export thaws itself after this long frozen
-    POLL_SECONDS = 0.05  # how often the export looks for a request
+    # How often an export looks for a request: part of a cut's pause, and a stat() per poll
+    # for every export, busy or idle.
+    POLL_SECONDS = 0.1
 
     @property
     def request_path(self) -> Path:

@@ -53,7 +53,7 @@ def test_restore_points_clone_changes_revert_and_undo(api: Host) -> None:
     assert sum(m["bytes"] for m in listed["per_minute"]) == sum(
         p["bytes"] for p in listed["points"]
     )
-    before = api("GET", "/v1/disks/src/restore-points", params={"until": iso(t_good)}).json()
+    before = api("GET", "/v1/disks/src/restore-points", params={"to": iso(t_good)}).json()
     assert before["newest"]["position"] < listed["newest"]["position"]
 
     # A new disk from the point before the burst.
