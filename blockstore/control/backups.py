@@ -115,7 +115,7 @@ class BackupService:
                 objects[key] = known
                 continue
             blob = store.get(key)
-            verify_object(blob, key)
+            verify_object(blob, original_key(key))
             etag = dest.put(keys.backup_object_key(key), blob)
             objects[key] = {"size": len(blob), "xxh3": xxhash.xxh3_64_hexdigest(blob),
                             "etag": etag}  # fmt: skip
@@ -232,7 +232,7 @@ class BackupService:
                     f"backup {manifest['id']}: the target's copy of {key} is damaged "
                     "(size or checksum differ from the manifest); nothing was restored from it"
                 )
-            verify_object(blob, key)
+            verify_object(blob, original_key(key))
             if key != manifest["checkpoint"]:
                 store.put(keys.restored_key(disk_id, key), blob)
             progress(0.9 * (i + 1) / len(objects))
@@ -249,6 +249,12 @@ class BackupService:
         with contextlib.suppress(Conflict):  # made by an earlier attempt of this restore
             size = disk["size_bytes"]
             create_restored_volume(store, disk_id, size, self.ctx.clock, ckey, ck.seq)
+
+
+def original_key(key: str) -> str:
+    """The key a (perhaps restored, even twice) object had in the disk that wrote it, which
+    says what it is (segment or checkpoint) and so how `verify_object` checks it."""
+    return key.rsplit("/restored/", 1)[-1]
 
 
 def replace_key(rec: LogRecord, moved: dict[str, str]) -> LogRecord:

@@ -98,18 +98,30 @@ def test_incremental_backup_and_restore_after_the_source_is_gone(
     assert nbd_read(sock, 0, size) == bytes(image)
     nbd_write_all(sock, [(0, b"n" * 4096)])  # the restored disk takes writes like any other
     assert nbd_read(sock, 0, 4096) == b"n" * 4096
+    image[:4096] = b"n" * 4096
+
+    # A restored disk backs up and restores again (its objects are verified like any).
+    assert api("POST", "/v1/disks/back/snapshots", json={"name": "r1"}).status_code == 201
+    assert backup(api, "back", "r1", "vault")["status"] == "succeeded"
+    again = next(b for b in api("GET", "/v1/backups").json()["backups"] if b["disk"] == "back")
+    r = api("POST", f"/v1/backups/vault/{again['id']}/restore", json={"name": "back3"})
+    assert wait_op(api, r.json()["operation"])["status"] == "succeeded"
+    sock3 = api("POST", "/v1/disks/back3/attach", json={"vm": "vm3"}).json()["socket"]
+    assert nbd_read(sock3, 0, size) == bytes(image)
 
     # A damaged copy in the target: the next backup stops with a clear error, lists nothing.
-    objs = [o for o in target.list(keys.BACKUP_OBJECTS_PREFIX) if "/seg/" in o.key]
-    blob = bytearray(target.get(objs[0].key))
+    held_by = api("GET", f"/v1/backups/vault/{second['id']}").json()["objects"]
+    victim = keys.backup_object_key(next(k for k in sorted(held_by) if "/seg/" in k))
+    blob = bytearray(target.get(victim))
     blob[-1] ^= 1
-    target.put(objs[0].key, bytes(blob))
+    target.put(victim, bytes(blob))
     restore = api("POST", f"/v1/backups/vault/{second['id']}/restore", json={"name": "back2"})
     op = wait_op(api, restore.json()["operation"])
     assert op["status"] == "failed" and "damaged" in op["error"]
     assert api("GET", "/v1/disks/back2").status_code == 404, "a failed restore leaves nothing"
     held = {o.key.split("/")[1] for o in api.store.list("disks/")}
-    assert held == {disk["volume_id"]}, "the failed restore's objects are gone"
+    back3 = api("GET", "/v1/disks/back3").json()["volume_id"]
+    assert held == {disk["volume_id"], back3}, "the failed restore's objects are gone"
 
 
 def test_unreachable_full_or_damaged_targets_fail_clearly(
