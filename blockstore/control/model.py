@@ -66,7 +66,12 @@ class DiskSpec:
 
 
 def now_iso(clock: Clock) -> str:
-    return datetime.fromtimestamp(clock.time(), UTC).isoformat(timespec="seconds")
+    return iso(clock.time())
+
+
+def iso(t: float) -> str:
+    """Unix seconds as the API shows times (ISO 8601, UTC, whole seconds)."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 def validate_size(size_bytes: int) -> int:

@@ -21,11 +21,10 @@ disk between the two states, still a prefix of writes, and says so: revert again
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from typing import Any
 
 from blockstore.control.context import ControlContext
-from blockstore.control.model import disk_id_of, require_volume
+from blockstore.control.model import disk_id_of, iso, require_volume
 from blockstore.control.operations import Progress
 from blockstore.control.records import Record
 from blockstore.control.snapshots import SnapshotService, Source
@@ -40,12 +39,9 @@ _COPY_STEP = 4 << 20  # a revert copies at most this much per write
 PointRef = tuple[int | None, float | None]  # (position, time): one of the two
 
 
-def iso(t: float | None) -> str | None:
-    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
-
-
 def point_view(pt: Point) -> dict[str, Any]:
-    return {"position": pt.position, "time": iso(pt.time), "bytes": pt.bytes}
+    return {"position": pt.position, "time": None if pt.time is None else iso(pt.time),
+            "bytes": pt.bytes}  # fmt: skip
 
 
 class PointService:

@@ -11,11 +11,10 @@ Failure behaviour: an unknown snapshot is NotFound; an ephemeral disk has no sna
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from blockstore.control.context import ControlContext
-from blockstore.control.model import DiskKind, disk_id_of, require_volume
+from blockstore.control.model import DiskKind, disk_id_of, iso, require_volume
 from blockstore.control.records import Record
 from blockstore.engine import volume
 from blockstore.engine.volume import SnapshotInfo, Volume
@@ -51,7 +50,7 @@ class SnapshotService:
             "name": info.name,
             "disk": disk["name"],
             "size": info.size,
-            "created": datetime.fromtimestamp(info.created, UTC).isoformat(timespec="seconds"),
+            "created": iso(info.created),
             "clones": [names.get(c, c) for c in clones],
         }
 
