@@ -233,6 +233,13 @@ def rewrap(store: ObjectStore, provider: KekProvider, disk_id: str) -> int:
     return done
 
 
+def discard_key(store: ObjectStore, disk_id: str, key_id: str) -> None:
+    """Delete every wrapped copy of one data key (a disk create that lost its race)."""
+    for obj, k, _kek in _wrapped(store, disk_id):
+        if k == key_id:
+            store.delete(obj)
+
+
 def shred(store: ObjectStore, disk_id: str) -> int:
     """Delete every data key object of the disk (crypto-shred); returns how many."""
     gone = 0

@@ -62,8 +62,9 @@ class Checkpointer:
                 fences = list(st.fences)
             refs = {rec.seg_key for rec, _d in vals}
             blob = encode_checkpoint(
-                st.disk_id, seq, st.log_epoch, size, starts, ends, vals, sizes, fences
-            )
+                st.disk_id, seq, st.log_epoch, size, starts, ends, vals, sizes, fences,
+                self.ctx.keys.writer,
+            )  # fmt: skip
             # A checkpoint already at this seq describes the same log prefix: same content.
             with contextlib.suppress(PreconditionFailed):
                 self.ctx.store.put(keys.checkpoint_key(st.disk_id, seq), blob, if_none_match=True)

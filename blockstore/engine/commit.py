@@ -50,7 +50,9 @@ class CommitPipeline:
         self.ctx = ctx
         self.state = state = ctx.state
         self.checkpointer = checkpointer
-        self.uploader = SegmentUploader(ctx.store, state.disk_id, state.epoch, ctx.config)
+        self.uploader = SegmentUploader(
+            ctx.store, state.disk_id, state.epoch, ctx.config, ctx.keys.writer
+        )
         # All below under state.lock.
         self.open: Batch | None = None
         self.sealed: deque[Batch] = deque()

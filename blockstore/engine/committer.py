@@ -117,7 +117,10 @@ class Committer:
         if torn is None:
             return
         try:
-            at = resume_position(p.ctx.store, p.ctx.stats, st.disk_id, st.epoch, torn, p.ctx.config)
+            ctx = p.ctx
+            at = resume_position(
+                ctx.store, ctx.stats, st.disk_id, st.epoch, torn, ctx.config, ctx.keys
+            )
         except Fenced as exc:
             with st.lock:
                 if st.fatal is None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
+from blockstore.crypto.disk import DiskKeys
 from blockstore.engine.config import VolumeConfig, VolumeStats
 from blockstore.engine.fence import FENCE_SPAN, FENCE_WINDOW
 from blockstore.engine.meta import newer_epoch, top_epoch
@@ -79,16 +80,22 @@ def claim_epoch(store: ObjectStore, disk_id: str, wanted: int | None = None) -> 
 
 
 def take_position(
-    store: ObjectStore, stats: VolumeStats, disk_id: str, epoch: int, seq: int, config: VolumeConfig
+    store: ObjectStore,
+    stats: VolumeStats,
+    disk_id: str,
+    epoch: int,
+    seq: int,
+    config: VolumeConfig,
+    dkeys: DiskKeys,
 ) -> Taken:
     """PUT a fence of `epoch` at `seq` with If-None-Match. Ours also when an earlier attempt
     whose reply was lost stored it."""
     key = keys.segment_key(disk_id, seq)
-    blob = encode_segment(key, disk_id, seq, epoch, config.checksum_chunk, [])
+    blob = encode_segment(key, disk_id, seq, epoch, config.checksum_chunk, [], dkeys.writer)
     try:
         store.put(key, blob, if_none_match=True)
     except PreconditionFailed:
-        hdr = read_header_at(store, disk_id, seq, config.header_read_bytes)
+        hdr = read_header_at(store, disk_id, seq, config.header_read_bytes, dkeys)
         if hdr is None or hdr.epoch != epoch or hdr.records:
             return False, hdr
     with stats.lock:
@@ -110,6 +117,7 @@ def take_log(
     epoch: int,
     state: LogState,
     config: VolumeConfig,
+    dkeys: DiskKeys,
 ) -> None:
     """Take the log over for `epoch`, in bounded time whatever an older writer's rate.
 
@@ -119,11 +127,11 @@ def take_log(
     above F they are void. Raises `Fenced` when a newer epoch's object is met anywhere."""
     # Catch up first with one LIST: an older writer that kept writing while we replayed
     # has segments we can read in parallel, which is cheaper than fencing over them.
-    replay_listed(store, stats, disk_id, state, config.header_read_bytes)
+    replay_listed(store, stats, disk_id, state, config.header_read_bytes, dkeys)
     if state.log_epoch > epoch:
         raise superseded(disk_id, epoch, state.log_epoch)
     lo = state.seq + 1
-    first, decided = _fence_span(store, stats, disk_id, epoch, lo, config)
+    first, decided = _fence_span(store, stats, disk_id, epoch, lo, config, dkeys)
     with stats.lock:
         for seq in range(lo, first + FENCE_SPAN):
             if seq == first:
@@ -139,6 +147,7 @@ def _fence_span(
     epoch: int,
     lo: int,
     config: VolumeConfig,
+    dkeys: DiskKeys,
 ) -> tuple[int, dict[int, Taken]]:
     """Fence from `lo` on, FENCE_SPAN positions at a time, until our first fence F is known and
     every position of [lo, F + FENCE_SPAN) is decided; returns F and what each position holds.
@@ -149,7 +158,7 @@ def _fence_span(
     with ThreadPoolExecutor(FENCE_SPAN, thread_name_prefix=f"fence-{disk_id}") as pool:
         while todo:
             results = pool.map(
-                lambda q: take_position(store, stats, disk_id, epoch, q, config), todo
+                lambda q: take_position(store, stats, disk_id, epoch, q, config, dkeys), todo
             )
             for seq, got in zip(todo, results, strict=True):
                 decided[seq] = got
@@ -173,6 +182,7 @@ def resume_position(
     epoch: int,
     torn: int,
     config: VolumeConfig,
+    dkeys: DiskKeys,
 ) -> int:
     """The position of our resume fence after our own PUT at `torn` left an empty object,
     once every PUT of ours has finished.
@@ -195,9 +205,9 @@ def resume_position(
     todo = list(range(torn + 1, torn + FENCE_WINDOW + 1))
     with ThreadPoolExecutor(len(todo), thread_name_prefix=f"resume-{disk_id}") as pool:
         while True:
-            got = list(
-                pool.map(lambda q: take_position(store, stats, disk_id, epoch, q, config), todo)
-            )
+            got = list(pool.map(
+                lambda q: take_position(store, stats, disk_id, epoch, q, config, dkeys), todo
+            ))  # fmt: skip
             resume_at = _first_resume_fence(disk_id, epoch, torn, zip(todo, got, strict=True))
             if todo[-1] >= torn + 2 * FENCE_WINDOW:
                 # Our reach must stay inside a newer writer's fence span (FENCE_SPAN from its

@@ -281,7 +281,7 @@ class GarbageCollector:
                 hi = min(n_chunks(pdelta + pe - ps, rec.chunk) * rec.chunk, rec.length)
                 at = rec.data_off + lo - base
                 raw = memoryview(blob)[at : at + hi - lo]
-                self.reader.verify(rec, c0, raw, hi - lo)
+                raw = self.reader.verify(rec, c0, raw, hi - lo)  # opened, if sealed
                 yield ps, pe, raw[pdelta - lo : pdelta - lo + (pe - ps)]
 
     # -- deletion --

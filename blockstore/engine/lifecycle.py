@@ -4,6 +4,11 @@
 one succeeds and a crash before it leaves at most a clone registration (which only blocks the
 source snapshot's delete until the disk is destroyed). `destroy_volume` deletes every object
 and the volume record last, so an interrupted destroy is simply run again.
+
+An encrypted disk (`encrypt`, and always a clone of an encrypted disk) gets a data key of its
+own before its record names it (blockstore/crypto/); destroying it deletes its keys first
+(crypto-shred): once they are gone, whatever a crash leaves of its data is ciphertext nobody
+can open.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ import json
 from typing import Any
 
 from blockstore.clock import Clock
+from blockstore.crypto.disk import key_id, provider
+from blockstore.crypto.keyring import create_key, discard_key, shred
+from blockstore.crypto.seal import CIPHER
 from blockstore.engine.config import check_size
 from blockstore.engine.meta import listing, read_json, read_snapshot
 from blockstore.engine.snapshots import register_clone
@@ -27,7 +35,12 @@ from blockstore.store.base import ObjectStore
 
 
 def create_volume(
-    store: ObjectStore, disk_id: str, size: int, clock: Clock, source: tuple[str, str] | None
+    store: ObjectStore,
+    disk_id: str,
+    size: int,
+    clock: Clock,
+    source: tuple[str, str] | None,
+    encrypt: bool = False,
 ) -> None:
     """Create an empty volume, or a clone of snapshot `source = (src_disk_id, name)` (size 0
     means the snapshot's size; a larger size grows the clone); Conflict if the disk exists or
@@ -58,11 +71,18 @@ def create_volume(
             "checkpoint_seq": snap.checkpoint_seq,
             "checkpoint_key": keys.checkpoint_key(src, snap.checkpoint_seq),
         }
+        encrypt = encrypt or key_id(read_json(store, keys.volume_key(src))) is not None
+    key: str | None = None
+    if encrypt:
+        key = create_key(store, provider(), disk_id)
+        meta["encryption"] = {"cipher": CIPHER, "key_id": key}
     try:
         store.put(keys.volume_key(disk_id), json.dumps(meta).encode(), if_none_match=True)
     except PreconditionFailed:
         if registration is not None:
             store.delete(registration)
+        if key is not None:
+            discard_key(store, disk_id, key)  # ours alone: the winner's has another id
         raise Conflict(f"disk {disk_id!r} already exists") from None
 
 
@@ -111,10 +131,12 @@ def destroy_volume(store: ObjectStore, disk_id: str) -> None:
         meta = read_json(store, meta_key)
     except (NotFound, IntegrityError):
         meta = {}
+    shred(store, disk_id)  # first: from here on the data objects open with nothing
     source = meta.get("source")
     if source and source.get("snapshot"):  # a restored disk's source is its own copy
         store.delete(keys.clone_ref_key(source["disk_id"], source["snapshot"], disk_id))
-    delete_all(store, disk_id, [key for key, _size in objects])
+    key_prefix = keys.data_key_prefix(disk_id)
+    delete_all(store, disk_id, [k for k, _size in objects if not k.startswith(key_prefix)])
 
 
 def delete_all(store: ObjectStore, disk_id: str, objects: list[str]) -> None:

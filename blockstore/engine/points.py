@@ -28,12 +28,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from blockstore.crypto.disk import DiskKeys
 from blockstore.engine.config import VolumeStats
 from blockstore.engine.replay import base_state, replay_listed
 from blockstore.engine.state import LogState
 from blockstore.errors import IntegrityError, InvalidArgument, NotFound
 from blockstore.format import keys
-from blockstore.format.segment import encode_segment
+from blockstore.format.segment import fence_sizes
 from blockstore.store.base import ObjectInfo, ObjectStore
 
 MAX_RETENTION_SECONDS = 90 * 86400  # a window longer than this is refused (InvalidArgument)
@@ -87,11 +88,11 @@ class LogListing:
     def points(self, disk_id: str) -> list[Point]:
         """The restorable positions that hold writes (not fences, not torn objects), with the
         store's time of each, ascending."""
-        fence = len(encode_segment("", disk_id, 0, 0, 4096, []))  # a fence's size, any seq
+        fences = fence_sizes(disk_id)
         out = []
         for p in self.restorable():
             o = self.segments.get(p)
-            if o is not None and o.size > fence and o.modified is not None:
+            if o is not None and o.size and o.size not in fences and o.modified is not None:
                 out.append(Point(p, o.modified, o.size))
         return out
 
@@ -131,6 +132,7 @@ def load_state_at(
     meta: dict[str, Any],
     header_read: int,
     position: int,
+    dkeys: DiskKeys,
 ) -> LogState:
     """The state after `position`: the newest checkpoint at or before it (or the start of the
     log) and the segments after that up to `position`. NotFound unless restorable."""
@@ -138,8 +140,8 @@ def load_state_at(
     if position not in listing.restorable():
         raise NotFound(f"disk {disk_id!r}: position {position} is not restorable any more")
     bases = [c for c in listing.checkpoints if c <= position]
-    state = base_state(store, disk_id, meta, bases[-1] if bases else None)
-    state = replay_listed(store, stats, disk_id, state, header_read, upto=position)
+    state = base_state(store, disk_id, meta, bases[-1] if bases else None, dkeys)
+    state = replay_listed(store, stats, disk_id, state, header_read, dkeys, upto=position)
     if state.seq != position:  # a segment went away between the listing and the replay
         raise NotFound(f"disk {disk_id!r}: position {position} is not restorable any more")
     return state

@@ -6,8 +6,9 @@ holes are zeros, and stored pieces are fetched without the lock: one ranged GET 
 pieces that lie close together in one segment, whole checksum chunks so each piece verifies on
 its own, the GETs of one read in parallel (`READ_PARALLEL` at most).
 
-Guarantees: every byte fetched is checked against its chunk checksum before it is returned; a
-mismatch counts `checksum_failures` and raises `IntegrityError`, never wrong data. Inside an
+Guarantees: every byte fetched is checked against its chunk checksum before it is returned, and
+a sealed record's (an encrypted disk's) opened and authenticated under its key; a mismatch
+counts `checksum_failures` and raises `IntegrityError`, never wrong data. Inside an
 NBD request each GET carries the request's deadline (blockstore/deadline.py), also the GETs
 handed to the read pool. Reads change no state, so a crash during one loses nothing.
 """
@@ -18,6 +19,7 @@ import contextvars
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from blockstore.crypto.seal import KEY_RAW
 from blockstore.engine.state import Context, Piece
 from blockstore.errors import IntegrityError, NotFound
 from blockstore.format.segment import WRITE, LogRecord, n_chunks, verify_chunks
@@ -90,20 +92,30 @@ class Reader:
         with st.lock:
             return st.resolve_locked(offset, offset + length)
 
-    def verify(
-        self, rec: LogRecord, first_chunk: int, data: bytes | memoryview, expect: int
-    ) -> None:
-        """Raise `IntegrityError` unless `data` is `expect` bytes matching the record's sums
-        from `first_chunk` on."""
+    def verify(self, rec: LogRecord, first_chunk: int, data: memoryview, expect: int) -> memoryview:
+        """The record's bytes from chunk `first_chunk` on, as stored in `data`, verified:
+        `data` itself, or for a sealed record its plaintext. `IntegrityError` unless `data` is
+        `expect` bytes matching the record's sums (and tags) from `first_chunk` on."""
         bad = verify_chunks(rec, first_chunk, data) if len(data) == expect else -1
         if bad is not None:
-            with self.ctx.stats.lock:
-                self.ctx.stats.checksum_failures += 1
+            self._failed()
             where = "object too short" if bad == -1 else f"record byte {bad}"
             raise IntegrityError(
                 f"disk {self.state.disk_id}: checksum mismatch in {rec.seg_key} ({where}); "
                 "refusing to return wrong data"
             )
+        if not rec.seal:
+            return data
+        try:
+            sealer = self.ctx.keys.sealer(rec.seal[:KEY_RAW])
+            return memoryview(sealer.open_record(rec.seal, first_chunk, data, rec.chunk))
+        except IntegrityError as exc:
+            self._failed()
+            raise IntegrityError(f"disk {self.state.disk_id}: {rec.seg_key}: {exc}") from None
+
+    def _failed(self) -> None:
+        with self.ctx.stats.lock:
+            self.ctx.stats.checksum_failures += 1
 
     def close(self) -> None:
         if self._pool is not None:
@@ -154,7 +166,10 @@ class Reader:
                 dst = buf[pos : pos + ghi - glo]
                 got = self.ctx.store.get_into(key, glo, dst)
                 for _key, lo, hi, c0, rec, _delta, _pos, _n in group:
-                    self.verify(rec, c0, dst[lo - glo : min(hi, glo + got) - glo], hi - lo)
+                    got_piece = dst[lo - glo : min(hi, glo + got) - glo]
+                    plain = self.verify(rec, c0, got_piece, hi - lo)
+                    if plain is not got_piece:  # opened: the plaintext replaces the stored
+                        got_piece[:] = plain
                 return
             data = memoryview(self.ctx.store.get(key, glo, ghi - glo))
         except NotFound:
@@ -163,8 +178,7 @@ class Reader:
                 "this read-only view was open past gc_min_age_seconds, or lost)"
             ) from None
         for _key, lo, hi, c0, rec, delta, pos, n in group:
-            part = data[lo - glo : hi - glo]
-            self.verify(rec, c0, part, hi - lo)
+            part = self.verify(rec, c0, data[lo - glo : hi - glo], hi - lo)
             skip = delta - c0 * rec.chunk
             buf[pos : pos + n] = part[skip : skip + n]
 

@@ -7,8 +7,9 @@ acknowledged, because acknowledgements are in order. Segment headers are fetched
 `REPLAY_AHEAD` at a time ahead of the one being judged, so replay time does not bound how
 rarely checkpoints may be written (docs/engine-measurements.md).
 
-Replay only reads. Any object that does not decode, or names another disk or position, raises
-`IntegrityError`: a volume whose log cannot be read is not opened at all.
+Replay only reads. Any object that does not decode, names another disk or position, or (on an
+encrypted disk) fails to authenticate under the disk's key, raises `IntegrityError`: a volume
+whose log cannot be read is not opened at all.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from blockstore.crypto.disk import DiskKeys
 from blockstore.engine.config import VolumeStats
 from blockstore.engine.extentmap import ExtentMap
 from blockstore.engine.meta import listing, read_checkpoint
@@ -30,10 +32,16 @@ REPLAY_AHEAD = 16  # segment headers fetched in parallel ahead of the one being 
 
 
 def read_header_at(
-    store: ObjectStore, disk_id: str, seq: int, header_read: int, size: int | None = None
+    store: ObjectStore,
+    disk_id: str,
+    seq: int,
+    header_read: int,
+    dkeys: DiskKeys,
+    size: int | None = None,
 ) -> SegmentHeader | None:
-    """The verified header of the segment at `seq`; None for an empty (torn) object.
-    `IntegrityError` when the header names another disk or position."""
+    """The verified (and on an encrypted disk authenticated) header of the segment at `seq`;
+    None for an empty (torn) object. `IntegrityError` when the header names another disk or
+    position."""
     key = keys.segment_key(disk_id, seq)
     head = read_segment_head(store, key, header_read)
     if not head:
@@ -41,11 +49,17 @@ def read_header_at(
     hdr = decode_segment_header(head, key, size)
     if hdr.seq != seq or hdr.disk_id != disk_id:
         raise IntegrityError(f"segment {key}: header names {hdr.disk_id}/{hdr.seq}")
+    dkeys.check(disk_id, hdr, f"segment {key}")
     return hdr
 
 
 def load_state(
-    store: ObjectStore, stats: VolumeStats, disk_id: str, meta: dict[str, Any], header_read: int
+    store: ObjectStore,
+    stats: VolumeStats,
+    disk_id: str,
+    meta: dict[str, Any],
+    header_read: int,
+    dkeys: DiskKeys,
 ) -> LogState:
     """Newest checkpoint (or the clone source's, or empty) plus replay of the segments after
     it, up to the first missing seq."""
@@ -54,25 +68,29 @@ def load_state(
         for k, _s in listing(store, keys.checkpoint_prefix(disk_id))
         if (p := keys.parse_checkpoint_key(k)) is not None
     ]
-    state = base_state(store, disk_id, meta, max(ckpts) if ckpts else None)
-    return replay_listed(store, stats, disk_id, state, header_read)
+    state = base_state(store, disk_id, meta, max(ckpts) if ckpts else None, dkeys)
+    return replay_listed(store, stats, disk_id, state, header_read, dkeys)
 
 
 def base_state(
-    store: ObjectStore, disk_id: str, meta: dict[str, Any], base_seq: int | None
+    store: ObjectStore, disk_id: str, meta: dict[str, Any], base_seq: int | None, dkeys: DiskKeys
 ) -> LogState:
     """The state replay starts from: checkpoint `base_seq`, or with none, the clone source's
     map with an empty log, or an empty disk."""
     source = meta.get("source")
     if base_seq is not None:
-        ck = read_checkpoint(store, keys.checkpoint_key(disk_id, base_seq))
+        key = keys.checkpoint_key(disk_id, base_seq)
+        ck = read_checkpoint(store, key)
         if ck.disk_id != disk_id or ck.seq != base_seq:
             raise IntegrityError(
                 f"checkpoint {base_seq:016x} of {disk_id} names {ck.disk_id}/{ck.seq}"
             )
+        dkeys.check(disk_id, ck, f"checkpoint {key}")
         return LogState.from_checkpoint(ck)
     if source:
-        ck = read_checkpoint(store, str(source["checkpoint_key"]))
+        key = str(source["checkpoint_key"])
+        ck = read_checkpoint(store, key)
+        dkeys.check(ck.disk_id, ck, f"checkpoint {key}")
         return LogState.from_checkpoint(ck, clone_size=int(meta["size"]))
     return LogState(ExtentMap(), int(meta["size"]), 0, -1, set(), {})
 
@@ -83,6 +101,7 @@ def replay_listed(
     disk_id: str,
     state: LogState,
     header_read: int,
+    dkeys: DiskKeys,
     upto: int | None = None,
 ) -> LogState:
     """List the segments after `state.seq` and replay them up to the first missing one (or
@@ -96,7 +115,7 @@ def replay_listed(
         return state
     pool = ThreadPoolExecutor(REPLAY_AHEAD, thread_name_prefix=f"replay-{disk_id}")
     try:
-        _Replay(store, stats, disk_id, state, present, header_read, pool).run()
+        _Replay(store, stats, disk_id, state, present, header_read, pool, dkeys).run()
         return state
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -114,8 +133,10 @@ class _Replay:
         present: dict[str, int],
         header_read: int,
         pool: ThreadPoolExecutor,
+        dkeys: DiskKeys,
     ) -> None:
         self.store = store
+        self.dkeys = dkeys
         self.stats = stats
         self.disk_id = disk_id
         self.state = state
@@ -134,7 +155,7 @@ class _Replay:
         size = self.present[key]
         if size == 0:
             return None
-        hdr = read_header_at(self.store, self.disk_id, seq, self.header_read, size)
+        hdr = read_header_at(self.store, self.disk_id, seq, self.header_read, self.dkeys, size)
         if hdr is None:  # listed with bytes, read as none: not a segment
             raise IntegrityError(f"segment {key}: object is 0 bytes, shorter than a header")
         return hdr

@@ -26,6 +26,7 @@ import threading
 from dataclasses import dataclass, field
 
 from blockstore.clock import Clock
+from blockstore.crypto.disk import PLAIN, DiskKeys
 from blockstore.engine.config import SECTOR, VolumeConfig, VolumeStats
 from blockstore.engine.extentmap import ExtentMap
 from blockstore.engine.fence import LogRule
@@ -194,10 +195,12 @@ class VolumeState:
 @dataclass(frozen=True)
 class Context:
     """What every component of one open volume is built with: its live state, its store (the
-    stack below, counted in `stats`), its settings and its clock."""
+    stack below, counted in `stats`), its settings and its clock; and its keys
+    (blockstore/crypto/disk.py), `PLAIN` for a disk that is not encrypted."""
 
     state: VolumeState
     store: CountingStore
     stats: VolumeStats
     config: VolumeConfig
     clock: Clock
+    keys: DiskKeys = PLAIN

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 
+from blockstore.crypto.seal import Sealer
 from blockstore.engine.config import VolumeConfig
 from blockstore.errors import BlockstoreError, Fenced, IntegrityError, PreconditionFailed
 from blockstore.format import keys
@@ -54,8 +55,16 @@ class Batch:
 class SegmentUploader:
     """PUTs the batches of one writer epoch."""
 
-    def __init__(self, store: ObjectStore, disk_id: str, epoch: int, config: VolumeConfig) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        disk_id: str,
+        epoch: int,
+        config: VolumeConfig,
+        sealer: Sealer | None,
+    ) -> None:
         self.store = store
+        self.sealer = sealer  # an encrypted disk's: every segment is sealed
         self.disk_id = disk_id
         self.epoch = epoch
         self.config = config
@@ -65,7 +74,13 @@ class SegmentUploader:
         key = keys.segment_key(self.disk_id, b.seq)
         if b.blob is None:
             b.blob = encode_segment(
-                key, self.disk_id, b.seq, self.epoch, self.config.checksum_chunk, b.records
+                key,
+                self.disk_id,
+                b.seq,
+                self.epoch,
+                self.config.checksum_chunk,
+                b.records,
+                self.sealer,
             )
         try:
             self.store.put(key, b.blob, if_none_match=True)

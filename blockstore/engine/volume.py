@@ -43,6 +43,7 @@ import threading
 from collections.abc import Sequence
 
 from blockstore.clock import SYSTEM_CLOCK, Clock
+from blockstore.crypto.disk import PLAIN, DiskKeys, disk_keys
 from blockstore.engine.checkpoints import Checkpointer
 from blockstore.engine.commit import CommitPipeline
 from blockstore.engine.committer import Committer
@@ -101,13 +102,15 @@ class Volume:
         size: int,
         *,
         source: tuple[str, str] | None = None,
+        encrypt: bool = False,
         config: VolumeConfig | None = None,
         clock: Clock | None = None,
     ) -> None:
         """Create an empty volume, or a clone of snapshot `source = (src_disk_id, name)`
         (size 0 means the snapshot's size; a larger size grows the clone); Conflict if the
-        disk exists or has leftover objects."""
-        create_volume(store, disk_id, size, clock or SYSTEM_CLOCK, source)
+        disk exists or has leftover objects. `encrypt` (and a clone of an encrypted disk):
+        its data is sealed under a data key of its own (blockstore/crypto/)."""
+        create_volume(store, disk_id, size, clock or SYSTEM_CLOCK, source, encrypt)
 
     @classmethod
     def open(
@@ -133,15 +136,16 @@ class Volume:
         meta = read_meta(io, disk_id)
         if epoch is not None and not writable:
             raise InvalidArgument("a read-only open claims no writer epoch")
+        dkeys = disk_keys(io, disk_id, meta)
         epoch = claim_epoch(io, disk_id, epoch) if writable else 0
-        state = load_state(io, stats, disk_id, meta, config.header_read_bytes)
+        state = load_state(io, stats, disk_id, meta, config.header_read_bytes, dkeys)
         if writable:
             if state.log_epoch > epoch:
                 # A newer writer claimed after us and has already fenced: anything we wrote
                 # from here on would come after its fence and be void.
                 raise superseded(disk_id, epoch, state.log_epoch)
-            take_log(io, stats, disk_id, epoch, state, config)
-        return cls(io, stats, disk_id, state, config, clock or SYSTEM_CLOCK, writable, epoch)
+            take_log(io, stats, disk_id, epoch, state, config, dkeys)
+        return cls(io, stats, disk_id, state, config, clock or SYSTEM_CLOCK, writable, epoch, dkeys)
 
     @classmethod
     def fence_writers(
@@ -171,11 +175,13 @@ class Volume:
         config = config or VolumeConfig()
         stats = VolumeStats()
         io = CountingStore(store, stats)
-        read_meta(io, disk_id)
+        dkeys = disk_keys(io, disk_id, read_meta(io, disk_id))
         info = read_snapshot(io, disk_id, snapshot)
-        ck = read_checkpoint(io, keys.checkpoint_key(disk_id, info.checkpoint_seq))
+        key = keys.checkpoint_key(disk_id, info.checkpoint_seq)
+        ck = read_checkpoint(io, key)
+        dkeys.check(disk_id, ck, f"checkpoint {key}")
         state = LogState.from_checkpoint(ck)
-        return cls(io, stats, disk_id, state, config, clock or SYSTEM_CLOCK, False, 0)
+        return cls(io, stats, disk_id, state, config, clock or SYSTEM_CLOCK, False, 0, dkeys)
 
     @classmethod
     def open_at(
@@ -193,8 +199,9 @@ class Volume:
         stats = VolumeStats()
         io = CountingStore(store, stats)
         meta = read_meta(io, disk_id)
-        state = load_state_at(io, stats, disk_id, meta, config.header_read_bytes, position)
-        return cls(io, stats, disk_id, state, config, clock or SYSTEM_CLOCK, False, 0)
+        dkeys = disk_keys(io, disk_id, meta)
+        state = load_state_at(io, stats, disk_id, meta, config.header_read_bytes, position, dkeys)
+        return cls(io, stats, disk_id, state, config, clock or SYSTEM_CLOCK, False, 0, dkeys)
 
     @classmethod
     def destroy(cls, store: ObjectStore, disk_id: str) -> None:
@@ -214,6 +221,7 @@ class Volume:
         clock: Clock,
         writable: bool,
         epoch: int,
+        dkeys: DiskKeys = PLAIN,
     ) -> None:
         self._io = io
         self._store = io.inner  # snapshot records are read and written uncounted
@@ -222,7 +230,7 @@ class Volume:
         self._config = config
         self.writable = writable
         st = self._state = VolumeState(log, disk_id, epoch, writable)
-        ctx = Context(st, io, stats, config, clock)
+        ctx = Context(st, io, stats, config, clock, dkeys)
         gc_lock = threading.Lock()  # one GC pass at a time, and no pass while a snapshot pins
         self._checkpointer = Checkpointer(ctx)
         self._reader = Reader(ctx)

@@ -14,6 +14,11 @@ that is the whole extent map, the size, the log's epoch and fence positions at t
 table of segments it references (docs/format.md, "Checkpoints"). Every record is a WRITE as
 stored (`LogRecord` with the segment key, absolute data offset, chunk and checksums).
 
+Version 3 (an encrypted disk's, flag `SEALED`): every record also carries `u32 len + seal` (its
+`LogRecord.seal`, empty for a plain record of a plain source), and the body ends with the data
+key's id (8 bytes) and a 16-byte tag authenticating the rest (blockstore/crypto/seal.py), so an
+edited map fails to open rather than serving older records.
+
 Guarantees: the body checksum covers everything; anything malformed raises `IntegrityError`,
 and `decode_checkpoint` never returns a partial map.
 """
@@ -26,9 +31,12 @@ from dataclasses import dataclass
 
 import xxhash
 
+from blockstore.crypto.seal import KEY_RAW, MAC_BYTES, Sealer
 from blockstore.errors import IntegrityError
 from blockstore.format.segment import (
     FORMAT_VERSION,
+    SEALED,
+    SEALED_VERSION,
     SUM_LEN,
     U16,
     U32,
@@ -60,6 +68,13 @@ class Checkpoint:
     vals: list[tuple[LogRecord, int]]
     segments: dict[str, int]  # every segment key the map references -> its data bytes
     fences: list[int]  # seqs of the first segment of every epoch in the log (never deleted)
+    key_raw: bytes = b""  # sealed: the key it is authenticated under, its tag, what it covers
+    mac: bytes = b""
+    signed: bytes = b""
+
+    @property
+    def sealed(self) -> bool:
+        return bool(self.key_raw)
 
 
 def encode_checkpoint(
@@ -72,7 +87,9 @@ def encode_checkpoint(
     vals: list[tuple[LogRecord, int]],
     segment_sizes: dict[str, int],
     fences: Sequence[int] = (),
+    sealer: Sealer | None = None,
 ) -> bytes:
+    """The checkpoint object; authenticated under `sealer` (version 3) if given."""
     seg_index: dict[str, int] = {}
     rec_index: dict[int, int] = {}
     seg_parts: list[bytes] = []
@@ -87,7 +104,14 @@ def encode_checkpoint(
                 k = rec.seg_key.encode()
                 seg_parts.append(U16.pack(len(k)) + k + U64.pack(segment_sizes.get(rec.seg_key, 0)))
             ri = rec_index[id(rec)] = len(rec_index)
-            rec_parts.append(_CKPT_REC.pack(si, rec.data_off, rec.length, rec.chunk) + rec.sums)
+            part = _CKPT_REC.pack(si, rec.data_off, rec.length, rec.chunk) + rec.sums
+            if sealer is not None:
+                part += U32.pack(len(rec.seal)) + rec.seal
+            elif rec.seal:
+                raise ValueError(
+                    "a sealed record in the checkpoint of a disk that is not encrypted"
+                )
+            rec_parts.append(part)
         ext_parts.append(_CKPT_EXT.pack(s, e, ri, delta))
     did = disk_id.encode()
     body = b"".join(
@@ -104,40 +128,60 @@ def encode_checkpoint(
             *ext_parts,
         ]
     )
+    version, flags = FORMAT_VERSION, 0
+    if sealer is not None:
+        version, flags = SEALED_VERSION, SEALED
+        body += sealer.key_raw
+        body += sealer.mac(_signed(version, flags, body))
     prefix = _CKPT_PREFIX.pack(
-        CKPT_MAGIC, FORMAT_VERSION, 0, 0, xxhash.xxh3_64_intdigest(body), len(body)
+        CKPT_MAGIC, version, flags, 0, xxhash.xxh3_64_intdigest(body), len(body)
     )
     return prefix + body
 
 
+def _signed(version: int, flags: int, body: bytes | memoryview) -> bytes:
+    return CKPT_MAGIC + U16.pack(version) + U16.pack(flags) + bytes(body)
+
+
 def decode_checkpoint(blob: bytes, key: str) -> Checkpoint:
     """Decode and verify a whole checkpoint object; raises `IntegrityError`."""
-    cur = Cursor(_verified_body(blob, key))
+    body, version, flags = _verified_body(blob, key)
+    sealed = version == SEALED_VERSION
+    if sealed != (flags == SEALED) or (sealed and len(body) < KEY_RAW + MAC_BYTES):
+        raise IntegrityError(f"checkpoint {key}: version {version} with flags {flags}")
+    kraw, mac, signed = b"", b"", b""
+    if sealed:
+        mac, signed = bytes(body[-MAC_BYTES:]), _signed(version, flags, body[:-MAC_BYTES])
+        kraw, body = bytes(body[-MAC_BYTES - KEY_RAW : -MAC_BYTES]), body[: -MAC_BYTES - KEY_RAW]
+    cur = Cursor(body)
     try:
         seq, epoch, size, _chunk, did_len = cur.unpack(_CKPT_FIXED)
         disk_id = cur.take(did_len).decode()
         fences = [cur.read_int(U64) for _ in range(cur.read_int(U32))]
         seg_keys, segments = _decode_segments(cur)
-        recs = [_decode_record(cur, key, seg_keys) for _ in range(cur.read_int(U32))]
+        recs = [_decode_record(cur, key, seg_keys, sealed) for _ in range(cur.read_int(U32))]
         starts, ends, vals = _decode_extents(cur, key, recs)
     except (struct.error, UnicodeDecodeError, IndexError) as exc:
         raise IntegrityError(f"checkpoint {key}: malformed ({exc})") from exc
-    return Checkpoint(disk_id, seq, epoch, size, starts, ends, vals, segments, fences)
+    return Checkpoint(
+        disk_id, seq, epoch, size, starts, ends, vals, segments, fences, kraw, mac, signed
+    )
 
 
-def _verified_body(blob: bytes, key: str) -> memoryview:
-    """The body of a checkpoint object, after its prefix, version, length and checksum."""
+def _verified_body(blob: bytes, key: str) -> tuple[memoryview, int, int]:
+    """The body of a checkpoint object, its version and flags, after its prefix, version,
+    length and checksum are checked."""
     if len(blob) < _CKPT_PREFIX.size:
         raise IntegrityError(f"checkpoint {key}: truncated ({len(blob)} bytes)")
-    magic, version, _flags, _res, body_sum, body_len = _CKPT_PREFIX.unpack_from(blob)
+    magic, version, flags, _res, body_sum, body_len = _CKPT_PREFIX.unpack_from(blob)
     if magic != CKPT_MAGIC:
         raise IntegrityError(f"checkpoint {key}: bad magic {magic!r}")
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, SEALED_VERSION):
         raise IntegrityError(f"checkpoint {key}: unsupported format version {version}")
     body = memoryview(blob)[_CKPT_PREFIX.size :]
     if len(body) != body_len or xxhash.xxh3_64_intdigest(body) != body_sum:
         raise IntegrityError(f"checkpoint {key}: checksum or length mismatch")
-    return body
+    return body, version, flags
 
 
 def _decode_segments(cur: Cursor) -> tuple[list[str], dict[str, int]]:
@@ -151,15 +195,17 @@ def _decode_segments(cur: Cursor) -> tuple[list[str], dict[str, int]]:
     return seg_keys, segments
 
 
-def _decode_record(cur: Cursor, key: str, seg_keys: list[str]) -> LogRecord:
+def _decode_record(cur: Cursor, key: str, seg_keys: list[str], sealed: bool) -> LogRecord:
     """One entry of the record table: a WRITE as stored (its disk offset lives in the extents)."""
     si, data_off, length, chunk = cur.unpack(_CKPT_REC)
     if chunk <= 0:
         raise IntegrityError(f"checkpoint {key}: chunk size {chunk}")
     sums = cur.take(SUM_LEN * n_chunks(length, chunk))
+    seal = cur.take(cur.read_int(U32)) if sealed else b""
     return LogRecord(
-        WRITE, 0, length, seg_key=seg_keys[si], data_off=data_off, chunk=chunk, sums=sums
-    )
+        WRITE, 0, length, seg_key=seg_keys[si], data_off=data_off, chunk=chunk, sums=sums,
+        seal=seal,
+    )  # fmt: skip
 
 
 def _decode_extents(

@@ -13,6 +13,13 @@ A segment is `prefix | header body | data`:
 
 A segment with no records is a *fence*: a new writer's claim on a log position (docs/format.md).
 
+Version 3 is version 2 with the `SEALED` flag (an encrypted disk's segments, fences included):
+the body holds the data key's id (8 bytes) after the disk id, every WRITE record its chunks'
+AES-GCM tags after its sums (which are then of the ciphertext, so integrity is checked without
+the key), and the body ends with a 16-byte tag authenticating the whole header
+(blockstore/crypto/seal.py). Decoding checks integrity only; `check_header` (with the keys)
+authenticity. Plain disks write version 2, so old readers read them unchanged.
+
 Records apply in order. Data offsets in the body are relative to the end of the body; decoded
 `LogRecord.data_off` is absolute within the object so a read is one ranged GET.
 
@@ -30,9 +37,12 @@ from typing import Any
 
 import xxhash
 
+from blockstore.crypto.seal import KEY_RAW, MAC_BYTES, SEAL_INFO, TAG_BYTES, Sealer
 from blockstore.errors import IntegrityError
 
 FORMAT_VERSION = 2  # 2: one segment key per seq, fences; checkpoints list fence seqs
+SEALED_VERSION = 3  # 3: version 2, sealed (flag SEALED): an encrypted disk's objects
+SEALED = 1  # prefix flag
 SEG_MAGIC = b"BLKSEG01"
 
 WRITE = 1
@@ -64,7 +74,17 @@ class LogRecord:
     after the segment is acknowledged the volume drops `mem`.
     """
 
-    __slots__ = ("chunk", "data_off", "kind", "length", "mem", "offset", "seg_key", "sums")
+    __slots__ = (
+        "chunk",
+        "data_off",
+        "kind",
+        "length",
+        "mem",
+        "offset",
+        "seal",
+        "seg_key",
+        "sums",
+    )
 
     def __init__(
         self,
@@ -77,6 +97,7 @@ class LogRecord:
         data_off: int = 0,
         chunk: int = 0,
         sums: bytes = b"",
+        seal: bytes = b"",
     ) -> None:
         self.kind = kind
         self.offset = offset  # disk offset; the new size for RESIZE
@@ -86,6 +107,9 @@ class LogRecord:
         self.data_off = data_off
         self.chunk = chunk
         self.sums = sums
+        # Sealed records (an encrypted disk's): `SEAL_INFO` then one AES-GCM tag per chunk;
+        # `sums` are then of the ciphertext. Empty for a plain record.
+        self.seal = seal
 
     def __repr__(self) -> str:
         return (
@@ -96,10 +120,18 @@ class LogRecord:
 
 def encoded_size(kind: int, length: int, chunk: int) -> int:
     """Bytes a record adds to its segment: its header entry and, for a WRITE, its data offset,
-    checksums and data. The engine closes a batch on this count."""
+    checksums and data (a sealed record's tags, 0.4% more, are not counted). The engine
+    closes a batch on this count."""
     if kind == WRITE:
         return _REC_HEAD.size + U64.size + SUM_LEN * n_chunks(length, chunk) + length
     return _REC_HEAD.size
+
+
+def fence_sizes(disk_id: str) -> tuple[int, int]:
+    """The sizes of a fence of `disk_id` (no records), plain and sealed. A record adds 17
+    bytes or more, so no segment that holds records has either size."""
+    plain = SEG_PREFIX_LEN + _SEG_FIXED.size + len(disk_id.encode()) + U32.size
+    return plain, plain + KEY_RAW + MAC_BYTES
 
 
 class Cursor:
@@ -161,37 +193,60 @@ def verify_chunks(rec: LogRecord, first_chunk: int, data: bytes | memoryview) ->
 
 
 def encode_segment(
-    key: str, disk_id: str, seq: int, epoch: int, chunk: int, records: Sequence[LogRecord]
+    key: str,
+    disk_id: str,
+    seq: int,
+    epoch: int,
+    chunk: int,
+    records: Sequence[LogRecord],
+    sealer: Sealer | None = None,
 ) -> bytes:
-    """The segment object for `records` (in order). Fills in each WRITE record's `seg_key`,
-    `data_off`, `chunk` and `sums`, so the records can go into the durable map once the PUT is
-    acknowledged."""
+    """The segment object for `records` (in order), sealed under `sealer` if given. Fills in
+    each WRITE record's `seg_key`, `data_off`, `chunk` and `sums` (and `seal`), so the records
+    can go into the durable map once the PUT is acknowledged."""
     did = disk_id.encode()
-    parts = [_SEG_FIXED.pack(seq, epoch, chunk, len(did)), did, U32.pack(len(records))]
-    rel = 0
+    parts = [_SEG_FIXED.pack(seq, epoch, chunk, len(did)), did]
+    if sealer is not None:
+        parts.append(sealer.key_raw)
+    parts.append(U32.pack(len(records)))
+    data: list[bytes | memoryview] = []
+    rel = index = 0
     for rec in records:
         parts.append(_REC_HEAD.pack(rec.kind, rec.offset, rec.length))
-        if rec.kind == WRITE:
-            assert rec.mem is not None and len(rec.mem) == rec.length
-            rec.sums = chunk_sums(rec.mem, chunk)
-            rec.chunk = chunk
-            parts.append(U64.pack(rel))
-            parts.append(rec.sums)
-            rec.data_off = rel  # made absolute below, once the body length is known
-            rel += rec.length
+        if rec.kind != WRITE:
+            continue
+        assert rec.mem is not None and len(rec.mem) == rec.length
+        stored: bytes | memoryview = rec.mem
+        if sealer is not None:
+            stored, tags = sealer.seal(seq, epoch, index, rec.offset, memoryview(rec.mem), chunk)
+            rec.seal = sealer.info(seq, epoch, index, rec.offset) + tags
+            index += n_chunks(rec.length, chunk)
+        rec.sums = chunk_sums(stored, chunk)
+        rec.chunk = chunk
+        parts += [U64.pack(rel), rec.sums]
+        if sealer is not None:
+            parts.append(rec.seal[SEAL_INFO.size :])
+        rec.data_off = rel  # made absolute below, once the body length is known
+        rel += rec.length
+        data.append(stored)
+    version, flags = FORMAT_VERSION, 0
+    if sealer is not None:
+        version, flags = SEALED_VERSION, SEALED
+        parts.append(sealer.mac(_signed(version, flags, b"".join(parts))))
     body = b"".join(parts)
     data_start = SEG_PREFIX_LEN + len(body)
-    prefix = _SEG_PREFIX.pack(
-        SEG_MAGIC, FORMAT_VERSION, 0, len(body), xxhash.xxh3_64_intdigest(body)
-    )
-    out: list[bytes | memoryview] = [prefix, body]
+    prefix = _SEG_PREFIX.pack(SEG_MAGIC, version, flags, len(body), xxhash.xxh3_64_intdigest(body))
     for rec in records:
         if rec.kind == WRITE:
             rec.data_off += data_start
             rec.seg_key = key
-            assert rec.mem is not None
-            out.append(rec.mem)
-    return b"".join(out)
+    return b"".join([prefix, body, *data])
+
+
+def _signed(version: int, flags: int, body: bytes | memoryview) -> bytes:
+    """What a sealed header's tag authenticates: the version, the flags and the body before
+    the tag (so a sealed header cannot pass for a plain one)."""
+    return SEG_MAGIC + U16.pack(version) + U16.pack(flags) + bytes(body)
 
 
 # --- decoding -----------------------------------------------------------------------------
@@ -206,6 +261,13 @@ class SegmentHeader:
     records: list[LogRecord]
     data_start: int
     data_len: int
+    key_raw: bytes = b""  # sealed: the data key's id; its tag and what the tag authenticates
+    mac: bytes = b""
+    signed: bytes = b""
+
+    @property
+    def sealed(self) -> bool:
+        return bool(self.key_raw)
 
 
 def segment_header_length(prefix: bytes, key: str) -> int:
@@ -215,7 +277,7 @@ def segment_header_length(prefix: bytes, key: str) -> int:
     magic, version, _flags, body_len, _sum = _SEG_PREFIX.unpack_from(prefix)
     if magic != SEG_MAGIC:
         raise IntegrityError(f"segment {key}: bad magic {magic!r}")
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, SEALED_VERSION):
         raise IntegrityError(f"segment {key}: unsupported format version {version}")
     return SEG_PREFIX_LEN + int(body_len)
 
@@ -226,18 +288,28 @@ def decode_segment_header(blob: bytes, key: str, object_size: int | None = None)
     total = segment_header_length(blob, key)
     if len(blob) < total:
         raise IntegrityError(f"segment {key}: header truncated ({len(blob)} of {total} bytes)")
-    _m, _v, _f, _body_len, body_sum = _SEG_PREFIX.unpack_from(blob)
+    _m, version, flags, _body_len, body_sum = _SEG_PREFIX.unpack_from(blob)
     body = memoryview(blob)[SEG_PREFIX_LEN:total]
     if xxhash.xxh3_64_intdigest(body) != body_sum:
         raise IntegrityError(f"segment {key}: header checksum mismatch")
+    sealed = version == SEALED_VERSION
+    if sealed != (flags == SEALED):
+        raise IntegrityError(f"segment {key}: version {version} with flags {flags}")
+    mac, signed = b"", b""
+    if sealed:
+        if len(body) < MAC_BYTES:
+            raise IntegrityError(f"segment {key}: sealed header too short")
+        mac, signed = bytes(body[-MAC_BYTES:]), _signed(version, flags, body[:-MAC_BYTES])
+        body = body[:-MAC_BYTES]
     cur = Cursor(body)
     try:
         seq, epoch, chunk, did_len = cur.unpack(_SEG_FIXED)
         disk_id = cur.take(did_len).decode()
+        kraw = cur.take(KEY_RAW) if sealed else b""
         n = cur.read_int(U32)
         if chunk <= 0:
             raise IntegrityError(f"segment {key}: chunk size {chunk}")
-        records = [_decode_record(cur, key, chunk, total) for _ in range(n)]
+        records = _decode_records(cur, key, n, chunk, total, (kraw, seq, epoch))
         if cur.left():
             raise IntegrityError(f"segment {key}: {cur.left()} stray bytes in header")
     except (struct.error, UnicodeDecodeError) as exc:
@@ -247,7 +319,28 @@ def decode_segment_header(blob: bytes, key: str, object_size: int | None = None)
         raise IntegrityError(
             f"segment {key}: records need {total + data_len} bytes, object has {object_size}"
         )
-    return SegmentHeader(seq, epoch, disk_id, chunk, records, total, data_len)
+    return SegmentHeader(seq, epoch, disk_id, chunk, records, total, data_len, kraw, mac, signed)
+
+
+def _decode_records(
+    cur: Cursor, key: str, n: int, chunk: int, data_start: int, seal: tuple[bytes, int, int]
+) -> list[LogRecord]:
+    """The `n` records of a header; sealed ones (`seal[0]`, the key id, not empty) with their
+    seal info: key, epoch, position, first chunk index in the segment, disk offset."""
+    kraw, seq, epoch = seal
+    records: list[LogRecord] = []
+    index = 0
+    for _ in range(n):
+        rec = _decode_record(cur, key, chunk, data_start)
+        if kraw and rec.kind == WRITE:
+            nch = n_chunks(rec.length, chunk)
+            tags = cur.take(TAG_BYTES * nch)
+            if len(tags) != TAG_BYTES * nch:
+                raise IntegrityError(f"segment {key}: tag list truncated")
+            rec.seal = SEAL_INFO.pack(kraw, epoch, seq, index, rec.offset) + tags
+            index += nch
+        records.append(rec)
+    return records
 
 
 def _decode_record(cur: Cursor, key: str, chunk: int, data_start: int) -> LogRecord:
