@@ -22,6 +22,7 @@ from api.routes import (
     attachments,
     backups,
     disks,
+    encryption,
     geo,
     groups,
     health,
@@ -46,6 +47,7 @@ V1_ROUTERS = (
     points,
     groups,
     backups,
+    encryption,
     operations,
 )
 

@@ -92,6 +92,13 @@ class DiskCreate(Sized):
     ] = None
     source_point: SourcePoint | None = None  # create the disk from a restore point
     retention_seconds: RetentionField = None
+    encrypted: Annotated[
+        bool,
+        Field(
+            description="seal the disk's data under a data key of its own (AES-256-GCM), "
+            "wrapped by this host's key-encryption key; a clone of an encrypted disk always is"
+        ),
+    ] = False
 
     @model_validator(mode="after")
     def one_source(self) -> DiskCreate:

@@ -21,9 +21,11 @@ from dataclasses import replace
 import uvicorn
 
 from blockstore.control.service import ControlService, host_id_of
+from blockstore.crypto.disk import set_provider
+from blockstore.crypto.keyring import provider_from
 from blockstore.errors import InvalidArgument, Unavailable
 from blockstore.geo.config import ReplicationConfig
-from blockstore.host import servicefile
+from blockstore.host import contract, servicefile
 from blockstore.host.config import DEFAULT_BUCKET, Settings, api_token
 from blockstore.host.embedded import Credentials, EmbeddedSeaweed
 from blockstore.host.supervisor import ExportSupervisor, SupervisorConfig
@@ -136,6 +138,8 @@ def start_control(
     """The export supervisor and the control plane over it; replication started; the disks
     attached here served again."""
     assert settings.s3 is not None
+    # The KEK encrypted disks' data keys unwrap with (exports get the same, host/contract.py).
+    set_provider(provider_from(os.environ, contract.kek_dir(settings.home)))
     supervisor = ExportSupervisor(
         SupervisorConfig(
             home=settings.home,

@@ -19,6 +19,7 @@ from blockstore.host.config import load_settings
 from cli.backups import backup_app
 from cli.common import HomeOption
 from cli.disks import disk_app
+from cli.encryption import encryption_app
 from cli.groups import group_app
 from cli.operations import operation_app
 from cli.points import point_app
@@ -34,6 +35,7 @@ app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(point_app, name="point")
 app.add_typer(group_app, name="group")
 app.add_typer(backup_app, name="backup")
+app.add_typer(encryption_app, name="encryption")
 app.add_typer(operation_app, name="operation")
 
 

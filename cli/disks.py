@@ -71,9 +71,14 @@ def disk_create(
     retention: Annotated[
         str | None, typer.Option(help="Keep restore points this long: 3600, 30m, 24h, 7d")
     ] = None,
+    encrypted: Annotated[
+        bool, typer.Option(help="Seal the data under a data key of its own (AES-256-GCM)")
+    ] = False,
 ) -> None:
     """Create a disk (empty, from a snapshot or from a restore point)."""
     body: dict[str, Any] = {"name": name, "kind": kind, "redundancy": redundancy}
+    if encrypted:
+        body["encrypted"] = True
     if size is not None:
         body["size_bytes"] = parse_size(size)
     if caching:

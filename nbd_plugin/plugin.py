@@ -114,6 +114,8 @@ def after_fork():
     writer (nbd_plugin/incoming.py); until then it serves reads from the store and holds writes,
     trims, zeroes and flushes."""
     global _store, _stats_thread, _retry_seconds, _incoming, _holding
+    from blockstore.crypto.disk import set_provider
+    from blockstore.crypto.keyring import provider_from
     from blockstore.store.retry import RetryConfig
     from blockstore.store.s3 import S3Config
     from blockstore.store.stack import build_store
@@ -129,6 +131,8 @@ def after_fork():
         s3 = replace(s3, connect_timeout=t, read_timeout=t)
     _retry_seconds = float(s["retry-seconds"])
     repair = contract.repair_config(os.environ, s3)  # the other region of a grs disk
+    kek_dir = os.environ.get(contract.ENV_KEK_DIR)  # an encrypted disk's data key unwraps so
+    set_provider(provider_from(os.environ, Path(kek_dir) if kek_dir else None))
     _store = build_store(s3, RetryConfig(deadline_seconds=_retry_seconds), secondary=repair)
     if settings.incoming():
         activation = contract.Activation(Path(os.environ[contract.ENV_ACTIVATION]))

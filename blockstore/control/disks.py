@@ -22,6 +22,7 @@ import secrets
 from typing import Any
 
 from blockstore.control.context import ControlContext
+from blockstore.control.encryption import disk_encryption
 from blockstore.control.geo import GeoService
 from blockstore.control.model import (
     DEFAULT_CACHING,
@@ -99,6 +100,8 @@ class DiskService:
                 raise InvalidArgument("ephemeral disks cannot be created from a snapshot")
             if spec.retention_seconds:
                 raise InvalidArgument("ephemeral disks keep no restore points: no retention")
+            if spec.encrypted:
+                raise InvalidArgument("ephemeral disks never reach the object store: no encryption")
             caching = Caching.none
         caching = caching or DEFAULT_CACHING.get(spec.kind, Caching.none)
         if spec.redundancy == Redundancy.grs:
@@ -134,6 +137,11 @@ class DiskService:
             wanted["retention_seconds"] = spec.retention_seconds
         if point is not None:
             wanted["source_point"] = point
+        # A clone of an encrypted disk is encrypted too (a key of its own; it reads its
+        # source's records with the source's key).
+        if spec.encrypted or (source_ref and self.ctx.get_disk(source_ref.partition("/")[0])
+                              .get("encrypted")):  # fmt: skip
+            wanted["encrypted"] = True
         return wanted, source
 
     def _finish_create(self, disk: Record, source: Source | None) -> Record:
@@ -141,7 +149,10 @@ class DiskService:
         if disk["kind"] != DiskKind.ephemeral:
             src = (source[0], source[1]) if source else None
             with contextlib.suppress(Conflict):  # made before a crash: keep it
-                Volume.create(self.ctx.store, disk_id_of(disk), disk["size_bytes"], source=src)
+                Volume.create(
+                    self.ctx.store, disk_id_of(disk), disk["size_bytes"], source=src,
+                    encrypt=bool(disk.get("encrypted")),
+                )  # fmt: skip
             if source is not None and disk["size_bytes"] > int(source[2]["size"]):
                 vol = Volume.open(self.ctx.data_store(disk), disk_id_of(disk), writable=True)
                 try:
@@ -181,6 +192,8 @@ class DiskService:
         else:
             store = self.ctx.data_store(disk)
             out.setdefault("retention_seconds", 0)
+            out["encrypted"] = bool(disk.get("encrypted"))
+            out["encryption"] = disk_encryption(self.ctx, disk)
             out["bytes_stored"] = sum(
                 o.size for o in store.list(keys.disk_prefix(disk_id_of(disk)))
             )

@@ -63,6 +63,7 @@ class DiskSpec:
     source_snapshot: str | None = None  # "<disk>/<snapshot>"
     source_point: dict[str, Any] | None = None  # {disk, position | time}: a restore point
     retention_seconds: int | None = None  # restore points kept this long (0: none)
+    encrypted: bool = False  # sealed under a data key of its own (blockstore/crypto/)
 
 
 def now_iso(clock: Clock) -> str:

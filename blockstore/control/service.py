@@ -9,7 +9,7 @@ imports no web framework. Its parts, each a module of this package:
 - `disks`: create, show, resize, delete; `snapshots`: snapshots and changed ranges;
   `points`: restore points (any flushed state), clones of them, revert, retention;
   `groups`: crash-consistent snapshots of several disks at once; `backups`: snapshots copied
-  to other S3 stores, and disks restored from them;
+  to other S3 stores, and disks restored from them; `encryption`: KEK status and rotation;
 - `attachments`: attach, detach and the writer epochs that make exactly one host a disk's
   writer; it is the supervisor's `Authority`;
 - `migration`: live migration of a disk in use to this host, with QEMU's protocol;
@@ -37,6 +37,7 @@ from blockstore.control.attachments import AttachmentService
 from blockstore.control.backups import BackupService
 from blockstore.control.context import ControlContext, Exports
 from blockstore.control.disks import DiskService
+from blockstore.control.encryption import EncryptionService
 from blockstore.control.geo import GeoService
 from blockstore.control.groups import GroupService
 from blockstore.control.migration import MigrationConfig, MigrationService
@@ -83,6 +84,7 @@ class ControlService:
         self.disks = DiskService(self.context, self.snapshots, self.geo, self.points)
         self.groups = GroupService(self.context, self.snapshots)
         self.backups = BackupService(self.context, backups or {})
+        self.encryption = EncryptionService(self.context)
         self.replication = self.geo.replication  # None without a secondary region
         exports.authority = self.attachments
 

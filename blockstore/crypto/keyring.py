@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -152,6 +153,14 @@ class EnvKey:
 
     def unwrap(self, kek_id: str, wrapped: bytes, aad: bytes) -> bytes:
         return _open(self._kek(kek_id), wrapped, aad)
+
+
+def provider_from(env: Mapping[str, str], kek_dir: Path | None) -> KekProvider | None:
+    """The KEK provider a process configures: `EnvKey` when `BLOCKSTORE_KEK` is set, else the
+    key files in `kek_dir`, else none (InvalidArgument for a malformed variable)."""
+    if "BLOCKSTORE_KEK" in env:
+        return EnvKey(dict(env))
+    return LocalKeyFile(kek_dir) if kek_dir is not None else None
 
 
 # -- the keys of one disk ----------------------------------------------------------------------

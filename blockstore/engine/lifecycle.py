@@ -18,7 +18,7 @@ from typing import Any
 
 from blockstore.clock import Clock
 from blockstore.crypto.disk import key_id, provider
-from blockstore.crypto.keyring import create_key, discard_key, shred
+from blockstore.crypto.keyring import create_key, discard_key
 from blockstore.crypto.seal import CIPHER
 from blockstore.engine.config import check_size
 from blockstore.engine.meta import listing, read_json, read_snapshot
@@ -131,19 +131,19 @@ def destroy_volume(store: ObjectStore, disk_id: str) -> None:
         meta = read_json(store, meta_key)
     except (NotFound, IntegrityError):
         meta = {}
-    shred(store, disk_id)  # first: from here on the data objects open with nothing
     source = meta.get("source")
     if source and source.get("snapshot"):  # a restored disk's source is its own copy
         store.delete(keys.clone_ref_key(source["disk_id"], source["snapshot"], disk_id))
-    key_prefix = keys.data_key_prefix(disk_id)
-    delete_all(store, disk_id, [k for k, _size in objects if not k.startswith(key_prefix)])
+    delete_all(store, disk_id, [key for key, _size in objects])
 
 
 def delete_all(store: ObjectStore, disk_id: str, objects: list[str]) -> None:
-    """Delete `objects` of a disk, its volume record last: a delete cut short by a crash
-    leaves the record, so the disk is still found, and the delete finished, later."""
+    """Delete `objects` of a disk, its data keys first (crypto-shred: a delete cut short
+    leaves ciphertext nobody can open) and its volume record last: a delete cut short by a
+    crash leaves the record, so the disk is still found, and the delete finished, later."""
     meta_key = keys.volume_key(disk_id)
-    for key in objects:
+    key_prefix = keys.data_key_prefix(disk_id)
+    for key in sorted(objects, key=lambda k: not k.startswith(key_prefix)):
         if key != meta_key:
             store.delete(key)
     store.delete(meta_key)

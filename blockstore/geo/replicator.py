@@ -197,11 +197,17 @@ class DiskReplicator:
             list(self._pool.map(self._copy, todo[i : i + self._window]))
 
     def _copy_volume_record(self, meta: dict[str, Any]) -> None:
-        """`volume.json`, after a clone's starting checkpoint (on its source disk's keys)."""
+        """`volume.json`, after a clone's starting checkpoint (on its source disk's keys) and
+        an encrypted disk's wrapped data keys (the target opens nothing without them)."""
         source = meta.get("source")
         if source:
             self._copy_checkpoint(str(source["checkpoint_key"]))
+        self._copy_data_keys()
         self._copy(keys.volume_key(self.disk_id))
+
+    def _copy_data_keys(self) -> None:
+        """Wrapped data keys (also new wraps after a KEK rotation); the target needs the KEK."""
+        self._copy_many(i.key for i in self.source.list(keys.data_key_prefix(self.disk_id)))
 
     # -- one pass -------------------------------------------------------------------------
 
@@ -335,6 +341,7 @@ class DiskReplicator:
             newest_ckpt != self._source_ckpt_mirrored
             or self.stats.passes % self.config.mirror_every == 0
         ):
+            self._copy_data_keys()
             mirror_deletions(self.source, self.target, self.disk_id, t, self.stats)
             self._source_ckpt_mirrored = newest_ckpt
         self._write_marker()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from blockstore.crypto.keyring import EnvKey
 from blockstore.errors import InvalidArgument
 from blockstore.format.keys import DISK_ID_RE
 from blockstore.store.retry import RetryConfig
@@ -140,6 +141,8 @@ def load_settings(home: Path | None = None, port: int | None = None) -> Settings
             raise InvalidArgument(f"{config_path}: [{name}] must be a table, not {value!r}")
         return value
 
+    if "BLOCKSTORE_KEK" in env:
+        EnvKey(env)  # a malformed key-encryption key stops the start, with the variable named
     socket_group = env.get("BLOCKSTORE_SOCKET_GROUP", file.get("socket_group"))
     port = port or number("port", DEFAULT_PORT, int, 1)
     if port > 65535:

@@ -67,6 +67,16 @@ ENV_SIZE_REQUEST = "BLOCKSTORE_SIZE_REQUEST"
 ENV_STATS_FILE = "BLOCKSTORE_STATS_FILE"
 ENV_ACTIVATION = "BLOCKSTORE_ACTIVATION"  # an incoming export's `Activation` base path
 ENV_FREEZE = "BLOCKSTORE_FREEZE"  # the base path of an export's `Freeze` files (its socket)
+# Where the local key-encryption keys are (blockstore/crypto/keyring.py `LocalKeyFile`); an
+# export unwraps its disk's data key with them (`BLOCKSTORE_KEK`, when set, passes as it is).
+ENV_KEK_DIR = "BLOCKSTORE_KEK_DIR"
+
+
+def kek_dir(home: Path) -> Path:
+    """Where a service with home `home` keeps its local key-encryption keys."""
+    return home / "kek"
+
+
 _REPAIR = "BLOCKSTORE_REPAIR_"  # + ENDPOINT, BUCKET, REGION, PREFIX, ACCESS_KEY, SECRET_KEY
 
 

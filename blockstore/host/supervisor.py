@@ -6,6 +6,7 @@ starts exports through `host/export.py`. Layout under the service home:
     <home>/run/                 0700; one Unix socket per export (<volume-id>.sock) and its log
     <home>/cache/<volume-id>/   the host cache of a readonly/readwrite disk (journal included)
     <home>/ephemeral/<id>.img   an ephemeral (resource) disk: a sparse local file, never uploaded
+    <home>/kek/                 0700; the local key-encryption keys of encrypted disks
 
 Ownership (DESIGN.md, "Ownership, stated as invariants"): every export runs with the writer
 epoch its disk record issued to this host's attachment. A watcher thread looks at every export
@@ -15,7 +16,6 @@ names this host with the epoch the export ran with; a new epoch is issued in the
 version). When the record names another holder, the export is stopped and forgotten, never
 restarted: a fenced host cannot take the disk back. A journal the dead export left is replayed by
 the restarted one only if its epoch still held the log (blockstore/cache/journal.py).
-
 One export per disk per host at any moment: starting, stopping and restarting a disk's export
 happen under that disk's lock, and an export removes only the socket it created itself
 (blockstore/host/export.py), so the socket an attach returned exists until that export is stopped.
@@ -140,12 +140,8 @@ class ExportSupervisor:
                 os.fchmod(fd, 0o600)
                 if f.tell() < disk["size_bytes"]:
                     f.truncate(disk["size_bytes"])
-            config = ExportConfig(
-                disk_id=disk["volume_id"],
-                socket=sock,
-                s3=self.config.s3,
-                socket_group=self.config.socket_group is not None,
-            )
+            group = self.config.socket_group is not None
+            config = ExportConfig(disk["volume_id"], sock, self.config.s3, socket_group=group)
             return EphemeralExport(config, image)
         config = ExportConfig(
             disk_id=disk["volume_id"],
@@ -163,6 +159,7 @@ class ExportSupervisor:
             extra_env={
                 contract.ENV_SIZE_REQUEST: str(contract.size_request_path(sock)),
                 contract.ENV_STATS_FILE: str(contract.stats_path(sock)),
+                contract.ENV_KEK_DIR: str(contract.kek_dir(self.config.home)),
                 **self._repair_env(disk),
             },
         )
