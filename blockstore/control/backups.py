@@ -16,6 +16,12 @@ checksum) and recorded with its size, xxh3 and the target's ETag. An object the 
 under a recorded key with another size or ETag is damaged or replaced: the backup stops there
 with an `IntegrityError` and writes no manifest, so it is never listed.
 
+An encrypted disk's backup also copies its wrapped data keys (its own and those it reads its
+source's records with) and records which disk each key sealed for: the copies in the target are
+ciphertext, and the keys open only with a KEK of the restoring host. A restore unwraps them,
+stores them rewrapped under the new disk, gives the new disk a key of its own, and
+authenticates the rewritten checkpoint under the original's key.
+
 A restore copies each object back into the primary under the new disk
 (`disks/<id>/restored/<key>`), checking size, xxh3 and format again; rewrites the checkpoint's
 segment keys to those copies; and creates the disk as a clone of that checkpoint
@@ -47,8 +53,11 @@ from blockstore.control.model import (
 )
 from blockstore.control.operations import Progress
 from blockstore.control.records import Record
+from blockstore.crypto.disk import encryption_record, key_owners, provider
+from blockstore.crypto.keyring import create_key, import_key, unwrap_object
+from blockstore.crypto.seal import Sealer
 from blockstore.engine.lifecycle import create_restored_volume, delete_all
-from blockstore.engine.meta import read_checkpoint, read_snapshot
+from blockstore.engine.meta import read_checkpoint, read_meta, read_snapshot
 from blockstore.errors import BlockstoreError, Conflict, IntegrityError, NotFound
 from blockstore.format import keys
 from blockstore.format.checkpoint import decode_checkpoint, encode_checkpoint
@@ -83,11 +92,13 @@ class BackupService:
         dest = self.target(target)
         store, disk_id = self.ctx.data_store(disk), disk_id_of(disk)
         info = read_snapshot(store, disk_id, snapshot)  # NotFound now, not in the operation
+        owners = key_owners(read_meta(store, disk_id))  # an encrypted disk's keys
         # At most 58 characters: the manifest's key takes a name (keys.backup_manifest_key).
         backup_id = f"{name[:24]}-{snapshot[:24]}-{secrets.token_hex(4)}"
         head = {"id": backup_id, "target": target, "disk": name, DISK_ID_FIELD: disk_id,
                 "kind": disk["kind"], "snapshot": snapshot, "size": info.size,
-                "checkpoint": keys.checkpoint_key(disk_id, info.checkpoint_seq)}  # fmt: skip
+                "checkpoint": keys.checkpoint_key(disk_id, info.checkpoint_seq),
+                "key_owners": owners}  # fmt: skip
 
         def work(progress: Progress) -> None:
             self._copy(store, dest, head, progress)
@@ -99,6 +110,8 @@ class BackupService:
     ) -> None:
         ckpt = read_checkpoint(store, head["checkpoint"])
         wanted = [head["checkpoint"], *sorted(ckpt.segments)]
+        if head["key_owners"]:  # wrapped: they open only with a KEK of a restoring host
+            wanted += [o.key for o in store.list(keys.data_key_prefix(head[DISK_ID_FIELD]))]
         recorded = self._recorded(dest)
         listed = {o.key: o for o in dest.list(keys.BACKUP_OBJECTS_PREFIX)}
         objects: dict[str, dict[str, Any]] = {}
@@ -198,6 +211,8 @@ class BackupService:
             "home_host": None,
             "attachment": None,
         }
+        if manifest.get("key_owners"):
+            record["encrypted"] = True  # a backup of an encrypted disk restores encrypted
         if self.ctx.disks.find(name) is not None:
             raise Conflict(f"disk {name!r} exists: restore into a new name")
         self.ctx.disks.create(name, record)
@@ -225,6 +240,7 @@ class BackupService:
     ) -> None:
         disk_id, store = disk_id_of(disk), self.ctx.store
         objects: dict[str, dict[str, Any]] = manifest["objects"]
+        wrapped: list[bytes] = []
         for i, (key, want) in enumerate(sorted(objects.items())):
             blob = dest.get(keys.backup_object_key(key))
             if len(blob) != want["size"] or xxhash.xxh3_64_hexdigest(blob) != want["xxh3"]:
@@ -233,7 +249,9 @@ class BackupService:
                     "(size or checksum differ from the manifest); nothing was restored from it"
                 )
             verify_object(blob, original_key(key))
-            if key != manifest["checkpoint"]:
+            if keys.parse_data_key_key(key) is not None:
+                wrapped.append(blob)
+            elif key != manifest["checkpoint"]:
                 store.put(keys.restored_key(disk_id, key), blob)
             progress(0.9 * (i + 1) / len(objects))
         ck = decode_checkpoint(dest.get(keys.backup_object_key(manifest["checkpoint"])),
@@ -241,14 +259,35 @@ class BackupService:
         moved = {k: keys.restored_key(disk_id, k) for k in ck.segments}
         vals = [(replace_key(rec, moved), delta) for rec, delta in ck.vals]
         sizes = {moved[k]: v for k, v in ck.segments.items()}
+        sealer, encryption = self._restore_keys(manifest, disk_id, wrapped, ck.disk_id)
         blob = encode_checkpoint(
-            ck.disk_id, ck.seq, ck.epoch, ck.size, ck.starts, ck.ends, vals, sizes, ck.fences
-        )
+            ck.disk_id, ck.seq, ck.epoch, ck.size, ck.starts, ck.ends, vals, sizes, ck.fences,
+            sealer,
+        )  # fmt: skip
         ckey = keys.restored_key(disk_id, manifest["checkpoint"])
         store.put(ckey, blob)
         with contextlib.suppress(Conflict):  # made by an earlier attempt of this restore
-            size = disk["size_bytes"]
-            create_restored_volume(store, disk_id, size, self.ctx.clock, ckey, ck.seq)
+            size, clock = disk["size_bytes"], self.ctx.clock
+            create_restored_volume(store, disk_id, size, clock, ckey, ck.seq, encryption)
+
+    def _restore_keys(
+        self, manifest: dict[str, Any], disk_id: str, wrapped: list[bytes], ck_owner: str
+    ) -> tuple[Sealer | None, dict[str, Any] | None]:
+        """For a backup of an encrypted disk: its keys rewrapped under the new disk, a key of
+        the new disk's own; the sealer of the original's key (which authenticates the
+        checkpoint) and the new record's `encryption`. (None, None) for a plain disk."""
+        owners: dict[str, str] = manifest.get("key_owners") or {}
+        if not owners:
+            return None, None
+        kek = provider()
+        secrets = dict(unwrap_object(kek, manifest[DISK_ID_FIELD], b) for b in wrapped)
+        if owners.keys() - secrets.keys():
+            raise IntegrityError(f"backup {manifest['id']}: data keys missing from the backup")
+        for kid in owners:
+            import_key(self.ctx.store, kek, disk_id, kid, secrets[kid])
+        own = create_key(self.ctx.store, kek, disk_id)
+        (kid,) = [k for k, d in owners.items() if d == ck_owner]
+        return Sealer(ck_owner, kid, secrets[kid]), encryption_record(own, disk_id, owners)
 
 
 def original_key(key: str) -> str:
@@ -260,4 +299,5 @@ def original_key(key: str) -> str:
 def replace_key(rec: LogRecord, moved: dict[str, str]) -> LogRecord:
     """Checkpoint record `rec`, naming its segment's restored copy."""
     return LogRecord(rec.kind, rec.offset, rec.length, seg_key=moved[rec.seg_key],
-                     data_off=rec.data_off, chunk=rec.chunk, sums=rec.sums)  # fmt: skip
+                     data_off=rec.data_off, chunk=rec.chunk, sums=rec.sums,
+                     seal=rec.seal)  # fmt: skip

@@ -1,9 +1,11 @@
 """The keys one open volume works with: `DiskKeys` (issue #20; docs/format.md, "Encryption").
 
 Place: handed by `Volume` to the segment and checkpoint codecs, the replay and the reader. An
-encrypted disk's volume record names its data key (`"encryption": {"key_id": ...}`); a volume
-reads records of other disks too (a clone's source, a restored backup's original), each sealed
-under its own disk's key, so the keys are looked up by the key id each record carries.
+encrypted disk's volume record names its own data key and every key it reads with
+(`"encryption": {"key_id": ..., "keys": {key id: disk}}`): a clone's source's and a restored
+backup's original's records stay sealed under their own disk's key, which the disk holds
+rewrapped under its own id (a clone copies them at create). Keys are looked up by the key id
+each record carries.
 
 - `writer`: the sealer of this disk's own key (None: the disk is not encrypted). Everything the
   volume writes (segments, fences, checkpoints) is sealed or authenticated with it.
@@ -20,13 +22,11 @@ launcher passes. A process that opens an encrypted disk without one gets `Invali
 
 from __future__ import annotations
 
-import json
 from typing import Any, Protocol
 
 from blockstore.crypto.keyring import KekProvider, load_keys
-from blockstore.crypto.seal import Sealer, key_id_of
+from blockstore.crypto.seal import CIPHER, Sealer, key_id_of
 from blockstore.errors import IntegrityError, InvalidArgument, NotFound
-from blockstore.format import keys
 from blockstore.store.base import ObjectStore
 
 _provider: KekProvider | None = None
@@ -97,58 +97,36 @@ PLAIN = DiskKeys()
 
 
 def key_id(meta: dict[str, Any]) -> str | None:
-    """The data key a volume record names, or None for a disk that is not encrypted."""
+    """The data key a volume record names as its own, or None for a disk not encrypted."""
     enc = meta.get("encryption")
     return str(enc["key_id"]) if isinstance(enc, dict) else None
 
 
+def key_owners(meta: dict[str, Any]) -> dict[str, str]:
+    """Every data key an encrypted volume reads with -> the disk that sealed with it (whose id
+    its chunks are bound to): its own, and those of the disks its map came from (a clone's
+    source, a restored backup's original), each stored wrapped under this disk."""
+    enc = meta.get("encryption")
+    if not isinstance(enc, dict):
+        return {}
+    return {str(k): str(v) for k, v in enc.get("keys", {enc["key_id"]: meta["disk_id"]}).items()}
+
+
+def encryption_record(own: str, disk_id: str, inherited: dict[str, str]) -> dict[str, Any]:
+    """What a volume record says of an encrypted disk (`own`: its data key)."""
+    return {"cipher": CIPHER, "key_id": own, "keys": {**inherited, own: disk_id}}
+
+
 def disk_keys(store: ObjectStore, disk_id: str, meta: dict[str, Any]) -> DiskKeys:
-    """The keys of disk `disk_id` (volume record `meta`) and of the disks its map starts from.
-    A disk that is not encrypted and whose sources are not either costs no request."""
-    chain = _sources(store, disk_id, meta)
-    if not any(key_id(m) for _d, m in chain):
+    """The keys of disk `disk_id` (volume record `meta`): one LIST and a GET per key, none
+    for a disk that is not encrypted."""
+    owners = key_owners(meta)
+    if not owners:
         return PLAIN
-    kek = provider()
-    writer: Sealer | None = None
-    others: list[Sealer] = []
-    for d, m in chain:
-        kid = key_id(m)
-        if kid is None:
-            continue
-        secrets = load_keys(store, kek, d)
-        if kid not in secrets:
-            raise NotFound(f"disk {d!r}: its data key {kid} is gone (the disk was shredded?)")
-        sealer = Sealer(d, kid, secrets[kid])
-        if d == disk_id:
-            writer = sealer
-        else:
-            others.append(sealer)
-    return DiskKeys(writer, others)
-
-
-def _sources(
-    store: ObjectStore, disk_id: str, meta: dict[str, Any]
-) -> list[tuple[str, dict[str, Any]]]:
-    """(disk id, volume record) of the disk and each disk its map came from, nearest first.
-    A restored disk names itself as source; a source that is gone ends the chain (its
-    records are then unreadable anyway, which reads report)."""
-    out = [(disk_id, meta)]
-    seen = {disk_id}
-    src = meta.get("source")
-    while src and src.get("disk_id") not in seen:
-        d = str(src["disk_id"])
-        seen.add(d)
-        try:
-            m = _read(store, d)
-        except NotFound:
-            break
-        out.append((d, m))
-        src = m.get("source")
-    return out
-
-
-def _read(store: ObjectStore, disk_id: str) -> dict[str, Any]:
-    meta = json.loads(store.get(keys.volume_key(disk_id)))
-    if not isinstance(meta, dict):
-        raise IntegrityError(f"{keys.volume_key(disk_id)}: expected a JSON object")
-    return meta
+    secrets = load_keys(store, provider(), disk_id)
+    missing = sorted(owners.keys() - secrets.keys())
+    if missing:
+        raise NotFound(f"disk {disk_id!r}: data keys {missing} are gone (shredded?)")
+    sealers = {kid: Sealer(owner, kid, secrets[kid]) for kid, owner in owners.items()}
+    own = sealers.pop(str(meta["encryption"]["key_id"]))
+    return DiskKeys(own, list(sealers.values()))

@@ -187,6 +187,26 @@ def create_key(store: ObjectStore, provider: KekProvider, disk_id: str) -> str:
     return key_id
 
 
+def import_key(
+    store: ObjectStore, provider: KekProvider, disk_id: str, key_id: str, secret: bytes
+) -> None:
+    """Store another disk's data key under `disk_id` (a clone's source's, a restored backup's
+    original's), wrapped and bound to `disk_id`."""
+    _put(store, provider, disk_id, key_id, secret)
+
+
+def unwrap_object(provider: KekProvider, disk_id: str, blob: bytes) -> tuple[str, bytes]:
+    """(key id, secret) of a wrapped data key object of disk `disk_id` (a copy kept in a
+    backup); `IntegrityError` when no KEK here opens it."""
+    body = json.loads(blob)
+    key_id, kek_id = str(body["key_id"]), str(body["kek_id"])
+    try:
+        secret = provider.unwrap(kek_id, base64.b64decode(body["wrapped"]), _aad(disk_id, key_id))
+    except (InvalidTag, ValueError) as exc:
+        raise IntegrityError(f"data key {key_id} of disk {disk_id!r} does not unwrap") from exc
+    return key_id, secret
+
+
 def load_keys(store: ObjectStore, provider: KekProvider, disk_id: str) -> dict[str, bytes]:
     """Every data key of `disk_id` the provider can unwrap: key id -> secret."""
     out: dict[str, bytes] = {}

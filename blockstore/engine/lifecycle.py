@@ -17,9 +17,8 @@ import json
 from typing import Any
 
 from blockstore.clock import Clock
-from blockstore.crypto.disk import key_id, provider
-from blockstore.crypto.keyring import create_key, discard_key
-from blockstore.crypto.seal import CIPHER
+from blockstore.crypto.disk import encryption_record, key_owners, provider
+from blockstore.crypto.keyring import create_key, discard_key, import_key, load_keys
 from blockstore.engine.config import check_size
 from blockstore.engine.meta import listing, read_json, read_snapshot
 from blockstore.engine.snapshots import register_clone
@@ -71,23 +70,43 @@ def create_volume(
             "checkpoint_seq": snap.checkpoint_seq,
             "checkpoint_key": keys.checkpoint_key(src, snap.checkpoint_seq),
         }
-        encrypt = encrypt or key_id(read_json(store, keys.volume_key(src))) is not None
-    key: str | None = None
-    if encrypt:
-        key = create_key(store, provider(), disk_id)
-        meta["encryption"] = {"cipher": CIPHER, "key_id": key}
+    key = _make_keys(store, disk_id, meta, encrypt)
     try:
         store.put(keys.volume_key(disk_id), json.dumps(meta).encode(), if_none_match=True)
     except PreconditionFailed:
         if registration is not None:
             store.delete(registration)
-        if key is not None:
-            discard_key(store, disk_id, key)  # ours alone: the winner's has another id
+        if key is not None:  # ours alone: the winner's has another id (the inherited ones
+            discard_key(store, disk_id, key)  # are the winner's too, the same secrets)
         raise Conflict(f"disk {disk_id!r} already exists") from None
 
 
+def _make_keys(store: ObjectStore, disk_id: str, meta: dict[str, Any], encrypt: bool) -> str | None:
+    """For an encrypted disk (asked for, or a clone of an encrypted source): its own data key,
+    and its source's keys rewrapped under it (it reads the source's records with them); the
+    record's `encryption` field. Returns its own key's id, None for a plain disk."""
+    source = meta["source"]
+    inherited = key_owners(read_json(store, keys.volume_key(source["disk_id"]))) if source else {}
+    if not (encrypt or inherited):
+        return None
+    kek = provider()
+    key = create_key(store, kek, disk_id)
+    if inherited:
+        secrets = load_keys(store, kek, source["disk_id"])
+        for kid in inherited:
+            import_key(store, kek, disk_id, kid, secrets[kid])
+    meta["encryption"] = encryption_record(key, disk_id, inherited)
+    return key
+
+
 def create_restored_volume(
-    store: ObjectStore, disk_id: str, size: int, clock: Clock, checkpoint_key: str, seq: int
+    store: ObjectStore,
+    disk_id: str,
+    size: int,
+    clock: Clock,
+    checkpoint_key: str,
+    seq: int,
+    encryption: dict[str, Any] | None = None,
 ) -> None:
     """Create a volume that starts from a checkpoint of its own prefix (a backup restored into
     it, blockstore/control/backups.py): a clone whose source is that checkpoint, with no
@@ -107,6 +126,8 @@ def create_restored_volume(
             "checkpoint_key": checkpoint_key,
         },
     }
+    if encryption is not None:  # an encrypted disk's: its keys are stored already
+        meta["encryption"] = encryption
     try:
         store.put(keys.volume_key(disk_id), json.dumps(meta).encode(), if_none_match=True)
     except PreconditionFailed:

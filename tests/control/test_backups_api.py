@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from blockstore.crypto import disk as crypto_disk
+from blockstore.crypto.keyring import LocalKeyFile
 from blockstore.format import keys
+from blockstore.host import contract
 from blockstore.store.base import ObjectStore
 from blockstore.store.retry import RetryConfig
 from blockstore.store.stack import build_store
@@ -38,10 +41,12 @@ def setup(
                                             endpoint=proxy.endpoint), retry)  # fmt: skip
     dead = dataclasses.replace(seaweed2.s3_config(prefix), endpoint="http://127.0.0.1:9")
     gone = build_store(dead, retry)
+    crypto_disk.set_provider(LocalKeyFile(contract.kek_dir(tmp_path / "a")))  # as serve does
     host = Host(seaweed, prefix, tmp_path / "a",
                 backups={"vault": target, "flaky": flaky, "gone": gone})  # fmt: skip
     yield host, target, proxy
     host.close()
+    crypto_disk.set_provider(None)
     for s in (target, flaky, gone):
         s.close()
     proxy.close()
@@ -53,12 +58,14 @@ def backup(api: Host, disk: str, snap: str, target: str) -> dict:  # type: ignor
     return wait_op(api, r.json())
 
 
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
 def test_incremental_backup_and_restore_after_the_source_is_gone(
-    setup: tuple[Host, ObjectStore, FaultProxy],
+    setup: tuple[Host, ObjectStore, FaultProxy], encrypted: bool
 ) -> None:
     api, target, _proxy = setup
     size = 16 * MiB
-    api("POST", "/v1/disks", json={"name": "src", "size_bytes": size, "kind": "data"})
+    body = {"name": "src", "size_bytes": size, "kind": "data", "encrypted": encrypted}
+    assert api("POST", "/v1/disks", json=body).status_code == 201
     sock = api("POST", "/v1/disks/src/attach", json={"vm": "vm1"}).json()["socket"]
     image = bytearray(os.urandom(size))
     nbd_write_all(sock, [(off, bytes(image[off : off + MiB])) for off in range(0, size, MiB)])
@@ -67,6 +74,11 @@ def test_incremental_backup_and_restore_after_the_source_is_gone(
     first = api("GET", "/v1/backups", params={"target": "vault"}).json()["backups"]
     assert len(first) == 1 and first[0]["snapshot"] == "s1"
     assert first[0]["copied_bytes"] >= size
+    # An encrypted disk's backup is ciphertext: the target never sees its bytes.
+    in_target = [
+        o.key for o in target.list("") if bytes(image[MiB : MiB + 64]) in target.get(o.key)
+    ]
+    assert bool(in_target) is not encrypted, in_target
 
     # 1% of the disk changes; the second backup copies about that, not the disk again.
     change = [(off, os.urandom(4 * KiB)) for off in range(0, size, 400 * KiB)]
@@ -94,6 +106,7 @@ def test_incremental_backup_and_restore_after_the_source_is_gone(
     assert wait_op(api, r.json()["operation"])["status"] == "succeeded"
     disk = api("GET", "/v1/disks/back").json()
     assert disk["source_backup"] == {"target": "vault", "id": second["id"]}
+    assert bool(disk["encryption"]) is encrypted
     sock = api("POST", "/v1/disks/back/attach", json={"vm": "vm2"}).json()["socket"]
     assert nbd_read(sock, 0, size) == bytes(image)
     nbd_write_all(sock, [(0, b"n" * 4096)])  # the restored disk takes writes like any other
