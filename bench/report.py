@@ -301,6 +301,8 @@ ACK = {
     "none": "in the store",
     "readonly": "in the store",
     "readwrite": "host cache; store at flush",
+    "none-encrypted": "in the store (sealed)",
+    "readwrite-encrypted": "host cache; store (sealed) at flush",
     "s3": "in the store",
     "s3-cache": "cache file; store at flush",
 }
@@ -364,6 +366,43 @@ def cpu_table(raw: dict[str, Any], all_rows: list[Row]) -> str:
         name = target if cache == "-" else f"{target} ({cache})"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# What a disk variant costs against the plain disk of the same mode, same run (issue #20):
+# (mode, workload, cache state, metric).
+VARIANT_METRICS = [
+    ("none", "fio 4k randwrite QD1", "-", "latency"),  # durable at ack
+    ("none", "fio 1M seqread QD4", "-", "mbps"),  # no cache: every read is cold
+    ("readwrite", "fio 4k randwrite+flush QD1", "warm", "latency"),  # durable at the flush
+    ("readwrite", "fio 1M seqread QD4", "cold", "mbps"),  # a new process, empty cache
+]
+
+
+def variant_table(all_rows: list[Row], variant: str) -> str:
+    """`blockstore <mode>, <variant>` against `blockstore <mode>`: medians and throughput, the
+    cost (variant / plain for latency, plain / variant for MB/s: 1.10x is 10% worse), and CPU
+    microseconds (nbdkit + store) per MiB moved."""
+    head = "| mode | workload | plain | " + variant + " | cost | CPU us/MiB plain | " + variant
+    lines = [head + " |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for mode, w, cache, kind in VARIANT_METRICS:
+        plain = _get(all_rows, f"blockstore {mode}", w, cache)
+        other = _get(all_rows, f"blockstore {mode}, {variant}", w, cache)
+        if plain is None or other is None:
+            continue
+        a, b = plain.metric(kind), other.metric(kind)
+        cost = (b / a if kind == "latency" else a / b) if a and b else None
+        show = fmt_us if kind == "latency" else fmt_num
+        per_mib = MiB_PER_IO.get(w.split()[1], 1.0)
+        cpu = [
+            fmt_num(r.cpu_us_per_io * per_mib) if r.cpu_us_per_io else "" for r in (plain, other)
+        ]
+        label = f"{w} ({cache})" if cache != "-" else w
+        lines.append(f"| {mode} | {label} | {show(a)} | {show(b)} | {fmt_ratio(cost)} | "
+                     f"{cpu[0]} | {cpu[1]} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+MiB_PER_IO = {"4k": 256.0, "1M": 1.0}  # requests per MiB by request size
 
 
 PEER_PAIRS = [
@@ -453,6 +492,11 @@ def markdown(raw: dict[str, Any]) -> str:
         "## blockstore against the peer (bold: blockstore is better)\n\n"
         "Latency columns: peer median / ours (2.00x: we take half the time); throughput "
         "columns: ours / peer.\n\n" + peer_table(all_rows),
+        "## Encryption at rest: the cost of sealing (same run)\n\n"
+        "Each encrypted row against the plain disk of its mode: durable 4 KiB writes (median "
+        "latency) and cold 1 MiB reads (MB/s). Cost: encrypted / plain for latency, plain / "
+        "encrypted for throughput (the target is 1.10x or less); CPU: nbdkit + the store per "
+        "MiB moved.\n\n" + variant_table(all_rows, "encrypted"),
         "## The article's figure: ioping, 4 KiB reads at queue depth 1 (nbdfuse, O_DIRECT)",
         article_table(all_rows),
         "## What each row's write acknowledgement means",

@@ -46,7 +46,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import blockstore  # noqa: E402
+from blockstore.crypto.disk import set_provider  # noqa: E402
+from blockstore.crypto.keyring import LocalKeyFile  # noqa: E402
 from blockstore.engine.volume import Volume  # noqa: E402
+from blockstore.host import contract  # noqa: E402
 from blockstore.host.embedded import Credentials, EmbeddedSeaweed, weed_binary  # noqa: E402
 from blockstore.host.export import Export, ExportConfig  # noqa: E402
 from blockstore.host.supervisor import EphemeralExport  # noqa: E402
@@ -82,6 +85,10 @@ class SuiteConfig:
     store_seconds: float = 8.0  # each multi-threaded store floor
     s3: S3Config | None = None  # None: start an embedded SeaweedFS
     keep_work: bool = False  # keep the temporary directory (debugging)
+    only: tuple[str, ...] = ()  # run just the targets whose name contains one of these
+
+    def targets(self) -> list[Target]:
+        return [t for t in TARGETS if not self.only or any(o in t.name for o in self.only)]
 
     @classmethod
     def make(cls, out: Path, quick: bool, s3: S3Config | None = None) -> SuiteConfig:
@@ -151,6 +158,22 @@ TARGETS = [
         "in the host cache at ack (survives kill -9); durable in the store at flush/FUA",
         True,
     ),
+    # Encryption at rest (issue #20): the same modes with the disk's data sealed, so that the
+    # report can put the cost of sealing next to the plain rows of the same run.
+    Target(
+        "blockstore none, encrypted",
+        "blockstore",
+        "none-encrypted",
+        "durable in the object store at ack (sealed with AES-256-GCM)",
+        False,
+    ),
+    Target(
+        "blockstore readwrite, encrypted",
+        "blockstore",
+        "readwrite-encrypted",
+        "in the host cache at ack; durable (sealed) in the store at flush/FUA",
+        True,
+    ),
     Target(
         "peer: nbdkit S3",
         "peer",
@@ -191,6 +214,9 @@ WORKLOADS = [
     Workload("fio 4k randwrite+flush QD1", "fio", "randwrite", "4k", 1, flush_each=True),
     Workload("fio 1M seqwrite QD4", "fio", "write", "1M", 4),
 ]
+
+
+BLOCKSTORE_KINDS = ("none", "readonly", "readwrite", "none-encrypted", "readwrite-encrypted")
 
 
 def plan(targets: list[Target] = TARGETS) -> list[str]:
@@ -274,13 +300,15 @@ class Run:
 
                     plugin.write_text(MIN_PLUGIN)
                 exp = CommandExport(base, ["python", str(plugin), f"path={image}"], None)
-        elif t.kind in ("none", "readonly", "readwrite"):
+        elif t.kind in BLOCKSTORE_KINDS:
+            mode = t.kind.split("-")[0]
             exp = Export(
                 replace(
                     base,
                     s3=replace(self.s3, prefix=f"{self.s3.prefix}{t.kind}/"),
-                    cache_mode=t.kind,
-                    cache_dir=None if t.kind == "none" else cdir,
+                    cache_mode=mode,
+                    cache_dir=None if mode == "none" else cdir,
+                    extra_env={contract.ENV_KEK_DIR: str(self.work / "kek")},
                 )
             )
         else:
@@ -712,7 +740,7 @@ def run_suite(cfg: SuiteConfig, progress: Progress | None = None) -> Path:
             "plugin's own read-modify-write); cache: --filter=blocksize "
             "--filter=cache cache=writeback cache-on-read=true",
         },
-        "targets": [asdict(t) for t in TARGETS],
+        "targets": [asdict(t) for t in cfg.targets()],
         "workloads": [asdict(w) for w in WORKLOADS],
         "load": {"loadavg_start": os.getloadavg(), "busy_at_start": busy_processes()},
         "runs": [],
@@ -739,12 +767,14 @@ def run_suite(cfg: SuiteConfig, progress: Progress | None = None) -> Path:
         probe.close()
         step("object-store floor")
         raw["store_floor"] = store_floor(run.s3, cfg)
-        for kind in ("none", "readonly", "readwrite"):
+        set_provider(LocalKeyFile(work / "kek"))  # the exports get the directory too
+        for kind in BLOCKSTORE_KINDS:
             store = build_store(replace(run.s3, prefix=f"{run.s3.prefix}{kind}/"))
             run.disks[kind] = f"bench-{kind}"
-            Volume.create(store, run.disks[kind], cfg.disk_mib * MiB)
+            encrypt = kind.endswith("-encrypted")
+            Volume.create(store, run.disks[kind], cfg.disk_mib * MiB, encrypt=encrypt)
             store.close()
-        for t in TARGETS:
+        for t in cfg.targets():
             _run_target(run, t, raw, step)
             _save(raw_path, raw)
         raw["complete"] = True

@@ -76,6 +76,10 @@ def bench(
     ] = None,
     bucket: Annotated[str, typer.Option("--bucket", help="Bucket with --endpoint")] = "bsbench",
     region: Annotated[str, typer.Option("--region", help="Region with --endpoint")] = "us-east-1",
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Run the targets whose name contains this (repeatable)"),
+    ] = None,
 ) -> None:
     """Benchmark every caching mode, the ephemeral disk, the floors and nbdkit's S3 peer (fio and
     ioping over NBD): raw JSON, a Markdown report and charts. With --endpoint, credentials come
@@ -83,7 +87,8 @@ def bench(
     from cli import bench as runner
 
     try:
-        report = runner.run(quick, out, runner.store_from_options(endpoint, bucket, region))
+        s3 = runner.store_from_options(endpoint, bucket, region)
+        report = runner.run(quick, out, s3, tuple(only or ()))
     except BlockstoreError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from blockstore.errors import InvalidArgument
@@ -38,8 +39,9 @@ def store_from_options(endpoint: str | None, bucket: str, region: str) -> S3Conf
     )
 
 
-def run(quick: bool, out: Path | None, s3: S3Config | None) -> Path:
-    """Run the suite; returns the report's path."""
+def run(quick: bool, out: Path | None, s3: S3Config | None, only: tuple[str, ...] = ()) -> Path:
+    """Run the suite (the targets whose name contains one of `only`, or all); returns the
+    report's path."""
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
         raise InvalidArgument(f"missing tools: {', '.join(missing)} (run scripts/setup.sh)")
@@ -50,8 +52,8 @@ def run(quick: bool, out: Path | None, s3: S3Config | None) -> Path:
     from bench import report, suite
 
     out = out or REPO / "bench" / "results" / time.strftime("%Y-%m-%d-%H%M%S")
-    cfg = suite.SuiteConfig.make(out, quick, s3)
-    steps = suite.plan()
+    cfg = replace(suite.SuiteConfig.make(out, quick, s3), only=only)
+    steps = suite.plan(cfg.targets())
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),

@@ -4,20 +4,23 @@ checkpoints (issue #20; docs/format.md, "Encryption"). The segment and checkpoin
 
 Each checksum chunk of a record (4 KiB by default) is sealed on its own with AES-256-GCM under
 the writing disk's data key, so a 4 KiB read fetches and opens 4 KiB, as it verifies 4 KiB
-today. The 16-byte tag of each chunk takes the place of its xxh3 in the record's sums.
+before. Its 16-byte tag goes in the header after the record's sums (xxh3 of the ciphertext,
+so integrity is checked without the key).
 
 Nonces never repeat under one key: a data key seals only its own disk's segments (a clone
 gets a key of its own and reads its source's records with the source's key), and the nonce is
 the writer's epoch (32 bits), the segment's log position (40 bits) and the chunk's index within
 the segment (24 bits). One epoch writes one position at most once with given contents: a PUT
 sent again carries the same batch, so the same bytes under the same nonce; a batch moved past a
-torn PUT takes new positions; GC's rewrites are new writes. Measured on this machine (AES-NI):
-AES-GCM 0.26 ms of CPU per MiB in 4 KiB chunks, AES-GCM-SIV 2.05 ms, ChaCha20-Poly1305 0.95 ms.
+torn PUT takes new positions; GC's rewrites are new writes.
 
 Associated data binds a chunk to where it belongs: the disk id, the key id, the position, the
-epoch, the record's disk offset and the chunk's index in the record. A chunk moved to another
-disk, position or offset, or a segment swapped for another one's, fails to open: `IntegrityError`
-(EIO), never wrong bytes.
+epoch and the record's disk offset (the chunk's place within the segment is in its nonce). A
+chunk moved to another disk, position, offset or place, or a segment swapped for another one's,
+fails to open: `IntegrityError` (EIO), never wrong bytes.
+
+Cost: one `encrypt_into` / `decrypt_into` per 4 KiB chunk, written straight into its place (a
+read decrypts in the caller's buffer); see docs/format.md for the figures.
 
 Headers and checkpoints are authenticated as a whole with HMAC-SHA256 (a key derived from the
 data key, no nonce to manage; 16 bytes kept): a trim record added to a header, or a checkpoint
@@ -39,7 +42,9 @@ TAG_BYTES = 16
 MAX_SEQ = (1 << 40) - 1
 MAX_CHUNKS = 1 << 24  # chunks in one segment
 _NONCE = struct.Struct(">IQ")  # epoch, then position << 24 | chunk index: 12 bytes
-_AAD = struct.Struct("<QIQI")  # position, epoch, record disk offset, chunk index in the record
+# Position, epoch, the record's disk offset. A chunk's place in the record needs no binding
+# here: the nonce holds its index in the segment, so a chunk moved within it fails as well.
+_AAD = struct.Struct("<QIQ")
 # What a sealed record carries (LogRecord.seal) ahead of its tags, so that it opens wherever it
 # is referenced from (a segment header, a checkpoint, a clone's map): the key, the writer's
 # epoch, the position, the index of its first chunk in the segment, its disk offset.
@@ -83,29 +88,36 @@ class Sealer:
         return SEAL_INFO.pack(self.key_raw, epoch, seq, first_index, offset)
 
     @staticmethod
-    def _nonce(epoch: int, seq: int, index: int) -> bytes:
-        if not 0 <= seq <= MAX_SEQ or not 0 <= index < MAX_CHUNKS:
-            raise ValueError(f"position {seq} / chunk {index} is past what a nonce holds")
-        return _NONCE.pack(epoch, seq << 24 | index)
+    def _base(seq: int, first_index: int, n_chunks: int) -> int:
+        """The nonce's low 64 bits for the segment's chunk 0; chunk i's is base + i."""
+        if not 0 <= seq <= MAX_SEQ or not 0 <= first_index <= MAX_CHUNKS - n_chunks:
+            raise ValueError(f"position {seq} / chunk {first_index} is past what a nonce holds")
+        return seq << 24 | first_index
 
-    def _aad(self, seq: int, epoch: int, offset: int, chunk_no: int) -> bytes:
-        return self._prefix + _AAD.pack(seq, epoch, offset, chunk_no)
+    def _aad(self, seq: int, epoch: int, offset: int) -> bytes:
+        return self._prefix + _AAD.pack(seq, epoch, offset)
 
     def seal(
         self, seq: int, epoch: int, first_index: int, offset: int, data: memoryview, chunk: int
-    ) -> tuple[bytes, bytes]:
+    ) -> tuple[memoryview, bytes]:
         """Seal a record's data (`offset`: its disk offset; `first_index`: the index in the
         segment of its first chunk): (ciphertext, one tag per chunk), the ciphertext the
         length of `data`."""
-        out, tags = bytearray(), bytearray()
-        for n, at in enumerate(range(0, len(data), chunk)):
-            nonce = self._nonce(epoch, seq, first_index + n)
-            sealed = self._aead.encrypt(
-                nonce, data[at : at + chunk], self._aad(seq, epoch, offset, n)
-            )
-            out += sealed[:-TAG_BYTES]
-            tags += sealed[-TAG_BYTES:]
-        return bytes(out), bytes(tags)
+        n_chunks = -(-len(data) // chunk)
+        # Each chunk is sealed in place: its tag lands where the next chunk's ciphertext goes
+        # and is moved out before that chunk overwrites it (no copy of the data itself).
+        out = memoryview(bytearray(len(data) + TAG_BYTES))
+        tags = bytearray(TAG_BYTES * n_chunks)
+        aad = self._aad(seq, epoch, offset)
+        encrypt_into, pack = self._aead.encrypt_into, _NONCE.pack
+        base = self._base(seq, first_index, n_chunks)
+        for n in range(n_chunks):
+            at = n * chunk
+            piece = data[at : at + chunk]
+            end = at + len(piece)
+            encrypt_into(pack(epoch, base + n), piece, aad, out[at : end + TAG_BYTES])
+            tags[n * TAG_BYTES : (n + 1) * TAG_BYTES] = out[end : end + TAG_BYTES]
+        return out[: len(data)], bytes(tags)
 
     def open(
         self,
@@ -120,27 +132,48 @@ class Sealer:
     ) -> bytes:
         """Open whole chunks `first_chunk`, ... of a record (`tags` from that chunk on);
         `IntegrityError` if any fails to authenticate."""
-        out = bytearray()
-        for n, at in enumerate(range(0, len(ciphertext), chunk)):
-            c = first_chunk + n
-            tag = tags[n * TAG_BYTES : (n + 1) * TAG_BYTES]
+        out = bytearray(len(ciphertext))
+        info = (seq, epoch, first_index, offset)
+        self._open_into(info, first_chunk, ciphertext, tags, memoryview(out), chunk)
+        return bytes(out)
+
+    def _open_into(
+        self,
+        info: tuple[int, int, int, int],
+        first_chunk: int,
+        ciphertext: memoryview,
+        tags: bytes | memoryview,
+        dst: memoryview,
+        chunk: int,
+    ) -> None:
+        """Open chunks into `dst` (as long as `ciphertext`; it may be the very same memory:
+        each chunk is copied out, with its tag, before its plaintext is written)."""
+        seq, epoch, first_index, offset = info
+        n_chunks = -(-len(ciphertext) // chunk)
+        aad = self._aad(seq, epoch, offset)
+        decrypt_into, pack = self._aead.decrypt_into, _NONCE.pack
+        base = self._base(seq, first_index + first_chunk, n_chunks)
+        for n in range(n_chunks):
+            at = n * chunk
+            sealed = b"".join(
+                (ciphertext[at : at + chunk], tags[n * TAG_BYTES : (n + 1) * TAG_BYTES])
+            )
             try:
-                out += self._aead.decrypt(
-                    self._nonce(epoch, seq, first_index + c),
-                    bytes(ciphertext[at : at + chunk]) + tag,
-                    self._aad(seq, epoch, offset, c),
+                decrypt_into(
+                    pack(epoch, base + n), sealed, aad, dst[at : at + len(sealed) - TAG_BYTES]
                 )
             except InvalidTag:
                 raise IntegrityError(
-                    f"chunk {c} of the record at disk offset {offset} in position {seq} fails "
-                    "to authenticate (damaged, moved, or sealed under another key)"
+                    f"chunk {first_chunk + n} of the record at disk offset {offset} in position "
+                    f"{seq} fails to authenticate (damaged, moved, or sealed under another key)"
                 ) from None
-        return bytes(out)
 
     def open_record(
-        self, seal: bytes, first_chunk: int, ciphertext: memoryview, chunk: int
-    ) -> bytes:
-        """`open` for a record by its `LogRecord.seal` (info, then tags)."""
+        self, seal: bytes, first_chunk: int, ciphertext: memoryview, dst: memoryview, chunk: int
+    ) -> None:
+        """Open whole chunks `first_chunk`, ... of a record by its `LogRecord.seal` (info, then
+        tags) into `dst`, which may be `ciphertext` itself (decrypted in place)."""
         _k, epoch, seq, first_index, offset = SEAL_INFO.unpack_from(seal)
-        tags = seal[SEAL_INFO.size + first_chunk * TAG_BYTES :]
-        return self.open(seq, epoch, first_index, offset, first_chunk, ciphertext, tags, chunk)
+        tags = memoryview(seal)[SEAL_INFO.size + first_chunk * TAG_BYTES :]
+        info = (seq, epoch, first_index, offset)
+        self._open_into(info, first_chunk, ciphertext, tags, dst, chunk)

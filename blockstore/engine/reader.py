@@ -92,10 +92,18 @@ class Reader:
         with st.lock:
             return st.resolve_locked(offset, offset + length)
 
-    def verify(self, rec: LogRecord, first_chunk: int, data: memoryview, expect: int) -> memoryview:
-        """The record's bytes from chunk `first_chunk` on, as stored in `data`, verified:
-        `data` itself, or for a sealed record its plaintext. `IntegrityError` unless `data` is
-        `expect` bytes matching the record's sums (and tags) from `first_chunk` on."""
+    def verify(
+        self,
+        rec: LogRecord,
+        first_chunk: int,
+        data: memoryview,
+        expect: int,
+        in_place: bool = False,
+    ) -> memoryview:
+        """The record's plaintext from chunk `first_chunk` on, given `data`, its stored bytes:
+        `data` itself for a plain record; for a sealed one, opened into a new buffer, or into
+        `data` with `in_place` (for bytes no other piece verifies again). `IntegrityError`
+        unless `data` is `expect` bytes matching the record's sums (and tags)."""
         bad = verify_chunks(rec, first_chunk, data) if len(data) == expect else -1
         if bad is not None:
             self._failed()
@@ -106,9 +114,11 @@ class Reader:
             )
         if not rec.seal:
             return data
+        out = data if in_place else memoryview(bytearray(len(data)))
         try:
             sealer = self.ctx.keys.sealer(rec.seal[:KEY_RAW])
-            return memoryview(sealer.open_record(rec.seal, first_chunk, data, rec.chunk))
+            sealer.open_record(rec.seal, first_chunk, data, out, rec.chunk)
+            return out
         except IntegrityError as exc:
             self._failed()
             raise IntegrityError(f"disk {self.state.disk_id}: {rec.seg_key}: {exc}") from None
@@ -166,10 +176,9 @@ class Reader:
                 dst = buf[pos : pos + ghi - glo]
                 got = self.ctx.store.get_into(key, glo, dst)
                 for _key, lo, hi, c0, rec, _delta, _pos, _n in group:
-                    got_piece = dst[lo - glo : min(hi, glo + got) - glo]
-                    plain = self.verify(rec, c0, got_piece, hi - lo)
-                    if plain is not got_piece:  # opened: the plaintext replaces the stored
-                        got_piece[:] = plain
+                    # Back to back, never overlapping: a sealed piece opens where it landed.
+                    piece = dst[lo - glo : min(hi, glo + got) - glo]
+                    self.verify(rec, c0, piece, hi - lo, in_place=True)
                 return
             data = memoryview(self.ctx.store.get(key, glo, ghi - glo))
         except NotFound:
@@ -178,6 +187,7 @@ class Reader:
                 "this read-only view was open past gc_min_age_seconds, or lost)"
             ) from None
         for _key, lo, hi, c0, rec, delta, pos, n in group:
+            # Pieces here may share a chunk: each is opened on its own.
             part = self.verify(rec, c0, data[lo - glo : hi - glo], hi - lo)
             skip = delta - c0 * rec.chunk
             buf[pos : pos + n] = part[skip : skip + n]
