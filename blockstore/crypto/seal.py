@@ -19,8 +19,9 @@ epoch and the record's disk offset (the chunk's place within the segment is in i
 chunk moved to another disk, position, offset or place, or a segment swapped for another one's,
 fails to open: `IntegrityError` (EIO), never wrong bytes.
 
-Cost: one `encrypt_into` / `decrypt_into` per 4 KiB chunk, written straight into its place (a
-read decrypts in the caller's buffer); see docs/format.md for the figures.
+Cost: one `encrypt_into` / `decrypt_into` per chunk (16 KiB on an encrypted disk,
+`VolumeConfig.sealed_chunk`), written straight into its place (a read decrypts in the caller's
+buffer); docs/format.md has the figures.
 
 Headers and checkpoints are authenticated as a whole with HMAC-SHA256 (a key derived from the
 data key, no nonce to manage; 16 bytes kept): a trim record added to a header, or a checkpoint

@@ -78,7 +78,7 @@ class SegmentUploader:
                 self.disk_id,
                 b.seq,
                 self.epoch,
-                self.config.checksum_chunk,
+                self.config.sealed_chunk if self.sealer else self.config.checksum_chunk,
                 b.records,
                 self.sealer,
             )
