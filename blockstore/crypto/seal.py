@@ -20,7 +20,7 @@ chunk moved to another disk, position, offset or place, or a segment swapped for
 fails to open: `IntegrityError` (EIO), never wrong bytes.
 
 Cost: one `encrypt_into` / `decrypt_into` per chunk (16 KiB on an encrypted disk,
-`VolumeConfig.sealed_chunk`), written straight into its place (a read decrypts in the caller's
+`VolumeConfig.coded_chunk`), written straight into its place (a read decrypts in the caller's
 buffer); docs/format.md has the figures.
 
 Headers and checkpoints are authenticated as a whole with HMAC-SHA256 (a key derived from the
@@ -168,6 +168,34 @@ class Sealer:
                     f"chunk {first_chunk + n} of the record at disk offset {offset} in position "
                     f"{seq} fails to authenticate (damaged, moved, or sealed under another key)"
                 ) from None
+
+    def seal_pieces(
+        self, seq: int, epoch: int, first_index: int, offset: int, pieces: list[bytes | memoryview]
+    ) -> tuple[bytes, bytes]:
+        """`seal` for chunks of any length (a compressed record's): (ciphertext, tags)."""
+        aad, pack = self._aad(seq, epoch, offset), _NONCE.pack
+        base = self._base(seq, first_index, len(pieces))
+        sealed = [self._aead.encrypt(pack(epoch, base + n), p, aad) for n, p in enumerate(pieces)]
+        return b"".join(s[:-TAG_BYTES] for s in sealed), b"".join(s[-TAG_BYTES:] for s in sealed)
+
+    def open_pieces(self, seal: bytes, first_chunk: int, pieces: list[memoryview]) -> list[bytes]:
+        """Open a compressed record's stored chunks `first_chunk`, ... (`IntegrityError` if any
+        fails to authenticate)."""
+        _k, epoch, seq, first_index, offset = SEAL_INFO.unpack_from(seal)
+        tags = memoryview(seal)[SEAL_INFO.size + first_chunk * TAG_BYTES :]
+        aad, pack = self._aad(seq, epoch, offset), _NONCE.pack
+        base = self._base(seq, first_index + first_chunk, len(pieces))
+        out = []
+        for n, p in enumerate(pieces):
+            tag = tags[n * TAG_BYTES : (n + 1) * TAG_BYTES]
+            try:
+                out.append(self._aead.decrypt(pack(epoch, base + n), b"".join((p, tag)), aad))
+            except InvalidTag:
+                raise IntegrityError(
+                    f"chunk {first_chunk + n} of the record at disk offset {offset} in position "
+                    f"{seq} fails to authenticate (damaged, moved, or sealed under another key)"
+                ) from None
+        return out
 
     def open_record(
         self, seal: bytes, first_chunk: int, ciphertext: memoryview, dst: memoryview, chunk: int

@@ -51,7 +51,7 @@ class CommitPipeline:
         self.state = state = ctx.state
         self.checkpointer = checkpointer
         self.uploader = SegmentUploader(
-            ctx.store, state.disk_id, state.epoch, ctx.config, ctx.keys.writer
+            ctx.store, state.disk_id, state.epoch, ctx.config, ctx.keys.writer, ctx.codec
         )
         # All below under state.lock.
         self.open: Batch | None = None

@@ -33,10 +33,11 @@ class VolumeConfig:
     segment_max_bytes: int = 4 << 20  # a batch closes at this size
     commit_delay: float = 0.0005  # group-commit window after the first write of a batch
     checksum_chunk: int = 4096  # data checksummed per chunk so a small read verifies little
-    # An encrypted disk's chunk: each is sealed on its own (one AES-GCM call and tag), and at
-    # 4 KiB the calls cost 0.4-0.8 ms of CPU per MiB, at 16 KiB 0.23 (docs/format.md); a
-    # 4 KiB read of it fetches and opens 16 KiB, in the same one GET.
-    sealed_chunk: int = 16384
+    # An encrypted or compressed disk's chunk: each is sealed (one AES-GCM call and tag) and
+    # compressed on its own; at 4 KiB sealing costs 0.4-0.8 ms of CPU per MiB, at 16 KiB 0.23,
+    # and zstd compresses better (docs/format.md). A 4 KiB read of it fetches and opens
+    # 16 KiB, in the same one GET.
+    coded_chunk: int = 16384
     checkpoint_every_segments: int = 256  # at least this many segments between checkpoints
     checkpoint_extents_per_segment: int = 8  # ...and one per this many extents of the map
     checkpoint_max_segments: int = 2048  # ...stretched so far at most (replay reads each header)
@@ -58,7 +59,7 @@ class VolumeConfig:
     def __post_init__(self) -> None:
         if self.segment_max_bytes < SECTOR:
             raise InvalidArgument(f"segment_max_bytes {self.segment_max_bytes} is too small")
-        for name in ("checksum_chunk", "sealed_chunk"):
+        for name in ("checksum_chunk", "coded_chunk"):
             value = getattr(self, name)
             if value < SECTOR or value % SECTOR:
                 raise InvalidArgument(f"{name} {value} must be a positive multiple of 512")

@@ -252,8 +252,8 @@ class GarbageCollector:
         key -> (object offset, bytes). A segment deleted meanwhile is left out."""
         spans: dict[str, tuple[int, int]] = {}  # segment -> object range its pieces need
         for s, e, rec, delta in batch:
-            lo = rec.data_off + delta - delta % rec.chunk
-            hi = rec.data_off + min(n_chunks(delta + e - s, rec.chunk) * rec.chunk, rec.length)
+            lo, hi = rec.stored_span(delta // rec.chunk, n_chunks(delta + e - s, rec.chunk))
+            lo, hi = rec.data_off + lo, rec.data_off + hi
             have = spans.get(rec.seg_key)
             spans[rec.seg_key] = (min(lo, have[0]), max(hi, have[1])) if have else (lo, hi)
         blobs: dict[str, tuple[int, bytes]] = {}
@@ -277,12 +277,12 @@ class GarbageCollector:
                 if prec is not rec or pdelta != delta + (ps - s):
                     continue
                 c0 = pdelta // rec.chunk
-                lo = c0 * rec.chunk
-                hi = min(n_chunks(pdelta + pe - ps, rec.chunk) * rec.chunk, rec.length)
+                lo, hi = rec.stored_span(c0, n_chunks(pdelta + pe - ps, rec.chunk))
                 at = rec.data_off + lo - base
                 raw = memoryview(blob)[at : at + hi - lo]
-                raw = self.reader.verify(rec, c0, raw, hi - lo)  # opened, if sealed
-                yield ps, pe, raw[pdelta - lo : pdelta - lo + (pe - ps)]
+                raw = self.reader.verify(rec, c0, raw, hi - lo)  # plain: opened, decompressed
+                skip = pdelta - c0 * rec.chunk
+                yield ps, pe, raw[skip : skip + (pe - ps)]
 
     # -- deletion --
 

@@ -30,6 +30,7 @@ from blockstore.errors import (
     PreconditionFailed,
 )
 from blockstore.format import keys
+from blockstore.format.codec import codec_id
 from blockstore.store.base import ObjectStore
 
 
@@ -40,11 +41,13 @@ def create_volume(
     clock: Clock,
     source: tuple[str, str] | None,
     encrypt: bool = False,
+    compression: str = "none",
 ) -> None:
     """Create an empty volume, or a clone of snapshot `source = (src_disk_id, name)` (size 0
     means the snapshot's size; a larger size grows the clone); Conflict if the disk exists or
     has leftover objects."""
     keys.validate_disk_id(disk_id)
+    codec = codec_id(compression)  # a bad name stops the create before anything is made
     meta: dict[str, Any] = {"format": 1, "disk_id": disk_id, "created": clock.time()}
     if listing(store, keys.disk_prefix(disk_id)):
         raise Conflict(f"disk {disk_id!r} already exists (or has objects left from a destroy)")
@@ -70,6 +73,8 @@ def create_volume(
             "checkpoint_seq": snap.checkpoint_seq,
             "checkpoint_key": keys.checkpoint_key(src, snap.checkpoint_seq),
         }
+    if codec:
+        meta["compression"] = compression  # absent: none, as in every older record
     key = _make_keys(store, disk_id, meta, encrypt)
     try:
         store.put(keys.volume_key(disk_id), json.dumps(meta).encode(), if_none_match=True)

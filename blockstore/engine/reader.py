@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextvars
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from blockstore.crypto.seal import KEY_RAW
 from blockstore.engine.state import Context, Piece
 from blockstore.errors import IntegrityError, NotFound
+from blockstore.format.codec import decompress
 from blockstore.format.segment import WRITE, LogRecord, n_chunks, verify_chunks
 
 READ_PARALLEL = 8  # ranged GETs of one read that may run at once
@@ -112,16 +114,33 @@ class Reader:
                 f"disk {self.state.disk_id}: checksum mismatch in {rec.seg_key} ({where}); "
                 "refusing to return wrong data"
             )
-        if not rec.seal:
+        if not (rec.seal or rec.comp):
             return data
-        out = data if in_place else memoryview(bytearray(len(data)))
         try:
+            if rec.comp:
+                return self._decompressed(rec, first_chunk, data)
+            out = data if in_place else memoryview(bytearray(len(data)))
             sealer = self.ctx.keys.sealer(rec.seal[:KEY_RAW])
             sealer.open_record(rec.seal, first_chunk, data, out, rec.chunk)
             return out
         except IntegrityError as exc:
             self._failed()
             raise IntegrityError(f"disk {self.state.disk_id}: {rec.seg_key}: {exc}") from None
+
+    def _decompressed(self, rec: LogRecord, first_chunk: int, data: memoryview) -> memoryview:
+        """A compressed record's verified stored chunks from `first_chunk` on, opened (if
+        sealed) and decompressed, one by one (blockstore/format/codec.py)."""
+        stored = rec.stored_pieces(first_chunk, data)
+        pieces: Sequence[bytes | memoryview] = stored
+        if rec.seal:
+            sealer = self.ctx.keys.sealer(rec.seal[:KEY_RAW])
+            pieces = sealer.open_pieces(rec.seal, first_chunk, stored)
+        chunk, codec = rec.chunk, rec.comp[0]
+        plain = [
+            decompress(codec, p, min(chunk, rec.length - (first_chunk + i) * chunk))
+            for i, p in enumerate(pieces)
+        ]
+        return memoryview(b"".join(plain))
 
     def _failed(self) -> None:
         with self.ctx.stats.lock:
@@ -198,7 +217,7 @@ def _direct(group: list[_Span]) -> bool:
     chunks, and each one next to the previous in the object and in the buffer."""
     prev_hi = prev_end = -1
     for _key, lo, hi, c0, rec, delta, pos, n in group:
-        if delta != c0 * rec.chunk or n != hi - lo:
+        if rec.comp or delta != c0 * rec.chunk or n != hi - lo:
             return False
         if prev_hi >= 0 and (lo != prev_hi or pos != prev_end):
             return False
@@ -211,10 +230,9 @@ def _group(pieces: list[tuple[LogRecord, int, int, int]]) -> list[list[_Span]]:
     within `COALESCE_GAP` of each other in one segment (one ranged GET per group)."""
     spans: list[_Span] = []
     for rec, delta, pos, n in pieces:
-        chunk = rec.chunk
-        c0 = delta // chunk
-        lo = rec.data_off + c0 * chunk
-        hi = rec.data_off + min(n_chunks(delta + n, chunk) * chunk, rec.length)
+        c0 = delta // rec.chunk
+        lo, hi = rec.stored_span(c0, n_chunks(delta + n, rec.chunk))
+        lo, hi = rec.data_off + lo, rec.data_off + hi
         spans.append((rec.seg_key, lo, hi, c0, rec, delta, pos, n))
     spans.sort(key=lambda x: (x[0], x[1]))
     groups: list[list[_Span]] = []

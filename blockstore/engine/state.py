@@ -204,3 +204,4 @@ class Context:
     config: VolumeConfig
     clock: Clock
     keys: DiskKeys = PLAIN
+    codec: int = 0  # a compressed disk's codec (blockstore/format/codec.py); 0: none

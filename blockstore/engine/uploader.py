@@ -62,8 +62,10 @@ class SegmentUploader:
         epoch: int,
         config: VolumeConfig,
         sealer: Sealer | None,
+        codec: int = 0,
     ) -> None:
         self.store = store
+        self.codec = codec  # a compressed disk's (blockstore/format/codec.py)
         self.sealer = sealer  # an encrypted disk's: every segment is sealed
         self.disk_id = disk_id
         self.epoch = epoch
@@ -78,9 +80,12 @@ class SegmentUploader:
                 self.disk_id,
                 b.seq,
                 self.epoch,
-                self.config.sealed_chunk if self.sealer else self.config.checksum_chunk,
+                self.config.coded_chunk
+                if self.sealer or self.codec
+                else self.config.checksum_chunk,
                 b.records,
                 self.sealer,
+                self.codec,
             )
         try:
             self.store.put(key, b.blob, if_none_match=True)

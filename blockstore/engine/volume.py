@@ -72,6 +72,7 @@ from blockstore.engine.snapshots import (
 from blockstore.engine.state import Context, LogState, VolumeState
 from blockstore.errors import Conflict, InvalidArgument
 from blockstore.format import keys
+from blockstore.format.codec import codec_id
 from blockstore.store.base import ObjectStore
 from blockstore.store.counting import CountingStore
 
@@ -103,14 +104,16 @@ class Volume:
         *,
         source: tuple[str, str] | None = None,
         encrypt: bool = False,
+        compression: str = "none",
         config: VolumeConfig | None = None,
         clock: Clock | None = None,
     ) -> None:
         """Create an empty volume, or a clone of snapshot `source = (src_disk_id, name)`
         (size 0 means the snapshot's size; a larger size grows the clone); Conflict if the
         disk exists or has leftover objects. `encrypt` (and a clone of an encrypted disk):
-        its data is sealed under a data key of its own (blockstore/crypto/)."""
-        create_volume(store, disk_id, size, clock or SYSTEM_CLOCK, source, encrypt)
+        its data is sealed under a data key of its own (blockstore/crypto/). `compression`
+        (zstd, lz4 or none): how its writes are stored (blockstore/format/codec.py)."""
+        create_volume(store, disk_id, size, clock or SYSTEM_CLOCK, source, encrypt, compression)
 
     @classmethod
     def open(
@@ -145,7 +148,10 @@ class Volume:
                 # from here on would come after its fence and be void.
                 raise superseded(disk_id, epoch, state.log_epoch)
             take_log(io, stats, disk_id, epoch, state, config, dkeys)
-        return cls(io, stats, disk_id, state, config, clock or SYSTEM_CLOCK, writable, epoch, dkeys)
+        codec = codec_id(str(meta.get("compression", "none")))
+        return cls(
+            io, stats, disk_id, state, config, clock or SYSTEM_CLOCK, writable, epoch, dkeys, codec
+        )
 
     @classmethod
     def fence_writers(
@@ -222,6 +228,7 @@ class Volume:
         writable: bool,
         epoch: int,
         dkeys: DiskKeys = PLAIN,
+        codec: int = 0,
     ) -> None:
         self._io = io
         self._store = io.inner  # snapshot records are read and written uncounted
@@ -230,7 +237,7 @@ class Volume:
         self._config = config
         self.writable = writable
         st = self._state = VolumeState(log, disk_id, epoch, writable)
-        ctx = Context(st, io, stats, config, clock, dkeys)
+        ctx = Context(st, io, stats, config, clock, dkeys, codec)
         gc_lock = threading.Lock()  # one GC pass at a time, and no pass while a snapshot pins
         self._checkpointer = Checkpointer(ctx)
         self._reader = Reader(ctx)

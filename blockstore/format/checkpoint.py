@@ -14,10 +14,11 @@ that is the whole extent map, the size, the log's epoch and fence positions at t
 table of segments it references (docs/format.md, "Checkpoints"). Every record is a WRITE as
 stored (`LogRecord` with the segment key, absolute data offset, chunk and checksums).
 
-Version 3 (an encrypted disk's, flag `SEALED`): every record also carries `u32 len + seal` (its
-`LogRecord.seal`, empty for a plain record of a plain source), and the body ends with the data
-key's id (8 bytes) and a 16-byte tag authenticating the rest (blockstore/crypto/seal.py), so an
-edited map fails to open rather than serving older records.
+Version 3 (a map with sealed or compressed records): every record also carries `u32 len + seal`
+and `u32 len + comp` (its `LogRecord.seal` and `.comp`, each empty where it does not apply).
+With the flag `SEALED` (an encrypted disk's) the body ends with the data key's id (8 bytes) and
+a 16-byte tag authenticating the rest (blockstore/crypto/seal.py), so an edited map fails to
+open rather than serving older records.
 
 Guarantees: the body checksum covers everything; anything malformed raises `IntegrityError`,
 and `decode_checkpoint` never returns a partial map.
@@ -89,7 +90,9 @@ def encode_checkpoint(
     fences: Sequence[int] = (),
     sealer: Sealer | None = None,
 ) -> bytes:
-    """The checkpoint object; authenticated under `sealer` (version 3) if given."""
+    """The checkpoint object: version 3 when authenticated under `sealer` or when any record
+    is sealed or compressed, else version 2."""
+    extended = sealer is not None or any(rec.comp or rec.seal for rec, _d in vals)
     seg_index: dict[str, int] = {}
     rec_index: dict[int, int] = {}
     seg_parts: list[bytes] = []
@@ -105,12 +108,8 @@ def encode_checkpoint(
                 seg_parts.append(U16.pack(len(k)) + k + U64.pack(segment_sizes.get(rec.seg_key, 0)))
             ri = rec_index[id(rec)] = len(rec_index)
             part = _CKPT_REC.pack(si, rec.data_off, rec.length, rec.chunk) + rec.sums
-            if sealer is not None:
-                part += U32.pack(len(rec.seal)) + rec.seal
-            elif rec.seal:
-                raise ValueError(
-                    "a sealed record in the checkpoint of a disk that is not encrypted"
-                )
+            if extended:
+                part += U32.pack(len(rec.seal)) + rec.seal + U32.pack(len(rec.comp)) + rec.comp
             rec_parts.append(part)
         ext_parts.append(_CKPT_EXT.pack(s, e, ri, delta))
     did = disk_id.encode()
@@ -128,9 +127,9 @@ def encode_checkpoint(
             *ext_parts,
         ]
     )
-    version, flags = FORMAT_VERSION, 0
+    version = SEALED_VERSION if extended else FORMAT_VERSION
+    flags = SEALED if sealer is not None else 0
     if sealer is not None:
-        version, flags = SEALED_VERSION, SEALED
         body += sealer.key_raw
         body += sealer.mac(_signed(version, flags, body))
     prefix = _CKPT_PREFIX.pack(
@@ -146,8 +145,9 @@ def _signed(version: int, flags: int, body: bytes | memoryview) -> bytes:
 def decode_checkpoint(blob: bytes, key: str) -> Checkpoint:
     """Decode and verify a whole checkpoint object; raises `IntegrityError`."""
     body, version, flags = _verified_body(blob, key)
-    sealed = version == SEALED_VERSION
-    if sealed != (flags == SEALED) or (sealed and len(body) < KEY_RAW + MAC_BYTES):
+    sealed = flags == SEALED
+    bad_flags = flags not in (0, SEALED) or (sealed and version != SEALED_VERSION)
+    if bad_flags or (sealed and len(body) < KEY_RAW + MAC_BYTES):
         raise IntegrityError(f"checkpoint {key}: version {version} with flags {flags}")
     kraw, mac, signed = b"", b"", b""
     if sealed:
@@ -159,7 +159,8 @@ def decode_checkpoint(blob: bytes, key: str) -> Checkpoint:
         disk_id = cur.take(did_len).decode()
         fences = [cur.read_int(U64) for _ in range(cur.read_int(U32))]
         seg_keys, segments = _decode_segments(cur)
-        recs = [_decode_record(cur, key, seg_keys, sealed) for _ in range(cur.read_int(U32))]
+        extended = version == SEALED_VERSION
+        recs = [_decode_record(cur, key, seg_keys, extended) for _ in range(cur.read_int(U32))]
         starts, ends, vals = _decode_extents(cur, key, recs)
     except (struct.error, UnicodeDecodeError, IndexError) as exc:
         raise IntegrityError(f"checkpoint {key}: malformed ({exc})") from exc
@@ -195,16 +196,19 @@ def _decode_segments(cur: Cursor) -> tuple[list[str], dict[str, int]]:
     return seg_keys, segments
 
 
-def _decode_record(cur: Cursor, key: str, seg_keys: list[str], sealed: bool) -> LogRecord:
+def _decode_record(cur: Cursor, key: str, seg_keys: list[str], extended: bool) -> LogRecord:
     """One entry of the record table: a WRITE as stored (its disk offset lives in the extents)."""
     si, data_off, length, chunk = cur.unpack(_CKPT_REC)
     if chunk <= 0:
         raise IntegrityError(f"checkpoint {key}: chunk size {chunk}")
     sums = cur.take(SUM_LEN * n_chunks(length, chunk))
-    seal = cur.take(cur.read_int(U32)) if sealed else b""
+    seal = cur.take(cur.read_int(U32)) if extended else b""
+    comp = cur.take(cur.read_int(U32)) if extended else b""
+    if comp and len(comp) != 1 + 4 * n_chunks(length, chunk):
+        raise IntegrityError(f"checkpoint {key}: chunk length list of the wrong size")
     return LogRecord(
         WRITE, 0, length, seg_key=seg_keys[si], data_off=data_off, chunk=chunk, sums=sums,
-        seal=seal,
+        seal=seal, comp=comp,
     )  # fmt: skip
 
 

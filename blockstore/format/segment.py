@@ -13,12 +13,15 @@ A segment is `prefix | header body | data`:
 
 A segment with no records is a *fence*: a new writer's claim on a log position (docs/format.md).
 
-Version 3 is version 2 with the `SEALED` flag (an encrypted disk's segments, fences included):
+Version 3 is version 2 with flags. `SEALED` (an encrypted disk's segments, fences included):
 the body holds the data key's id (8 bytes) after the disk id, every WRITE record its chunks'
-AES-GCM tags after its sums (which are then of the ciphertext, so integrity is checked without
-the key), and the body ends with a 16-byte tag authenticating the whole header
-(blockstore/crypto/seal.py). Decoding checks integrity only; `check_header` (with the keys)
-authenticity. Plain disks write version 2, so old readers read them unchanged.
+AES-GCM tags after its sums (which are then of the stored bytes, so integrity is checked
+without the key), and the body ends with a 16-byte tag authenticating the whole header
+(blockstore/crypto/seal.py). `COMPRESSED` (a compressed disk's): every WRITE record then ends
+with `u8 codec` and, unless it is 0 (stored as it is), each chunk's stored length (u32): chunks
+are compressed one by one (blockstore/format/codec.py), before sealing. Decoding checks
+integrity only; `DiskKeys.check` (with the keys) authenticity. Plain disks write version 2, so
+old readers read them unchanged.
 
 Records apply in order. Data offsets in the body are relative to the end of the body; decoded
 `LogRecord.data_off` is absolute within the object so a read is one ranged GET.
@@ -30,19 +33,22 @@ results. Data checksums are verified by `verify_chunks` on every byte fetched.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import xxhash
 
 from blockstore.crypto.seal import KEY_RAW, MAC_BYTES, SEAL_INFO, TAG_BYTES, Sealer
 from blockstore.errors import IntegrityError
+from blockstore.format.codec import compress
+from blockstore.format.cursor import Cursor
 
 FORMAT_VERSION = 2  # 2: one segment key per seq, fences; checkpoints list fence seqs
-SEALED_VERSION = 3  # 3: version 2, sealed (flag SEALED): an encrypted disk's objects
-SEALED = 1  # prefix flag
+SEALED_VERSION = 3  # 3: version 2 with flags: an encrypted or compressed disk's objects
+SEALED = 1  # prefix flags
+COMPRESSED = 2
 SEG_MAGIC = b"BLKSEG01"
 
 WRITE = 1
@@ -75,7 +81,9 @@ class LogRecord:
     """
 
     __slots__ = (
+        "_offs",
         "chunk",
+        "comp",
         "data_off",
         "kind",
         "length",
@@ -98,6 +106,7 @@ class LogRecord:
         chunk: int = 0,
         sums: bytes = b"",
         seal: bytes = b"",
+        comp: bytes = b"",
     ) -> None:
         self.kind = kind
         self.offset = offset  # disk offset; the new size for RESIZE
@@ -110,6 +119,41 @@ class LogRecord:
         # Sealed records (an encrypted disk's): `SEAL_INFO` then one AES-GCM tag per chunk;
         # `sums` are then of the ciphertext. Empty for a plain record.
         self.seal = seal
+        # Compressed records: u8 codec, then each chunk's stored length (u32); empty for a
+        # record stored as it is (chunk c at c * chunk, `chunk` bytes long).
+        self.comp = comp
+        self._offs: list[int] | None = None
+
+    def stored_span(self, c0: int, c1: int) -> tuple[int, int]:
+        """Where the stored bytes of chunks [c0, c1) lie, relative to `data_off`."""
+        if not self.comp:
+            return c0 * self.chunk, min(c1 * self.chunk, self.length)
+        offs = self._offsets()
+        return offs[c0], offs[min(c1, len(offs) - 1)]
+
+    @property
+    def stored_length(self) -> int:
+        return self.stored_span(0, n_chunks(self.length, self.chunk))[1]
+
+    def _offsets(self) -> list[int]:
+        if self._offs is None:
+            lens = struct.unpack_from(f"<{n_chunks(self.length, self.chunk)}I", self.comp, 1)
+            self._offs = [0, *itertools.accumulate(lens)]
+        return self._offs
+
+    def stored_pieces(self, first_chunk: int, data: memoryview) -> list[memoryview]:
+        """`data` (the stored bytes from chunk `first_chunk` on) cut into its chunks."""
+        if not self.comp:
+            chunk = self.chunk
+            return [data[i : i + chunk] for i in range(0, len(data), chunk)]
+        offs = self._offsets()
+        base = offs[first_chunk]
+        out = []
+        for c in range(first_chunk, len(offs) - 1):
+            if offs[c] - base >= len(data):
+                break
+            out.append(data[offs[c] - base : offs[c + 1] - base])
+        return out
 
     def __repr__(self) -> str:
         return (
@@ -134,34 +178,6 @@ def fence_sizes(disk_id: str) -> tuple[int, int]:
     return plain, plain + KEY_RAW + MAC_BYTES
 
 
-class Cursor:
-    """Reads fields in order from a decoded body. A struct read past the end raises
-    `struct.error`; `take` past the end returns fewer bytes (the caller checks where the format
-    requires it). The decoders turn both into `IntegrityError`."""
-
-    __slots__ = ("buf", "pos")
-
-    def __init__(self, buf: memoryview) -> None:
-        self.buf = buf
-        self.pos = 0
-
-    def unpack(self, st: struct.Struct) -> tuple[Any, ...]:
-        out = st.unpack_from(self.buf, self.pos)
-        self.pos += st.size
-        return out
-
-    def read_int(self, st: struct.Struct) -> int:
-        return int(self.unpack(st)[0])
-
-    def take(self, n: int) -> bytes:
-        out = bytes(self.buf[self.pos : self.pos + n])
-        self.pos += n
-        return out
-
-    def left(self) -> int:
-        return len(self.buf) - self.pos
-
-
 def _digests(mv: memoryview, chunk: int) -> bytes:
     n = n_chunks(len(mv), chunk)
     digest = xxhash.xxh3_64_intdigest
@@ -179,13 +195,19 @@ def verify_chunks(rec: LogRecord, first_chunk: int, data: bytes | memoryview) ->
     Returns None when every chunk matches, else the record-relative byte offset of the first bad
     chunk. One checksum per chunk: a 4 KiB read of a 4 MiB extent verifies 4 KiB.
     """
-    got = _digests(memoryview(data), rec.chunk)
+    mv = memoryview(data)
+    if rec.comp:
+        digest = xxhash.xxh3_64_intdigest
+        pieces = rec.stored_pieces(first_chunk, mv)
+        got = struct.pack(f"<{len(pieces)}Q", *[digest(p) for p in pieces])
+    else:
+        got = _digests(mv, rec.chunk)
     want = rec.sums[SUM_LEN * first_chunk : SUM_LEN * first_chunk + len(got)]
     if got == want:
         return None
     for i in range(0, len(got), SUM_LEN):
         if got[i : i + SUM_LEN] != want[i : i + SUM_LEN]:
-            return (first_chunk + i // SUM_LEN) * rec.chunk
+            return (first_chunk + i // SUM_LEN) * rec.chunk  # in plain bytes
     return None  # pragma: no cover - unreachable: the two differ somewhere
 
 
@@ -200,10 +222,12 @@ def encode_segment(
     chunk: int,
     records: Sequence[LogRecord],
     sealer: Sealer | None = None,
+    codec: int = 0,
 ) -> bytes:
-    """The segment object for `records` (in order), sealed under `sealer` if given. Fills in
-    each WRITE record's `seg_key`, `data_off`, `chunk` and `sums` (and `seal`), so the records
-    can go into the durable map once the PUT is acknowledged."""
+    """The segment object for `records` (in order), compressed with `codec` and sealed under
+    `sealer` if given. Fills in each WRITE record's `seg_key`, `data_off`, `chunk`, `sums`
+    (and `comp`, `seal`), so the records can go into the durable map once the PUT is
+    acknowledged."""
     did = disk_id.encode()
     parts = [_SEG_FIXED.pack(seq, epoch, chunk, len(did)), did]
     if sealer is not None:
@@ -215,23 +239,19 @@ def encode_segment(
         parts.append(_REC_HEAD.pack(rec.kind, rec.offset, rec.length))
         if rec.kind != WRITE:
             continue
-        assert rec.mem is not None and len(rec.mem) == rec.length
-        stored: bytes | memoryview = rec.mem
-        if sealer is not None:
-            stored, tags = sealer.seal(seq, epoch, index, rec.offset, memoryview(rec.mem), chunk)
-            rec.seal = sealer.info(seq, epoch, index, rec.offset) + tags
-            index += n_chunks(rec.length, chunk)
-        rec.sums = chunk_sums(stored, chunk)
-        rec.chunk = chunk
+        stored = _store(rec, chunk, codec, sealer, (seq, epoch, index))
+        index += n_chunks(rec.length, chunk)
         parts += [U64.pack(rel), rec.sums]
         if sealer is not None:
             parts.append(rec.seal[SEAL_INFO.size :])
+        if codec:
+            parts.append(rec.comp or b"\0")
         rec.data_off = rel  # made absolute below, once the body length is known
-        rel += rec.length
+        rel += len(stored)
         data.append(stored)
-    version, flags = FORMAT_VERSION, 0
+    flags = (SEALED if sealer is not None else 0) | (COMPRESSED if codec else 0)
+    version = SEALED_VERSION if flags else FORMAT_VERSION
     if sealer is not None:
-        version, flags = SEALED_VERSION, SEALED
         parts.append(sealer.mac(_signed(version, flags, b"".join(parts))))
     body = b"".join(parts)
     data_start = SEG_PREFIX_LEN + len(body)
@@ -241,6 +261,38 @@ def encode_segment(
             rec.data_off += data_start
             rec.seg_key = key
     return b"".join([prefix, body, *data])
+
+
+def _store(
+    rec: LogRecord, chunk: int, codec: int, sealer: Sealer | None, at: tuple[int, int, int]
+) -> bytes | memoryview:
+    """A WRITE record's bytes as stored: each chunk compressed (when the record then takes
+    less room), then sealed; its `chunk`, `comp`, `seal` and `sums` set to match. `at`: the
+    position, epoch, and index in the segment of the record's first chunk."""
+    assert rec.mem is not None and len(rec.mem) == rec.length
+    mem = memoryview(rec.mem)
+    rec.chunk, rec.comp, rec.seal, rec._offs = chunk, b"", b"", None  # a batch sent again
+    stored: bytes | memoryview = mem
+    pieces: list[bytes | memoryview] = []
+    if codec:
+        pieces = [compress(codec, mem[i : i + chunk]) for i in range(0, len(mem), chunk)]
+        lens = [len(p) for p in pieces]
+        if sum(lens) < len(mem):
+            rec.comp = bytes([codec]) + struct.pack(f"<{len(lens)}I", *lens)
+            stored = b"".join(pieces)
+    if sealer is not None:
+        seq, epoch, index = at
+        if rec.comp:
+            stored, tags = sealer.seal_pieces(seq, epoch, index, rec.offset, pieces)
+        else:
+            stored, tags = sealer.seal(seq, epoch, index, rec.offset, mem, chunk)
+        rec.seal = sealer.info(seq, epoch, index, rec.offset) + tags
+    if rec.comp:
+        rec.sums = b"".join(U64.pack(xxhash.xxh3_64_intdigest(p))
+                            for p in rec.stored_pieces(0, memoryview(stored)))  # fmt: skip
+    else:
+        rec.sums = chunk_sums(stored, chunk)
+    return stored
 
 
 def _signed(version: int, flags: int, body: bytes | memoryview) -> bytes:
@@ -292,9 +344,11 @@ def decode_segment_header(blob: bytes, key: str, object_size: int | None = None)
     body = memoryview(blob)[SEG_PREFIX_LEN:total]
     if xxhash.xxh3_64_intdigest(body) != body_sum:
         raise IntegrityError(f"segment {key}: header checksum mismatch")
-    sealed = version == SEALED_VERSION
-    if sealed != (flags == SEALED):
+    if (version == FORMAT_VERSION and flags) or (
+        version == SEALED_VERSION and (not flags or flags & ~(SEALED | COMPRESSED))
+    ):
         raise IntegrityError(f"segment {key}: version {version} with flags {flags}")
+    sealed = bool(flags & SEALED)
     mac, signed = b"", b""
     if sealed:
         if len(body) < MAC_BYTES:
@@ -309,12 +363,14 @@ def decode_segment_header(blob: bytes, key: str, object_size: int | None = None)
         n = cur.read_int(U32)
         if chunk <= 0:
             raise IntegrityError(f"segment {key}: chunk size {chunk}")
-        records = _decode_records(cur, key, n, chunk, total, (kraw, seq, epoch))
+        records = _decode_records(cur, key, n, chunk, total, (kraw, seq, epoch), flags)
         if cur.left():
             raise IntegrityError(f"segment {key}: {cur.left()} stray bytes in header")
     except (struct.error, UnicodeDecodeError) as exc:
         raise IntegrityError(f"segment {key}: malformed header ({exc})") from exc
-    data_len = max((r.data_off - total + r.length for r in records if r.kind == WRITE), default=0)
+    data_len = max(
+        (r.data_off - total + r.stored_length for r in records if r.kind == WRITE), default=0
+    )
     if object_size is not None and total + data_len > object_size:
         raise IntegrityError(
             f"segment {key}: records need {total + data_len} bytes, object has {object_size}"
@@ -323,22 +379,37 @@ def decode_segment_header(blob: bytes, key: str, object_size: int | None = None)
 
 
 def _decode_records(
-    cur: Cursor, key: str, n: int, chunk: int, data_start: int, seal: tuple[bytes, int, int]
+    cur: Cursor,
+    key: str,
+    n: int,
+    chunk: int,
+    data_start: int,
+    seal: tuple[bytes, int, int],
+    flags: int,
 ) -> list[LogRecord]:
     """The `n` records of a header; sealed ones (`seal[0]`, the key id, not empty) with their
-    seal info: key, epoch, position, first chunk index in the segment, disk offset."""
+    seal info (key, epoch, position, first chunk index in the segment, disk offset), and with
+    `COMPRESSED` in `flags` each WRITE's codec and stored chunk lengths."""
     kraw, seq, epoch = seal
     records: list[LogRecord] = []
     index = 0
     for _ in range(n):
         rec = _decode_record(cur, key, chunk, data_start)
-        if kraw and rec.kind == WRITE:
-            nch = n_chunks(rec.length, chunk)
+        if rec.kind != WRITE:
+            records.append(rec)
+            continue
+        nch = n_chunks(rec.length, chunk)
+        if kraw:
             tags = cur.take(TAG_BYTES * nch)
             if len(tags) != TAG_BYTES * nch:
                 raise IntegrityError(f"segment {key}: tag list truncated")
             rec.seal = SEAL_INFO.pack(kraw, epoch, seq, index, rec.offset) + tags
             index += nch
+        if flags & COMPRESSED and cur.take(1) != b"\0":
+            cur.pos -= 1
+            rec.comp = cur.take(1 + 4 * nch)
+            if len(rec.comp) != 1 + 4 * nch:
+                raise IntegrityError(f"segment {key}: chunk length list truncated")
         records.append(rec)
     return records
 

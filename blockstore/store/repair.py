@@ -64,8 +64,9 @@ def verify_segment(blob: bytes, key: str) -> SegmentHeader:
     hdr = decode_segment_header(blob, key, len(blob))
     for rec in hdr.records:
         if rec.kind == WRITE:
-            data = memoryview(blob)[rec.data_off : rec.data_off + rec.length]
-            if len(data) != rec.length or verify_chunks(rec, 0, data) is not None:
+            n = rec.stored_length
+            data = memoryview(blob)[rec.data_off : rec.data_off + n]
+            if len(data) != n or verify_chunks(rec, 0, data) is not None:
                 raise IntegrityError(f"segment {key}: data does not match its checksums")
     return hdr
 
@@ -83,13 +84,14 @@ def _range_ok(hdr: SegmentHeader, start: int, data: bytes) -> bool:
     end = start + len(data)
     mv = memoryview(data)
     for rec in hdr.records:
-        if rec.kind != WRITE or rec.data_off >= end or rec.data_off + rec.length <= start:
+        stored = rec.stored_length if rec.kind == WRITE else 0
+        if rec.kind != WRITE or rec.data_off >= end or rec.data_off + stored <= start:
             continue
-        chunk = rec.chunk
-        first = max(0, -(-(start - rec.data_off) // chunk))
-        for c in range(first, n_chunks(rec.length, chunk)):
-            lo = rec.data_off + c * chunk
-            hi = rec.data_off + min((c + 1) * chunk, rec.length)
+        first = 0 if rec.comp else max(0, -(-(start - rec.data_off) // rec.chunk))
+        for c in range(first, n_chunks(rec.length, rec.chunk)):
+            lo, hi = (rec.data_off + x for x in rec.stored_span(c, c + 1))
+            if lo < start:
+                continue
             if hi > end:
                 break
             if verify_chunks(rec, c, mv[lo - start : hi - start]) is not None:
