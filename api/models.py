@@ -11,7 +11,14 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from blockstore.control.model import GIB, MAX_DISK_BYTES, Caching, DiskKind, Redundancy
+from blockstore.control.model import (
+    GIB,
+    MAX_DISK_BYTES,
+    Caching,
+    Compression,
+    DiskKind,
+    Redundancy,
+)
 from blockstore.format import keys
 
 # pydantic matches patterns with Rust's regex engine, where `$` is the end of the text only:
@@ -99,6 +106,14 @@ class DiskCreate(Sized):
             "wrapped by this host's key-encryption key; a clone of an encrypted disk always is"
         ),
     ] = False
+    compression: Annotated[
+        Compression | None,
+        Field(
+            strict=False,
+            description="store writes compressed chunk by chunk (zstd level 1 or lz4), before "
+            "encryption; default none, or a clone's source's",
+        ),
+    ] = None
 
     @model_validator(mode="after")
     def one_source(self) -> DiskCreate:

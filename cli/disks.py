@@ -74,11 +74,16 @@ def disk_create(
     encrypted: Annotated[
         bool, typer.Option(help="Seal the data under a data key of its own (AES-256-GCM)")
     ] = False,
+    compression: Annotated[
+        str | None, typer.Option(help="zstd, lz4 or none (default: none, or the source's)")
+    ] = None,
 ) -> None:
     """Create a disk (empty, from a snapshot or from a restore point)."""
     body: dict[str, Any] = {"name": name, "kind": kind, "redundancy": redundancy}
     if encrypted:
         body["encrypted"] = True
+    if compression:
+        body["compression"] = compression
     if size is not None:
         body["size_bytes"] = parse_size(size)
     if caching:

@@ -27,6 +27,7 @@ def create_disk(body: DiskCreate, response: Response, context: Context) -> dict[
         source_point=None if body.source_point is None else body.source_point.ref(),
         retention_seconds=body.retention_seconds,
         encrypted=body.encrypted,
+        compression=body.compression,
     )
     disk, created = svc.disks.create(spec)
     if not created:

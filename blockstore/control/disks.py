@@ -28,6 +28,7 @@ from blockstore.control.model import (
     DEFAULT_CACHING,
     DISK_ID_FIELD,
     Caching,
+    Compression,
     DiskKind,
     DiskSpec,
     Redundancy,
@@ -100,8 +101,10 @@ class DiskService:
                 raise InvalidArgument("ephemeral disks cannot be created from a snapshot")
             if spec.retention_seconds:
                 raise InvalidArgument("ephemeral disks keep no restore points: no retention")
-            if spec.encrypted:
-                raise InvalidArgument("ephemeral disks never reach the object store: no encryption")
+            if spec.encrypted or spec.compression not in (None, Compression.none):
+                raise InvalidArgument(
+                    "ephemeral disks never reach the object store: no encryption or compression"
+                )
             caching = Caching.none
         caching = caching or DEFAULT_CACHING.get(spec.kind, Caching.none)
         if spec.redundancy == Redundancy.grs:
@@ -142,6 +145,11 @@ class DiskService:
         if spec.encrypted or (source_ref and self.ctx.get_disk(source_ref.partition("/")[0])
                               .get("encrypted")):  # fmt: skip
             wanted["encrypted"] = True
+        compression = spec.compression
+        if compression is None and source_ref:  # a clone compresses as its source does
+            compression = self.ctx.get_disk(source_ref.partition("/")[0]).get("compression")
+        if compression not in (None, Compression.none):
+            wanted["compression"] = Compression(compression).value
         return wanted, source
 
     def _finish_create(self, disk: Record, source: Source | None) -> Record:
@@ -152,6 +160,7 @@ class DiskService:
                 Volume.create(
                     self.ctx.store, disk_id_of(disk), disk["size_bytes"], source=src,
                     encrypt=bool(disk.get("encrypted")),
+                    compression=disk.get("compression", "none"),
                 )  # fmt: skip
             if source is not None and disk["size_bytes"] > int(source[2]["size"]):
                 vol = Volume.open(self.ctx.data_store(disk), disk_id_of(disk), writable=True)
@@ -193,6 +202,7 @@ class DiskService:
             store = self.ctx.data_store(disk)
             out.setdefault("retention_seconds", 0)
             out["encrypted"] = bool(disk.get("encrypted"))
+            out.setdefault("compression", "none")
             out["encryption"] = disk_encryption(self.ctx, disk)
             out["bytes_stored"] = sum(
                 o.size for o in store.list(keys.disk_prefix(disk_id_of(disk)))

@@ -48,6 +48,12 @@ class Redundancy(StrEnum):
     grs = "grs"
 
 
+class Compression(StrEnum):  # blockstore/format/codec.py
+    none = "none"
+    zstd = "zstd"
+    lz4 = "lz4"
+
+
 DEFAULT_CACHING = {DiskKind.os: Caching.readwrite, DiskKind.data: Caching.none}
 
 
@@ -64,6 +70,7 @@ class DiskSpec:
     source_point: dict[str, Any] | None = None  # {disk, position | time}: a restore point
     retention_seconds: int | None = None  # restore points kept this long (0: none)
     encrypted: bool = False  # sealed under a data key of its own (blockstore/crypto/)
+    compression: Compression | None = None  # None: a clone's source's, else none
 
 
 def now_iso(clock: Clock) -> str:
