@@ -303,6 +303,8 @@ ACK = {
     "readwrite": "host cache; store at flush",
     "none-encrypted": "in the store (sealed)",
     "readwrite-encrypted": "host cache; store (sealed) at flush",
+    "none-compressed": "in the store (zstd)",
+    "readwrite-compressed": "host cache; store (zstd) at flush",
     "s3": "in the store",
     "s3-cache": "cache file; store at flush",
 }
@@ -497,6 +499,10 @@ def markdown(raw: dict[str, Any]) -> str:
         "latency) and cold 1 MiB reads (MB/s). Cost: encrypted / plain for latency, plain / "
         "encrypted for throughput (the target is 1.10x or less); CPU: nbdkit + the store per "
         "MiB moved.\n\n" + variant_table(all_rows, "encrypted"),
+        "## Compression: the cost of trying (same run)\n\n"
+        "The same for zstd disks. fio writes random bytes, which do not shrink and are stored "
+        "as they are: this is what compressing costs when it does not pay; what it saves on "
+        "real files is bench/compression_ratio.py's.\n\n" + variant_table(all_rows, "compressed"),
         "## The article's figure: ioping, 4 KiB reads at queue depth 1 (nbdfuse, O_DIRECT)",
         article_table(all_rows),
         "## What each row's write acknowledgement means",

@@ -174,6 +174,22 @@ TARGETS = [
         "in the host cache at ack; durable (sealed) in the store at flush/FUA",
         True,
     ),
+    # Compression (zstd): fio's buffers are random, so this is the cost of trying to compress
+    # data that does not shrink (stored as it is); bench/compression_ratio.py has real files.
+    Target(
+        "blockstore none, compressed",
+        "blockstore",
+        "none-compressed",
+        "durable in the object store at ack (zstd per chunk)",
+        False,
+    ),
+    Target(
+        "blockstore readwrite, compressed",
+        "blockstore",
+        "readwrite-compressed",
+        "in the host cache at ack; durable (zstd per chunk) in the store at flush/FUA",
+        True,
+    ),
     Target(
         "peer: nbdkit S3",
         "peer",
@@ -216,7 +232,15 @@ WORKLOADS = [
 ]
 
 
-BLOCKSTORE_KINDS = ("none", "readonly", "readwrite", "none-encrypted", "readwrite-encrypted")
+BLOCKSTORE_KINDS = (
+    "none",
+    "readonly",
+    "readwrite",
+    "none-encrypted",
+    "readwrite-encrypted",
+    "none-compressed",
+    "readwrite-compressed",
+)
 
 
 def plan(targets: list[Target] = TARGETS) -> list[str]:
@@ -772,7 +796,9 @@ def run_suite(cfg: SuiteConfig, progress: Progress | None = None) -> Path:
             store = build_store(replace(run.s3, prefix=f"{run.s3.prefix}{kind}/"))
             run.disks[kind] = f"bench-{kind}"
             encrypt = kind.endswith("-encrypted")
-            Volume.create(store, run.disks[kind], cfg.disk_mib * MiB, encrypt=encrypt)
+            codec = "zstd" if kind.endswith("-compressed") else "none"
+            size = cfg.disk_mib * MiB
+            Volume.create(store, run.disks[kind], size, encrypt=encrypt, compression=codec)
             store.close()
         for t in cfg.targets():
             _run_target(run, t, raw, step)

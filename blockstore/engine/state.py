@@ -96,8 +96,8 @@ class LogState:
         assert hdr is not None
         for rec in hdr.records:
             self.size = apply_record(self.durable, rec, self.size)
-        if hdr.data_len:
-            self.segments[keys.segment_key(disk_id, self.seq)] = hdr.data_len
+        if hdr.data_len:  # in plain bytes, as the commit pipeline counts a batch
+            self.segments[keys.segment_key(disk_id, self.seq)] = hdr.plain_len
         stats.segments_replayed += 1
 
 

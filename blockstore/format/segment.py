@@ -321,6 +321,12 @@ class SegmentHeader:
     def sealed(self) -> bool:
         return bool(self.key_raw)
 
+    @property
+    def plain_len(self) -> int:
+        """The bytes the WRITE records hold, uncompressed (`data_len` is what they take in
+        the object): what GC weighs live bytes against."""
+        return sum(r.length for r in self.records if r.kind == WRITE)
+
 
 def segment_header_length(prefix: bytes, key: str) -> int:
     """Total bytes of prefix + body, from the first `SEG_PREFIX_LEN` bytes of a segment."""
