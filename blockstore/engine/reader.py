@@ -205,11 +205,20 @@ class Reader:
                 f"segment {key} named by the extent map is missing (removed by GC while "
                 "this read-only view was open past gc_min_age_seconds, or lost)"
             ) from None
-        for _key, lo, hi, c0, rec, delta, pos, n in group:
-            # Pieces here may share a chunk: each is opened on its own.
+        # Pieces of one record whose chunks overlap or touch (several live pieces in one
+        # chunk, as small overwrites leave) are verified, and opened, once: as one run.
+        i = 0
+        while i < len(group):
+            _key, lo, hi, c0, rec = group[i][:5]
+            j = i + 1
+            while j < len(group) and group[j][4] is rec and group[j][1] <= hi:
+                hi = max(hi, group[j][2])
+                j += 1
             part = self.verify(rec, c0, data[lo - glo : hi - glo], hi - lo)
-            skip = delta - c0 * rec.chunk
-            buf[pos : pos + n] = part[skip : skip + n]
+            for _k, _lo, _hi, _c0, _rec, delta, pos, n in group[i:j]:
+                skip = delta - c0 * rec.chunk
+                buf[pos : pos + n] = part[skip : skip + n]
+            i = j
 
 
 def _direct(group: list[_Span]) -> bool:

@@ -160,6 +160,24 @@ def test_swapped_moved_replayed_or_foreign_segments_are_refused(
     refused({after: plain}, "a forged unsealed fence")
 
 
+def test_restore_points_and_changed_ranges_of_an_encrypted_disk(
+    s3_store_factory: Callable[..., ObjectStore], kek: LocalKeyFile
+) -> None:
+    store = s3_store_factory("enc-points")
+    Volume.create(store, "d", SIZE, encrypt=True)
+    vol = Volume.open(store, "d", config=CFG)
+    vol.write(0, PATTERN, durable=True)
+    before = top(store, "d")
+    vol.create_snapshot("s1")
+    vol.write(8 * KiB, PATTERN[::-1], durable=True)
+    vol.create_snapshot("s2")
+    assert vol.changed_ranges("s1", "s2") == [(8 * KiB, len(PATTERN))]
+    vol.close()
+    view = Volume.open_at(store, "d", before)  # the restore point before the second write
+    assert view.read(0, 16 * KiB) == PATTERN + bytes(8 * KiB)
+    view.close()
+
+
 def test_rotation_rewrites_no_data_and_a_destroyed_disk_opens_with_nothing(
     s3_store_factory: Callable[..., ObjectStore], kek: LocalKeyFile, tmp_path: Path
 ) -> None:
