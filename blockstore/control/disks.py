@@ -140,17 +140,22 @@ class DiskService:
             wanted["retention_seconds"] = spec.retention_seconds
         if point is not None:
             wanted["source_point"] = point
-        # A clone of an encrypted disk is encrypted too (a key of its own; it reads its
-        # source's records with the source's key).
-        if spec.encrypted or (source_ref and self.ctx.get_disk(source_ref.partition("/")[0])
-                              .get("encrypted")):  # fmt: skip
-            wanted["encrypted"] = True
-        compression = spec.compression
-        if compression is None and source_ref:  # a clone compresses as its source does
-            compression = self.ctx.get_disk(source_ref.partition("/")[0]).get("compression")
-        if compression not in (None, Compression.none):
-            wanted["compression"] = Compression(compression).value
+        wanted.update(self._at_rest(spec, source_ref))
         return wanted, source
+
+    def _at_rest(self, spec: DiskSpec, source_ref: str | None) -> Record:
+        """The record's `encrypted` and `compression`, only when they apply (so records
+        made before these fields existed still compare equal). A clone of an encrypted disk
+        is encrypted too (a key of its own; it reads its source's records with the source's
+        key) and, unless told otherwise, compresses as its source does."""
+        source = self.ctx.get_disk(source_ref.partition("/")[0]) if source_ref else {}
+        out: Record = {}
+        if spec.encrypted or source.get("encrypted"):
+            out["encrypted"] = True
+        compression = str(spec.compression or source.get("compression") or "none")
+        if compression != Compression.none:
+            out["compression"] = Compression(compression).value
+        return out
 
     def _finish_create(self, disk: Record, source: Source | None) -> Record:
         """Create the volume of a disk whose record says `creating`, then mark it ready."""

@@ -171,7 +171,7 @@ def test_restore_points_and_changed_ranges_of_an_encrypted_disk(
     vol.create_snapshot("s1")
     vol.write(8 * KiB, PATTERN[::-1], durable=True)
     vol.create_snapshot("s2")
-    assert vol.changed_ranges("s1", "s2") == [(8 * KiB, len(PATTERN))]
+    assert vol.changed_ranges("s1", "s2") == [(8 * KiB, 8 * KiB + len(PATTERN))]  # [start, end)
     vol.close()
     view = Volume.open_at(store, "d", before)  # the restore point before the second write
     assert view.read(0, 16 * KiB) == PATTERN + bytes(8 * KiB)
