@@ -86,6 +86,7 @@ class SuiteConfig:
     s3: S3Config | None = None  # None: start an embedded SeaweedFS
     keep_work: bool = False  # keep the temporary directory (debugging)
     only: tuple[str, ...] = ()  # run just the targets whose name contains one of these
+    variant_rounds: int = 3  # interleaved rounds of the encrypted/compressed variants
 
     def targets(self) -> list[Target]:
         return [t for t in TARGETS if not self.only or any(o in t.name for o in self.only)]
@@ -243,7 +244,7 @@ BLOCKSTORE_KINDS = (
 )
 
 
-def plan(targets: list[Target] = TARGETS) -> list[str]:
+def plan(targets: list[Target] = TARGETS, variant_rounds: int = 3) -> list[str]:
     """The steps of a run, in order (the progress bar's total)."""
     steps = ["start the object store", "object-store floor"]
     for t in targets:
@@ -251,6 +252,8 @@ def plan(targets: list[Target] = TARGETS) -> list[str]:
         steps += [f"{t.name}: {w.name} (warm)" for w in WORKLOADS]
         if t.cached:
             steps += [f"{t.name}: {w.name} (cold)" for w in WORKLOADS if w.reads]
+    for mode in variant_modes(targets):
+        steps += [f"variants {mode}, interleaved: round {r + 1}" for r in range(variant_rounds)]
     return [*steps, "clean up"]
 
 
@@ -803,6 +806,7 @@ def run_suite(cfg: SuiteConfig, progress: Progress | None = None) -> Path:
         for t in cfg.targets():
             _run_target(run, t, raw, step)
             _save(raw_path, raw)
+        interleaved_variants(run, raw, step)
         raw["complete"] = True
     finally:
         step("clean up")
@@ -842,6 +846,60 @@ def _record(
         rec["traceback"] = traceback.format_exc(limit=3)
     rec["wall_seconds"] = time.monotonic() - t0
     raw["runs"].append(rec)
+
+
+# The variant rows' cost, measured fairly: the store's latency drifts by 20-30% within the
+# minutes between one target and the next, so each variant's write and cold-read jobs also run
+# alternating with its plain disk's, round by round (raw["variants"]; report.py).
+VARIANT_JOBS = {  # mode -> (durable 4 KiB write, cold 1 MiB read)
+    "none": ("fio 4k randwrite QD1", "fio 1M seqread QD4"),
+    "readwrite": ("fio 4k randwrite+flush QD1", "fio 1M seqread QD4"),
+}
+
+
+def variant_modes(targets: list[Target]) -> dict[str, list[Target]]:
+    """Mode -> its plain target and its variants, for the modes where `targets` has both."""
+    kinds = {t.kind: t for t in targets}
+    out = {}
+    for mode in VARIANT_JOBS:
+        have = [kinds[k] for k in (mode, f"{mode}-encrypted", f"{mode}-compressed") if k in kinds]
+        if mode in kinds and len(have) > 1:
+            out[mode] = have
+    return out
+
+
+def interleaved_variants(run: Run, raw: dict[str, Any], step: Progress) -> None:
+    """For each mode whose plain and variant targets this run has: `variant_rounds` rounds,
+    each running every one's durable-write job, then its cold read (a new process on an empty
+    cache), one disk after the other."""
+    by_name = {w.name: w for w in WORKLOADS}
+    out: dict[str, dict[str, Any]] = {}
+    for mode, targets in variant_modes(run.config.targets()).items():
+        write, read = (by_name[n] for n in VARIANT_JOBS[mode])
+        disks: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+        out[mode] = {"write": write.name, "read": read.name, "disks": disks}
+        for r in range(run.config.variant_rounds):
+            step(f"variants {mode}, interleaved: round {r + 1}")
+            for t in targets:
+                disks[t.name].append(_variant_round(run, t, write, read))
+    raw["variants"] = out
+
+
+def _variant_round(run: Run, t: Target, write: Workload, read: Workload) -> dict[str, Any]:
+    """One round for one disk: its write job (time-based) and one cold pass of 1 MiB reads."""
+    run.wipe_cache(t)
+    exp = run.start(t)
+    try:
+        cfg = replace(run.config, runtime=run.config.runtime / 2, ramp=0.0)
+        wrote = fio(exp.uri, write, cfg)
+    finally:
+        run.stop(exp)
+    run.wipe_cache(t)
+    exp = run.start(t)  # cold: a new process on an empty cache
+    try:
+        return {"write": wrote, "read": fio(exp.uri, read, run.config, cold=True)}
+    finally:
+        run.stop(exp)
 
 
 def _run_target(run: Run, t: Target, raw: dict[str, Any], step: Progress) -> None:

@@ -53,7 +53,7 @@ def run(quick: bool, out: Path | None, s3: S3Config | None, only: tuple[str, ...
 
     out = out or REPO / "bench" / "results" / time.strftime("%Y-%m-%d-%H%M%S")
     cfg = replace(suite.SuiteConfig.make(out, quick, s3), only=only)
-    steps = suite.plan(cfg.targets())
+    steps = suite.plan(cfg.targets(), cfg.variant_rounds)
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
