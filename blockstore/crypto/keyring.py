@@ -19,8 +19,9 @@ rewraps and destroys those keys. The store never holds a data key in the clear.
 - *Crypto-shred* (`shred`): deleting a disk deletes its key objects first; its data objects
   are then ciphertext nobody can open (the KEK alone opens nothing).
 
-Failure: a key no available KEK unwraps, or whose object was tampered with, is
-`IntegrityError`; a disk with no key is `NotFound`.
+Failure: a key wrapped under a KEK this host does not have is `Unavailable` (503: the host
+needs the KEK, see the README); a key that does not unwrap, or whose object was tampered with,
+is `IntegrityError`; a disk with no key is `NotFound`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from blockstore.errors import IntegrityError, InvalidArgument, NotFound
+from blockstore.errors import IntegrityError, InvalidArgument, NotFound, Unavailable
 from blockstore.format import keys
 from blockstore.store.base import ObjectStore
 
@@ -100,7 +101,7 @@ class LocalKeyFile:
         try:
             kek = self._path(kek_id).read_bytes()
         except FileNotFoundError:
-            raise IntegrityError(f"KEK {kek_id} is not on this host ({self.directory})") from None
+            raise Unavailable(f"KEK {kek_id} is not on this host ({self.directory})") from None
         if len(kek) != KEY_BYTES:
             raise IntegrityError(f"KEK file of {kek_id} is not {KEY_BYTES} bytes")
         return kek
@@ -145,7 +146,7 @@ class EnvKey:
 
     def _kek(self, kek_id: str) -> bytes:
         if kek_id not in self._keys:
-            raise IntegrityError(f"KEK {kek_id} is in neither BLOCKSTORE_KEK nor _KEK_OLD")
+            raise Unavailable(f"KEK {kek_id} is in neither BLOCKSTORE_KEK nor _KEK_OLD")
         return self._keys[kek_id]
 
     def wrap(self, kek_id: str, secret: bytes, aad: bytes) -> bytes:
@@ -211,6 +212,7 @@ def load_keys(store: ObjectStore, provider: KekProvider, disk_id: str) -> dict[s
     """Every data key of `disk_id` the provider can unwrap: key id -> secret."""
     out: dict[str, bytes] = {}
     errors: list[str] = []
+    absent = False  # a key wrapped under a KEK this host does not have (not tampering)
     for o in store.list(keys.data_key_prefix(disk_id)):
         body = json.loads(store.get(o.key))
         key_id, kek_id = str(body["key_id"]), str(body["kek_id"])
@@ -220,9 +222,18 @@ def load_keys(store: ObjectStore, provider: KekProvider, disk_id: str) -> dict[s
             out[key_id] = provider.unwrap(
                 kek_id, base64.b64decode(body["wrapped"]), _aad(disk_id, key_id)
             )
+        except Unavailable as exc:
+            absent = True
+            errors.append(f"{o.key}: {exc}")
         except (InvalidTag, IntegrityError, ValueError) as exc:
             errors.append(f"{o.key}: {exc or 'authentication failed'}")
     missing = {k for k in _key_ids(store, disk_id)} - out.keys()
+    if missing and absent:
+        raise Unavailable(
+            f"disk {disk_id!r}: data keys {sorted(missing)} are wrapped under KEKs this host "
+            f"does not have ({'; '.join(errors)}): copy the KEK files into <home>/kek/, or "
+            "set BLOCKSTORE_KEK / BLOCKSTORE_KEK_OLD"
+        )
     if missing:
         raise IntegrityError(
             f"disk {disk_id!r}: data keys {sorted(missing)} do not unwrap with the KEKs here "

@@ -93,6 +93,13 @@ def test_encrypted_disk_through_the_api_nbd_rotation_and_delete(api: Host) -> No
     assert nbd_read(sock, 0, len(PATTERN)) == PATTERN
     api("POST", "/v1/disks/sec/detach")
 
+    # A host without the KEK cannot open the disk: 503 with what to do, nothing changed.
+    kek_dir = contract.kek_dir(api.supervisor.config.home)
+    kek_dir.rename(kek_dir.with_name("kek-away"))
+    r = api("POST", "/v1/disks/sec/snapshots", json={"name": "s2"})
+    assert r.status_code == 503 and "KEK" in r.json()["detail"], r.text
+    kek_dir.with_name("kek-away").rename(kek_dir)
+
     # Bad input: an ephemeral disk never reaches the store, so it cannot be encrypted.
     r = api("POST", "/v1/disks", json={"name": "eph", "size_bytes": MiB, "kind": "ephemeral",
                                        "encrypted": True})  # fmt: skip
