@@ -16,8 +16,9 @@ each record carries.
   write access to the bucket put it there), never applied.
 
 The process's KEK provider (blockstore/crypto/keyring.py) is set once at start-up
-(`set_provider`): by the service from its settings, by an export from the environment its
-launcher passes. A process that opens an encrypted disk without one gets `InvalidArgument`.
+(`set_provider`): by the service (its home's key files, or `BLOCKSTORE_KEK`), by an export from
+the environment its launcher passes (host/contract.py). A process that opens an encrypted disk
+without one gets `InvalidArgument`.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def set_provider(provider: KekProvider | None) -> None:
 def provider() -> KekProvider:
     if _provider is None:
         raise InvalidArgument(
-            "this disk is encrypted and no key-encryption key is configured in this process "
-            "(set [encryption] in the config, or BLOCKSTORE_KEK)"
+            "this disk is encrypted and this process has no key-encryption key provider "
+            "(`blockstore serve` sets one from <home>/kek/ or BLOCKSTORE_KEK)"
         )
     return _provider
 
@@ -94,12 +95,6 @@ class SealedObject(Protocol):
 
 
 PLAIN = DiskKeys()
-
-
-def key_id(meta: dict[str, Any]) -> str | None:
-    """The data key a volume record names as its own, or None for a disk not encrypted."""
-    enc = meta.get("encryption")
-    return str(enc["key_id"]) if isinstance(enc, dict) else None
 
 
 def key_owners(meta: dict[str, Any]) -> dict[str, str]:
