@@ -57,10 +57,6 @@ class DiskKeys:
         self._by_raw = {s.key_raw: s for s in every}
         self._by_disk = {s.disk_id: s for s in every}
 
-    @property
-    def encrypted(self) -> bool:
-        return self.writer is not None
-
     def sealer(self, raw: bytes) -> Sealer:
         found = self._by_raw.get(raw)
         if found is None:

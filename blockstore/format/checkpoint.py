@@ -73,10 +73,6 @@ class Checkpoint:
     mac: bytes = b""
     signed: bytes = b""
 
-    @property
-    def sealed(self) -> bool:
-        return bool(self.key_raw)
-
 
 def encode_checkpoint(
     disk_id: str,

@@ -318,10 +318,6 @@ class SegmentHeader:
     signed: bytes = b""
 
     @property
-    def sealed(self) -> bool:
-        return bool(self.key_raw)
-
-    @property
     def plain_len(self) -> int:
         """The bytes the WRITE records hold, uncompressed (`data_len` is what they take in
         the object): what GC weighs live bytes against."""
