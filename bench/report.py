@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -409,7 +410,9 @@ MiB_PER_IO = {"4k": 256.0, "1M": 1.0}  # requests per MiB by request size
 
 def interleaved_table(raw: dict[str, Any], variant: str) -> str:
     """The variant against the plain disk of its mode from the interleaved rounds
-    (suite.interleaved_variants): medians over the rounds; cost as in `variant_table`."""
+    (suite.interleaved_variants): medians over the rounds; cost as in `variant_table`, but
+    the median over rounds of each round's own ratio (paired: what the store's latency does
+    between rounds cancels out)."""
     flush = {w["name"]: w.get("flush_each", False) for w in raw.get("workloads", [])}
     head = "| mode | disk | durable 4 KiB write | cost | cold 1 MiB read MB/s | cost | rounds |"
     lines = [head, "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -424,16 +427,27 @@ def interleaved_table(raw: dict[str, Any], variant: str) -> str:
                              flush.get(v["write"], False)).median_us for r in rounds]  # fmt: skip
             mbps = [_from_fio({**rec, "workload": v["read"], **r["read"]}, False).mbps
                     for r in rounds]  # fmt: skip
-            lat_ok = [x for x in lat if x is not None]
-            mbps_ok = [x for x in mbps if x is not None]
-            figures[name] = (statistics.median(lat_ok), statistics.median(mbps_ok), len(rounds))
+            figures[name] = (lat, mbps)
         if plain not in figures or len(figures) < 2:
             continue
-        base = figures[plain]
-        for name, (lat_us, mbps_, n) in figures.items():
-            lines.append(f"| {mode} | {name} | {fmt_us(lat_us)} | {fmt_ratio(lat_us / base[0])} | "
-                         f"{fmt_num(mbps_)} | {fmt_ratio(base[1] / mbps_)} | {n} |")  # fmt: skip
+        base_lat, base_mbps = figures[plain]
+        for name, (lat, mbps) in figures.items():
+            lat_cost = _paired(lat, base_lat, lambda x, b: x / b)
+            mbps_cost = _paired(mbps, base_mbps, lambda x, b: b / x)
+            lat_ok = [x for x in lat if x is not None]
+            mbps_ok = [x for x in mbps if x is not None]
+            lines.append(f"| {mode} | {name} | {fmt_us(statistics.median(lat_ok))} | "
+                         f"{fmt_ratio(lat_cost)} | {fmt_num(statistics.median(mbps_ok))} | "
+                         f"{fmt_ratio(mbps_cost)} | {len(lat)} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def _paired(
+    xs: list[float | None], bases: list[float | None], ratio: Callable[[float, float], float]
+) -> float | None:
+    """The median over rounds of `ratio(x, base)` (rounds where both were measured)."""
+    got = [ratio(x, b) for x, b in zip(xs, bases, strict=False) if x and b]
+    return statistics.median(got) if got else None
 
 
 PEER_PAIRS = [

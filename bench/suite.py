@@ -871,7 +871,8 @@ def variant_modes(targets: list[Target]) -> dict[str, list[Target]]:
 def interleaved_variants(run: Run, raw: dict[str, Any], step: Progress) -> None:
     """For each mode whose plain and variant targets this run has: `variant_rounds` rounds,
     each running every one's durable-write job, then its cold read (a new process on an empty
-    cache), one disk after the other."""
+    cache), one disk after the other, in an order that reverses from round to round (a trend
+    within a round favours no disk; report.py takes the median of each round's own ratio)."""
     by_name = {w.name: w for w in WORKLOADS}
     out: dict[str, dict[str, Any]] = {}
     for mode, targets in variant_modes(run.config.targets()).items():
@@ -880,7 +881,7 @@ def interleaved_variants(run: Run, raw: dict[str, Any], step: Progress) -> None:
         out[mode] = {"write": write.name, "read": read.name, "disks": disks}
         for r in range(run.config.variant_rounds):
             step(f"variants {mode}, interleaved: round {r + 1}")
-            for t in targets:
+            for t in targets if r % 2 == 0 else targets[::-1]:
                 disks[t.name].append(_variant_round(run, t, write, read))
     raw["variants"] = out
 

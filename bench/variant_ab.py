@@ -1,20 +1,33 @@
 """Plain, encrypted and compressed disks measured in interleaved rounds on one store (issue #20).
-Not a test: prints one line per round and the medians.
+Not a test: prints one line per job and the medians.
 
-    .venv/bin/python bench/variant_ab.py [--variants plain,encrypted,zstd] [--rounds 5]
+    .venv/bin/python bench/variant_ab.py [--mode none|readwrite] [--variants plain,encrypted]
+                                         [--rounds 9] [--seconds 5]
 
 Why interleaved: on this 2-core machine the embedded SeaweedFS's PUT latency drifts by 20-30%
 within minutes, and the bench suite measures its targets one after another, minutes apart, so
-a variant's cost there carries that drift. Here every variant's export runs at once over the
-same store and the jobs alternate, a few seconds each: durable 4 KiB random writes at QD1
-(caching `none`: each is one PUT; fio's median completion latency) and 1 MiB sequential reads
-at QD4 (no cache: every read fetches), over a 64 MiB area written once with 1 MiB writes.
+a variant's cost there carries that drift. Here each round runs every variant's jobs back to
+back, a few seconds each, in an order that alternates from round to round (so a trend within
+a round favours neither), and the cost is the median over rounds of each round's own ratio to
+the plain disk (paired: what drifts between rounds cancels).
+
+The jobs, on one export per disk started afresh every round (an empty host cache):
+- durable 4 KiB random writes at QD1: caching `none` acknowledges each one in the store (one
+  PUT); `readwrite` sends a flush after each (fio --fsync=1). fio's median completion latency
+  (`readwrite`: plus its flushes' median, as the bench report counts a write made durable).
+- cold 1 MiB sequential reads at QD4, one pass over the 256 MiB written at setup with 1 MiB
+  writes: every read fetches from the store (`readwrite`: and fills the host cache).
+- CPU: nbdkit's user+system time (from /proc) per MiB of each job, the client cost the issue
+  asks for (the write job's includes what the process does before the read job starts: its
+  uploads); the store's CPU is the same for every variant but compressed ones (fewer bytes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,6 +47,7 @@ from blockstore.store.s3 import S3Config, S3Store
 from blockstore.store.stack import build_store
 
 MiB = 1 << 20
+AREA = "256M"
 VARIANTS = {  # name -> (encrypted, compression)
     "plain": (False, "none"),
     "encrypted": (True, "none"),
@@ -42,68 +56,121 @@ VARIANTS = {  # name -> (encrypted, compression)
 }
 
 
-def fio(uri: str, rw: str, bs: str, qd: int, seconds: float) -> tuple[float, float]:
-    """(median completion latency in us, MB/s) of one fio job over NBD."""
-    cmd = ["fio", "--name=j", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}",
-           f"--iodepth={qd}", "--size=64M", "--output-format=json"]  # fmt: skip
-    if seconds:
-        cmd += ["--time_based", f"--runtime={seconds}"]
+def fio(uri: str, args: list[str]) -> dict:
+    """fio's job record: its write side for a write job (with the job's `sync`: its flushes),
+    else its read side."""
+    cmd = ["fio", "--name=j", "--ioengine=nbd", f"--uri={uri}", f"--size={AREA}",
+           "--output-format=json", *args]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     job = json.loads(out[out.index("{") :])["jobs"][0]
-    side = job["write"] if job["write"]["total_ios"] else job["read"]
-    p50 = side["clat_ns"].get("percentile", {}).get("50.000000", 0)
-    return p50 / 1000, side["bw_bytes"] / 1e6
+    return {**job["write"], "sync": job["sync"]} if job["write"]["total_ios"] else job["read"]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (and its reaped children) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+class Disk:
+    """One variant's disk and how to serve it, with a fresh cache each time."""
+
+    def __init__(self, name: str, work: Path, s3: S3Config, mode: str) -> None:
+        enc, codec = VARIANTS[name]
+        self.name, self.slug = name, name.replace("+", "-")
+        self.s3 = replace(s3, prefix=f"{self.slug}/")
+        store = build_store(self.s3)
+        Volume.create(store, "d", 1024 * MiB, encrypt=enc, compression=codec)
+        store.close()
+        self.cache = work / f"{self.slug}.cache"
+        self.config = ExportConfig(
+            disk_id="d", socket=work / f"{self.slug}.sock", s3=self.s3, cache_mode=mode,
+            cache_dir=self.cache if mode != "none" else None,
+            extra_env={contract.ENV_KEK_DIR: str(work / "kek")},
+        )  # fmt: skip
+
+    def start(self) -> Export:
+        shutil.rmtree(self.cache, ignore_errors=True)
+        return Export(self.config).start()
+
+
+Result = tuple[float, float, float, float]
+
+
+def one_round(disk: Disk, mode: str, seconds: float) -> Result:
+    """(4 KiB durable write p50 us, cold 1 MiB read MB/s, nbdkit CPU ms per MiB of each)."""
+    exp = disk.start()
+    try:
+        assert exp.process is not None
+        cpu0 = cpu_seconds(exp.process.pid)
+        sync = ["--fsync=1"] if mode != "none" else []
+        w = fio(exp.uri, ["--rw=randwrite", "--bs=4k", "--iodepth=1", "--time_based",
+                          f"--runtime={seconds}", *sync])  # fmt: skip
+        cpu1 = cpu_seconds(exp.process.pid)
+        r = fio(exp.uri, ["--rw=read", "--bs=1M", "--iodepth=4"])
+        cpu2 = cpu_seconds(exp.process.pid)
+    finally:
+        exp.stop()
+    p50 = w["clat_ns"]["percentile"]["50.000000"] / 1000
+    if mode != "none":  # durable once its flush returns: as the bench report, write + flush
+        p50 += w["sync"]["lat_ns"]["percentile"]["50.000000"] / 1000
+    w_cpu = (cpu1 - cpu0) * 1000 / (w["io_bytes"] / MiB)
+    return p50, r["bw_bytes"] / 1e6, w_cpu, (cpu2 - cpu1) * 1000 / (r["io_bytes"] / MiB)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variants", default="plain,encrypted,zstd")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--mode", choices=("none", "readwrite"), default="none")
+    ap.add_argument("--variants", default="plain,encrypted")
+    ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--seconds", type=float, default=5.0)
     args = ap.parse_args()
     names = args.variants.split(",")
-    results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    results: dict[str, list[Result]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory(prefix="variant-ab-") as t:
         work = Path(t)
         set_provider(LocalKeyFile(work / "kek"))
         server = EmbeddedSeaweed(work / "weed", Credentials("benchkey", "bench-secret-not-real"))
         server.start()
-        exports: dict[str, Export] = {}
         try:
             s3 = S3Config(server.endpoint, "bench", "benchkey", "bench-secret-not-real")
             S3Store(s3).ensure_bucket()
-            for n in names:
-                enc, codec = VARIANTS[n]
-                s3n = replace(s3, prefix=f"{n.replace('+', '-')}/")
-                store = build_store(s3n)
-                Volume.create(store, "d", 256 * MiB, encrypt=enc, compression=codec)
-                store.close()
-                exports[n] = Export(ExportConfig(
-                    disk_id="d", socket=work / f"{n.replace('+', '-')}.sock", s3=s3n,
-                    extra_env={contract.ENV_KEK_DIR: str(work / "kek")},
-                )).start()  # fmt: skip
-                fio(exports[n].uri, "write", "1M", 4, 0)
+            disks = [Disk(n, work, s3, args.mode) for n in names]
+            for d in disks:
+                exp = d.start()
+                try:
+                    fio(exp.uri, ["--rw=write", "--bs=1M", "--iodepth=4", "--end_fsync=1"])
+                finally:
+                    exp.stop()
             for r in range(args.rounds):
-                for n in names:
-                    lat, _ = fio(exports[n].uri, "randwrite", "4k", 1, args.seconds)
-                    _, mbps = fio(exports[n].uri, "read", "1M", 4, args.seconds)
-                    results[n].append((lat, mbps))
-                    line = f"round {r} {n:15} 4k durable write {lat:6.0f} us"
-                    print(f"{line}  1M read {mbps:5.0f} MB/s", flush=True)
+                for d in disks if r % 2 == 0 else disks[::-1]:
+                    got = one_round(d, args.mode, args.seconds)
+                    results[d.name].append(got)
+                    print(f"round {r} {d.name:15} 4k durable write {got[0]:6.0f} us  "
+                          f"cold 1M read {got[1]:5.0f} MB/s  CPU/MiB {got[2]:5.1f} / "
+                          f"{got[3]:4.2f} ms",
+                          flush=True)  # fmt: skip
         finally:
-            for e in exports.values():
-                e.stop()
             server.stop()
-    base_lat = statistics.median(x[0] for x in results[names[0]])
-    base_mbps = statistics.median(x[1] for x in results[names[0]])
-    print(f"| disk | 4 KiB durable write (median of {args.rounds} rounds) | cost | "
-          "1 MiB read QD4 | cost |")  # fmt: skip
-    print("| --- | ---: | ---: | ---: | ---: |")
+    report(args.mode, names, results)
+
+
+def report(mode: str, names: list[str], results: dict[str, list[Result]]) -> None:
+    """Medians, and the median of each round's ratio to the first variant (paired)."""
+    base = results[names[0]]
+    print(
+        f"\ncaching {mode}, {len(base)} rounds; cost = median over rounds of the round's "
+        f"ratio to {names[0]} (latency: variant / {names[0]}; MB/s: {names[0]} / variant)"
+    )
+    print("| disk | 4 KiB durable write p50 | cost | CPU/MiB | cold 1 MiB read | cost | CPU/MiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in names:
-        lat = statistics.median(x[0] for x in results[n])
-        mbps = statistics.median(x[1] for x in results[n])
-        print(f"| {n} | {lat / 1000:.2f} ms | {lat / base_lat:.2f}x | {mbps:.0f} MB/s | "
-              f"{base_mbps / mbps:.2f}x |")  # fmt: skip
+        rows = results[n]
+        lat_cost = statistics.median(x[0] / b[0] for x, b in zip(rows, base, strict=True))
+        rd_cost = statistics.median(b[1] / x[1] for x, b in zip(rows, base, strict=True))
+        lat, mbps, w_cpu, r_cpu = (statistics.median(x[i] for x in rows) for i in range(4))
+        print(f"| {n} | {lat / 1000:.2f} ms | {lat_cost:.2f}x | {w_cpu:.1f} ms | {mbps:.0f} MB/s "
+              f"| {rd_cost:.2f}x | {r_cpu:.2f} ms |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -207,3 +207,33 @@ def test_1m_writes_compare_with_the_parallel_puts_timed_next_to_them() -> None:
     cells = _table_line(report.markdown(raw), w, "blockstore none", "-")
     assert row.mbps is not None
     assert cells[10] == report.fmt_ratio(row.mbps / floor)
+
+
+def _job(lat_us: float, mbps: float, write: bool) -> dict[str, Any]:
+    side = {"total_ios": 1, "iops": 1.0, "bw_bytes": mbps * 1e6, "lat_ns": {"mean": lat_us * 1000,
+            "percentile": {"50.000000": lat_us * 1000, "99.000000": lat_us * 1000}}}  # fmt: skip
+    idle = {"total_ios": 0}
+    return {"write": side, "read": idle} if write else {"read": side, "write": idle}
+
+
+def test_interleaved_cost_is_the_median_of_each_rounds_own_ratio() -> None:
+    """A store that drifts between rounds moves both disks of a round together: the cost is
+    per round (variant / plain), then the median, not a ratio of medians."""
+    plain = [(100.0, 500.0), (300.0, 400.0), (500.0, 200.0)]
+    enc = [(200.0, 250.0), (310.0, 380.0), (520.0, 190.0)]  # rounds: 2x, 1.03x, 1.04x
+    disks = {
+        name: [{"write": {"fio": _job(lat, 1, True)}, "read": {"fio": _job(1, mb, False)}}
+               for lat, mb in rounds]
+        for name, rounds in (("blockstore none", plain), ("blockstore none, encrypted", enc))
+    }  # fmt: skip
+    raw = {"workloads": [], "variants": {"none": {"write": "w", "read": "r", "disks": disks}}}
+    for line in report.interleaved_table(raw, "encrypted").splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[1] == "blockstore none, encrypted":
+            lat_cost = statistics.median(e[0] / p[0] for e, p in zip(enc, plain, strict=True))
+            mb_cost = statistics.median(p[1] / e[1] for e, p in zip(enc, plain, strict=True))
+            assert cells[3] == report.fmt_ratio(lat_cost) == "1.04x"  # medians alone: 1.03x
+            assert cells[5] == report.fmt_ratio(mb_cost) == "1.05x"  # medians alone: 1.05x
+            assert cells[6] == "3"
+            return
+    raise AssertionError("no encrypted row")
