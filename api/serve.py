@@ -147,6 +147,7 @@ def start_control(
             retry_seconds=settings.retry.deadline_seconds,
             secondary=settings.secondary,
             socket_group=settings.socket_group,
+            upload_after_seconds=settings.upload_after_seconds,
         )
     )
     stack.callback(supervisor.close)

@@ -4,7 +4,7 @@
         bucket=B [region=R] [prefix=P] [credentials=FILE] cache=none|readonly|readwrite \
         cache-dir=DIR [cache-size=1G] [cache-block=64K] [dirty-limit=256M] [readahead=1M] \
         [retry-seconds=30] [request-timeout=10] [write-wait=30] [readonly=false] \
-        [epoch=N] [fence-check=1]
+        [epoch=N] [fence-check=1] [upload-after=1] [upload-batch=4M] [incoming=false]
 
 `blockstore/host/export.py` is the launcher to use; it sets PATH so that nbdkit's embedded Python
 (Debian's 3.11) finds the project's virtualenv, and hands credentials over in the environment.

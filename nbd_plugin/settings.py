@@ -54,9 +54,13 @@ def cache_config() -> HostCacheConfig:
             dirty_limit=nbdkit.parse_size(s["dirty-limit"]),
             readahead=nbdkit.parse_size(s["readahead"]),
             write_wait_seconds=float(s["write-wait"]),
+            upload_delay=float(s["upload-after"]),
+            upload_batch=nbdkit.parse_size(s["upload-batch"]),
         )
     except InvalidArgument as exc:
         raise RuntimeError(str(exc)) from None
+    except ValueError as exc:
+        raise RuntimeError(f"a cache parameter is malformed: {exc}") from None
 
 
 def credentials() -> tuple[str, str]:

@@ -98,6 +98,18 @@ def group_prefix(run: Sequence[JournalEntry], limit: int) -> int:
     return len(run)
 
 
+def small_prefix(run: Sequence[JournalEntry], limit: int) -> int:
+    """How many leading entries of `run` hold at most `limit` bytes of WRITE data together
+    (0 when the first one alone holds more)."""
+    total = 0
+    for k, entry in enumerate(run):
+        if entry.kind == KIND_WRITE:
+            total += entry.length
+            if total > limit:
+                return k
+    return len(run)
+
+
 def write_bytes(run: Sequence[JournalEntry]) -> int:
     """Bytes of WRITE data in `run`, as the journal holds them."""
     return sum(e.length for e in run if e.kind == KIND_WRITE)

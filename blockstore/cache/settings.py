@@ -64,7 +64,12 @@ class HostCacheConfig:
     dirty_limit: int = 256 << 20
     readahead: int = 1 << 20  # extra bytes fetched when a miss continues a sequential stream
     write_wait_seconds: float = 30.0  # readwrite: how long a write waits for dirty room -> EIO
-    upload_delay: float = 0.005  # readwrite: age of unflushed writes before the uploader sends
+    # readwrite: the uploader sends writes no flush has asked for once the oldest is this old
+    # (seconds), or once `upload_batch` bytes of them wait, whichever is first. Until then a
+    # flush sends them itself, in one segment: one PUT per flush (issue #21). Lower it to
+    # upload earlier between flushes, at the price of more PUTs.
+    upload_delay: float = 1.0
+    upload_batch: int = 4 << 20
     journal_file_size: int = 64 << 20  # the journal rolls to a new file past this size
     upload_retry_max_delay: float = 2.0  # uploader backoff cap while the store fails
     # readwrite: bytes of pending writes also kept in memory, so that the uploader need not
@@ -86,6 +91,8 @@ class HostCacheConfig:
             raise InvalidArgument(f"cache block size must be a power of two >= 4096, not {bs}")
         if self.upload_delay < 0:
             raise InvalidArgument(f"upload delay must be >= 0 seconds, not {self.upload_delay}")
+        if self.upload_batch < 0:
+            raise InvalidArgument(f"upload batch must be >= 0 bytes, not {self.upload_batch}")
         if self.upload_group_max < 0:
             raise InvalidArgument(f"upload group max must be >= 0, not {self.upload_group_max}")
         if self.cache_size < 16 * bs:

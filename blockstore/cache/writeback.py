@@ -42,7 +42,7 @@ from pathlib import Path
 
 from blockstore import deadline as request_deadline
 from blockstore.cache.blockmap import BlockMap
-from blockstore.cache.coalesce import Piece, group_prefix, surviving, write_bytes
+from blockstore.cache.coalesce import Piece, group_prefix, small_prefix, surviving, write_bytes
 from blockstore.cache.journal import (
     KIND_WRITE,
     Journal,
@@ -61,6 +61,9 @@ _IDLE_LOOK_SECONDS = 1.0  # how long the idle uploader keeps looking before it s
 # Rounds smaller than this are not coalesced: they fit in a segment or two anyway, and the
 # uploader shares the interpreter with the request path.
 _COALESCE_FROM = 4 << 20
+# Entries up to this many bytes together go to the volume as one segment (the volume's default
+# segment size): a flush's worth of small writes is one PUT, not one per commit window.
+_GROUP_BYTES = 4 << 20
 _JOURNAL_LIMIT_FACTOR = 4  # the journal may hold this many times the dirty limit
 # Only writes up to this size are also kept in memory for the uploader: for them a pread per
 # entry was most of its cost, while a large one costs a copy either way, and a coalesced round
@@ -102,6 +105,7 @@ class WriteBack:
         self._seq = 0  # last entry appended
         self._durable_seq = 0  # last entry known durable in the store
         self._pending: deque[JournalEntry] = deque()  # appended, not yet applied to the volume
+        self._pending_bytes = 0  # the data of the pending writes (against `upload_batch`)
         # The bytes of pending writes, by seq, while they fit in `upload_memory`: the uploader
         # takes them from here instead of reading them back from the journal file.
         self._held: dict[int, bytes] = {}
@@ -139,6 +143,8 @@ class WriteBack:
                 stats.dirty_bytes += self._charge_locked(offset, n, 1) - most
             self._blocks.write_back_locked(offset, n, data)
             self._pending.append(entry)
+            if data is not None:
+                self._pending_bytes += n
             if (
                 data is not None
                 and n <= _HOLD_MAX
@@ -148,7 +154,7 @@ class WriteBack:
                 self._held_bytes += n
             # Wake the uploader only when it would not look by itself soon (see
             # `_upload_loop`): each wake-up cost the flush CPU (docs/cache-measurements.md).
-            wake = self._over_half_locked()
+            wake = self._over_half_locked() or self._batch_full_locked()
             if len(self._pending) == 1:
                 self._pending_since = time.monotonic()
                 wake = wake or self.asleep
@@ -190,6 +196,11 @@ class WriteBack:
             st.dirty_bytes >= self._config.dirty_limit // 2
             or st.journal_bytes >= self._journal_limit // 2
         )
+
+    def _batch_full_locked(self) -> bool:
+        """Pending writes hold `upload_batch` bytes: a segment's worth, sent without waiting
+        for a flush or `upload_delay` (so a flush never waits for more than about that)."""
+        return self._pending_bytes >= self._config.upload_batch
 
     def _charge_locked(self, offset: int, n: int, sign: int) -> int:
         """How the dirty bytes change when a write over [offset, offset+n) starts (sign 1) or
@@ -258,9 +269,11 @@ class WriteBack:
         """Apply pending entries up to `target` to the volume, in order (holding _apply_lock).
 
         A round of at least `_COALESCE_FROM` bytes whose entries overwrite each other enough
-        goes up as one segment holding only what survives (cache/coalesce.py); otherwise entry
-        by entry, which the volume packs into segments PUT in parallel. Either way the store
-        holds a prefix of the writes at every instant."""
+        goes up as one segment holding only what survives (cache/coalesce.py); otherwise small
+        entries go up together, up to `_GROUP_BYTES` in one segment, and an entry larger than
+        that by itself, which the volume cuts into segments PUT in parallel. Either way the
+        store holds a prefix of the writes at every instant. Re-applying entries after a
+        failure is harmless: the same bytes land again."""
         with self._cond:
             run = list(itertools.takewhile(lambda e: e.seq <= target, self._pending))
         while run:
@@ -277,14 +290,18 @@ class WriteBack:
                         self._applied_locked(head)
                     run = run[k:]
                     continue
-            for entry in run[:k]:
+            k = small_prefix(run[:k], _GROUP_BYTES)
+            if k:
+                head = run[:k]
+                self._apply_group(head, [Piece(e, e.offset, e.offset + e.length) for e in head])
+            else:
+                k, entry = 1, run[0]
                 data = None
                 if entry.kind == KIND_WRITE:
                     data = self._held.get(entry.seq) or self._journal.read(entry)
-                # Re-applying an entry after a failure is harmless: the same bytes land again.
                 apply(self._volume, entry.kind, entry.offset, entry.length, data, False)
-                with self._cond:
-                    self._applied_locked([entry])
+            with self._cond:
+                self._applied_locked(run[:k])
             run = run[k:]
 
     def _apply_group(self, run: list[JournalEntry], pieces: list[Piece]) -> None:
@@ -308,6 +325,8 @@ class WriteBack:
             if self._held.pop(entry.seq, None) is not None:
                 self._held_bytes -= entry.length
             self._pending.popleft()
+            if entry.kind == KIND_WRITE:
+                self._pending_bytes -= entry.length
             self._unflushed.append(entry)
             self._blocks.clean_locked(entry.offset, entry.length)
         self._stats.uploads += len(entries)
@@ -392,14 +411,16 @@ class WriteBack:
                     self._cond.wait()
                 finally:
                     self.asleep = False
-        # Hold back a moment: a flush right after a write then uploads the write itself, in its
-        # own thread (no hand-off to this one and back), and writes without flushes go up in
-        # fewer, larger rounds. Dirty data past half the limit, or a writer waiting for room,
-        # does not wait.
+        # Hold back: a flush then uploads the writes before it itself, in its own thread, in
+        # one segment (one PUT per flush, not one per upload round between flushes; issue
+        # #21), and writes without flushes go up in fewer, larger rounds, `upload_delay` after
+        # the first. A segment's worth pending (`upload_batch`), dirty data past half the
+        # limit, or a writer waiting for room does not wait.
         while (
             self._pending
             and not self._stop.is_set()
             and not self._over_half_locked()
+            and not self._batch_full_locked()
             and not self._room_waiters
         ):
             left = cfg.upload_delay - (time.monotonic() - self._pending_since)

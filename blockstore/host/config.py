@@ -40,6 +40,9 @@ class Settings:
     # The group (gid) whose members may connect to the NBD sockets: the hypervisor's user, e.g.
     # Debian libvirt's `libvirt-qemu` (group `libvirt-qemu`). None: root alone.
     socket_group: int | None = None
+    # readwrite disks: writes no flush asked for go to the store once the oldest is this old
+    # (or 4 MiB of them wait); until then a flush sends them in one PUT (cache/settings.py).
+    upload_after_seconds: float = 1.0
 
 
 def default_home() -> Path:
@@ -155,6 +158,7 @@ def load_settings(home: Path | None = None, port: int | None = None) -> Settings
         backups=_backup_targets(env, table("backups")),
         retry=RetryConfig(deadline_seconds=number("retry_seconds", 30, float, 0.1)),
         rpo_seconds=number("rpo_seconds", 300, float, 1),
+        upload_after_seconds=number("upload_after_seconds", 1.0, float, 0),
         socket_group=_group(socket_group and str(socket_group)),
     )
 

@@ -40,7 +40,7 @@ PARAMETERS: dict[str, str | None] = {
     "credentials": None, "cache": "none", "cache-dir": None, "cache-size": "1G",
     "cache-block": "64K", "dirty-limit": "256M", "readahead": "1M", "retry-seconds": "30",
     "request-timeout": None, "write-wait": "30", "readonly": "false", "epoch": None,
-    "fence-check": "1", "incoming": "false",
+    "fence-check": "1", "incoming": "false", "upload-after": "1", "upload-batch": "4M",
 }  # fmt: skip
 REQUIRED = ("disk", "endpoint", "bucket")
 TRUE_WORDS = ("true", "1", "yes", "on")  # how a boolean parameter says yes

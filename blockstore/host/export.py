@@ -53,6 +53,10 @@ class ExportConfig:
     cache_block: str = "64K"
     dirty_limit: str = "256M"
     readahead: str = "1M"
+    # readwrite: writes no flush asked for are sent once the oldest is this old (seconds) or
+    # this much waits (a size); until then a flush sends them, one PUT (cache/settings.py).
+    upload_after: float = 1.0
+    upload_batch: str = "4M"
     retry_seconds: float = 30.0
     request_timeout: float | None = None  # one S3 request (connect and read); None: S3Config's
     write_wait_seconds: float = 30.0
@@ -171,6 +175,8 @@ class Export(ChildProcess):
             params["cache-block"] = c.cache_block
             params["dirty-limit"] = c.dirty_limit
             params["readahead"] = c.readahead
+            params["upload-after"] = f"{c.upload_after:g}"
+            params["upload-batch"] = c.upload_batch
         return params
 
     def environment(self) -> dict[str, str]:

@@ -75,6 +75,7 @@ class SupervisorConfig:
     # root alone. The home and the run directory then let that group through, and no further.
     socket_group: int | None = None
     fence_check_seconds: float = 1.0  # how often each export looks for a newer writer
+    upload_after_seconds: float = 1.0  # readwrite: see ExportConfig.upload_after
     secondary: S3Config | None = None  # a grs disk that failed over is served from here
 
 
@@ -155,6 +156,7 @@ class ExportSupervisor:
             epoch=(disk.get("attachment") or {}).get("epoch"),
             socket_group=self.config.socket_group is not None,
             fence_check_seconds=self.config.fence_check_seconds,
+            upload_after=self.config.upload_after_seconds,
             incoming=incoming,
             extra_env={
                 contract.ENV_SIZE_REQUEST: str(contract.size_request_path(sock)),

@@ -712,3 +712,53 @@ def test_a_fenced_cache_fails_every_call(tmp_path: Path, mode: str) -> None:
         with pytest.raises(Fenced):
             call()
     cache.close()
+
+
+def test_a_flush_sends_the_small_writes_before_it_as_one_group(tmp_path: Path) -> None:
+    """Issue #21: 64 small writes, then a flush: one write_group (one segment, one PUT), not
+    one per commit window; the uploader (default `upload_delay`, 1 s) left them to the flush."""
+    vol = ByteVolume()
+    cache = make_cache(vol, tmp_path, "readwrite")
+    for round_ in range(3):
+        for i in range(64):
+            cache.pwrite(pattern(round_ * 64 + i, 4096), ((i * 37 + round_) % 200) * 4096)
+        cache.flush()
+    assert vol.groups == 3
+    assert vol.flushes == 3
+    assert bytes(vol.durable) == bytes(vol.image)
+    cache.close()
+
+
+def test_a_segments_worth_of_writes_goes_up_without_a_flush(tmp_path: Path) -> None:
+    """`upload_batch` bytes pending: the uploader sends them at once (a later flush then waits
+    for at most about that much of its own data), not `upload_delay` later."""
+    vol = ByteVolume()
+    cache = make_cache(
+        vol, tmp_path, "readwrite", dirty_limit=2 * MiB, upload_delay=60, upload_batch=256 * 1024
+    )
+    for i in range(64):  # 256 KiB
+        cache.pwrite(pattern(i, 4096), i * 4096)
+    deadline = time.monotonic() + 5
+    while cache.dirty_bytes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cache.dirty_bytes == 0
+    assert vol.flushes >= 1 and vol.groups >= 1
+    cache.pwrite(pattern(99, 4096), 0)  # below the batch: waits for a flush (or 60 s)
+    time.sleep(0.3)
+    assert cache.dirty_bytes == 4096
+    cache.close()
+
+
+def test_a_write_larger_than_a_segment_goes_up_by_itself(tmp_path: Path) -> None:
+    """A single entry above the group size is left to the volume, which cuts it into segments
+    PUT in parallel; the small ones around it still go as groups, in journal order."""
+    vol = ByteVolume(size=16 * MiB)
+    cache = make_cache(vol, tmp_path, "readwrite", cache_size=32 * MiB, dirty_limit=12 * MiB)
+    cache.pwrite(pattern(1, 4096), 0)
+    cache.pwrite(pattern(2, 5 * MiB), 1 * MiB)
+    cache.pwrite(pattern(3, 4096), 2 * MiB)  # overwrites part of the large write
+    cache.flush()
+    assert vol.groups == 2
+    assert bytes(vol.durable) == bytes(vol.image)
+    assert vol.durable[2 * MiB : 2 * MiB + 4096] == pattern(3, 4096)
+    cache.close()

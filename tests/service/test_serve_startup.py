@@ -148,6 +148,11 @@ def test_endpoint_that_never_answers(tmp_path: Path) -> None:
         ("BLOCKSTORE_RETRY_SECONDS", "thirty", "BLOCKSTORE_RETRY_SECONDS must be a number"),
         ("BLOCKSTORE_PORT", "84x0", "BLOCKSTORE_PORT must be a number"),
         ("BLOCKSTORE_RPO_SECONDS", "-5", "BLOCKSTORE_RPO_SECONDS must be at least"),
+        (
+            "BLOCKSTORE_UPLOAD_AFTER_SECONDS",
+            "-1",
+            "BLOCKSTORE_UPLOAD_AFTER_SECONDS must be at least",
+        ),
         ("BLOCKSTORE_S3_ENDPOINT", "127.0.0.1:8333", "must look like http(s)://host:port"),
     ],
 )
