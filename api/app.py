@@ -17,7 +17,13 @@ import blockstore
 from api import errors
 from api.context import AppContext
 from api.guard import Guard
-from api.metrics import DiskCollector, MigrationCollector, ReplicationCollector, StoreCollector
+from api.metrics import (
+    DiskCollector,
+    MigrationCollector,
+    QosCollector,
+    ReplicationCollector,
+    StoreCollector,
+)
 from api.routes import (
     attachments,
     backups,
@@ -59,6 +65,7 @@ def metrics_registry(context: AppContext) -> CollectorRegistry:
     registry.register(StoreCollector(context.store))
     if context.control is not None:
         registry.register(DiskCollector(context.control.attachments.disk_stats))
+        registry.register(QosCollector(context.control.attachments.disk_stats))
         registry.register(ReplicationCollector(context.control.geo.replication_statuses))
         registry.register(MigrationCollector(context.control.migrations.migrations))
     return registry

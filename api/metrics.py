@@ -115,6 +115,42 @@ class DiskCollector:
         yield from (ops, errs, nbytes, lat, held, hits, misses, dirty, sreq, serr)
 
 
+class QosCollector:
+    """Per capped disk served here: its caps and rates in force, credits left, throttled time
+    (blockstore/host/qos.py `Limiter.counters`, from the export's stats file)."""
+
+    def __init__(self, disks: Callable[[], list[tuple[str, dict[str, Any]]]]) -> None:
+        self.disks = disks
+
+    def collect(self) -> Iterator[Metric]:
+        dims = ["disk", "dimension"]  # iops | mbps
+        limit = GaugeMetricFamily("blockstore_disk_qos_limit", "Baseline cap", labels=dims)
+        now = GaugeMetricFamily(
+            "blockstore_disk_qos_limit_now",
+            "Cap in force now (burst while credits last)",
+            labels=dims,
+        )
+        credits = GaugeMetricFamily(
+            "blockstore_disk_qos_credits", "Burst credits left (IOs or MB)", labels=dims
+        )
+        throttled = CounterMetricFamily(
+            "blockstore_disk_qos_throttled_seconds",
+            "Time requests were held back by the disk's caps, summed",
+            labels=["disk"],
+        )
+        for name, raw in self.disks():
+            q = ExportStats.from_dict(raw).qos
+            if not q:
+                continue
+            throttled.add_metric([name], float(q.get("throttled_seconds", 0)))
+            for dim, base in (("iops", "iops_limit"), ("mbps", "mbps_limit")):
+                if f"{dim}_now" in q:
+                    limit.add_metric([name, dim], float(q["limits"][base]))
+                    now.add_metric([name, dim], float(q[f"{dim}_now"]))
+                    credits.add_metric([name, dim], float(q[f"{dim}_credits"]))
+        yield from (limit, now, credits, throttled)
+
+
 class ReplicationCollector:
     """Per grs disk: replication lag (seconds, bytes), the RPO target and whether it is
     exceeded, and what the replicator copied."""

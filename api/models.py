@@ -85,7 +85,21 @@ class SourcePoint(PointTarget):
         return {"disk": self.disk, "position": self.position, "time": epoch_seconds(self.time)}
 
 
-class DiskCreate(Sized):
+class QosFields(Strict):
+    """A disk's performance caps (blockstore/host/qos.py; README "Performance you can
+    provision"): absent, unchanged; 0 lifts a cap. MB/s are 10^6 bytes a second."""
+
+    iops_limit: Annotated[int | None, Field(ge=0, le=10_000_000)] = None
+    mbps_limit: Annotated[float | None, Field(ge=0, le=100_000)] = None
+    burst_iops: Annotated[int | None, Field(ge=0, le=10_000_000)] = None
+    burst_mbps: Annotated[float | None, Field(ge=0, le=100_000)] = None
+    burst_seconds: Annotated[float | None, Field(gt=0, le=86_400)] = None
+
+    def qos(self) -> dict[str, int | float | None]:
+        return {name: getattr(self, name) for name in QosFields.model_fields}
+
+
+class DiskCreate(Sized, QosFields):
     name: Name
     kind: KindField
     caching: CachingField | None = None
@@ -122,7 +136,7 @@ class DiskCreate(Sized):
         return self
 
 
-class DiskUpdate(Sized):
+class DiskUpdate(Sized, QosFields):
     caching: CachingField | None = None
     retention_seconds: RetentionField = None
     allow_shrink: bool = False

@@ -1,5 +1,5 @@
 """`blockstore disk ...`: create, list, show, resize, delete, attach, detach, migrate live; fail
-a grs disk over and back, show or drain its replication; change its redundancy."""
+a grs disk over and back, show or drain its replication; change its redundancy; its QoS caps."""
 
 from __future__ import annotations
 
@@ -29,6 +29,17 @@ disk_app = typer.Typer(
 
 NewSize = Annotated[str, typer.Argument(help="New size: 40G, or bytes")]
 AllowShrink = Annotated[bool, typer.Option(help="Allow dropping the tail")]
+# QoS caps (README "Performance you can provision"); 0 lifts a cap.
+IopsLimit = Annotated[int | None, typer.Option(help="IOPS cap (256 KiB IOs); 0: none")]
+MbpsLimit = Annotated[float | None, typer.Option(help="Throughput cap, MB/s; 0: none")]
+BurstIops = Annotated[int | None, typer.Option(help="IOPS while burst credits last")]
+BurstMbps = Annotated[float | None, typer.Option(help="MB/s while burst credits last")]
+BurstSeconds = Annotated[float | None, typer.Option(help="A full credit bucket lasts this long")]
+
+
+def _qos(**given: float | None) -> dict[str, float]:
+    """The QoS fields given on the command line, as the API names them."""
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _disk_table(disks: list[dict[str, Any]]) -> None:
@@ -77,9 +88,16 @@ def disk_create(
     compression: Annotated[
         str | None, typer.Option(help="zstd, lz4 or none (default: none, or the source's)")
     ] = None,
+    iops_limit: IopsLimit = None,
+    mbps_limit: MbpsLimit = None,
+    burst_iops: BurstIops = None,
+    burst_mbps: BurstMbps = None,
+    burst_seconds: BurstSeconds = None,
 ) -> None:
     """Create a disk (empty, from a snapshot or from a restore point)."""
     body: dict[str, Any] = {"name": name, "kind": kind, "redundancy": redundancy}
+    body.update(_qos(iops_limit=iops_limit, mbps_limit=mbps_limit, burst_iops=burst_iops,
+                     burst_mbps=burst_mbps, burst_seconds=burst_seconds))  # fmt: skip
     if encrypted:
         body["encrypted"] = True
     if compression:
@@ -120,6 +138,29 @@ def disk_resize(
     """Grow a disk (attached or not); shrink only with --allow-shrink."""
     body = {"size_bytes": parse_size(size), "allow_shrink": allow_shrink}
     call(lambda: c.patch(f"/v1/disks/{name}", body), as_json, key_values(f"disk {name}"))
+
+
+@api_command(disk_app, "qos")
+def disk_qos(
+    c: ApiClient,
+    as_json: bool,
+    name: str,
+    iops_limit: IopsLimit = None,
+    mbps_limit: MbpsLimit = None,
+    burst_iops: BurstIops = None,
+    burst_mbps: BurstMbps = None,
+    burst_seconds: BurstSeconds = None,
+) -> None:
+    """Show a disk's QoS caps and what its export measures now; with options, change them
+    (a running export applies the change within a second)."""
+    body = _qos(iops_limit=iops_limit, mbps_limit=mbps_limit, burst_iops=burst_iops,
+                burst_mbps=burst_mbps, burst_seconds=burst_seconds)  # fmt: skip
+    path = f"/v1/disks/{name}"
+    call(
+        lambda: (c.patch(path, body) if body else c.get(path))["qos"],
+        as_json,
+        key_values(f"disk {name} QoS"),
+    )
 
 
 @api_command(disk_app, "retention")

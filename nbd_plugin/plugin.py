@@ -12,11 +12,10 @@
 Read top to bottom: settings (`config`, `config_complete`), start-up (`after_fork`: the store
 stack, the Volume and the HostCache are built there because their threads must start after
 nbdkit forks), the per-connection handle (`open`), capabilities, the data calls. Every callback
-is a thin call into `HostCache`; errors are mapped to errno in one place (nbd_plugin/errors.py),
-and every data call is timed, counted and given its deadline by one wrapper (`_served`). The
-parameters are read and checked by nbd_plugin/settings.py; an export started ``incoming=true``
-(a live migration's destination) holds its requests in nbd_plugin/incoming.py until it is the
-disk's writer.
+is a thin call into `HostCache`; errors are mapped to errno in one place (nbd_plugin/errors.py);
+one wrapper (`_served`) times, counts, throttles (nbd_plugin/throttle.py) and gives a deadline
+to every data call. nbd_plugin/settings.py checks the parameters; an ``incoming=true`` export
+(a live migration's destination) holds requests in nbd_plugin/incoming.py until it is the writer.
 
 The parameters, environment and files shared with the service (S3 keys never on the command
 line, the size to grow to, the stats file, the other region of a grs disk for read repair) are
@@ -67,7 +66,7 @@ from blockstore.errors import (  # noqa: E402
 from blockstore.host import contract  # noqa: E402
 from blockstore.host.iostats import IoStats  # noqa: E402
 from blockstore.stats import counters  # noqa: E402
-from nbd_plugin import settings  # noqa: E402
+from nbd_plugin import settings, throttle  # noqa: E402
 from nbd_plugin.errors import fail  # noqa: E402
 from nbd_plugin.freeze import GatedWrites, gated  # noqa: E402
 from nbd_plugin.incoming import Incoming  # noqa: E402
@@ -142,6 +141,7 @@ def after_fork():
         nbdkit.debug(f"blockstore: disk {s['disk']} incoming (live migration)")
     else:
         _open_disk(int(s["epoch"]) if "epoch" in s and not settings.readonly() else None)
+    throttle.start(_stats_stop)  # the disk's QoS caps, and a watch for changes
     stats_path = os.environ.get(contract.ENV_STATS_FILE)
     if stats_path:
         _stats_thread = threading.Thread(
@@ -231,6 +231,7 @@ def _write_stats_once(path: Path) -> None:
         cache=counters(cache.stats) if cache else {},
         volume=counters(_volume.stats) if _volume else {},
         store=counters(_store.stats) if _store else {},
+        qos=throttle.limiter.counters(),
     )
     tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
     try:
@@ -378,6 +379,7 @@ def _served(op):
         def served(*args):
             start = perf_counter()
             try:
+                throttle.charge(op, args)  # QoS: the wait counts in the request's latency
                 with deadline.scope(_monotonic() + _retry_seconds):
                     nbytes = call(*args)
             except Exception as exc:

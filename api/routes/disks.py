@@ -28,6 +28,7 @@ def create_disk(body: DiskCreate, response: Response, context: Context) -> dict[
         retention_seconds=body.retention_seconds,
         encrypted=body.encrypted,
         compression=body.compression,
+        qos=body.qos(),
     )
     disk, created = svc.disks.create(spec)
     if not created:
@@ -52,8 +53,8 @@ def get_disk(name: DiskName, context: Context) -> dict[str, Any]:
 def update_disk(
     name: DiskName, body: DiskUpdate, response: Response, context: Context
 ) -> dict[str, Any]:
-    """Grow (online, too), shrink with allow_shrink, or change caching (applied when the
-    export next starts).
+    """Grow (online, too), shrink with allow_shrink, change caching (applied when the
+    export next starts) or the QoS caps (applied to a running export within a second).
     A change of redundancy (lrs <-> grs) seeds or removes the secondary copy: the answer is
     then 202 with the operation."""
     svc = context.service()
@@ -63,6 +64,7 @@ def update_disk(
         caching=body.caching,
         allow_shrink=body.allow_shrink,
         retention_seconds=body.retention_seconds,
+        qos=body.qos(),
     )
     if body.redundancy is not None:
         op = svc.geo.set_redundancy(name, body.redundancy)

@@ -21,6 +21,7 @@ import contextlib
 import secrets
 from typing import Any
 
+from blockstore.control import qos as disk_qos
 from blockstore.control.context import ControlContext
 from blockstore.control.encryption import disk_encryption
 from blockstore.control.geo import GeoService
@@ -141,6 +142,7 @@ class DiskService:
         if point is not None:
             wanted["source_point"] = point
         wanted.update(self._at_rest(spec, source_ref))
+        wanted.update(disk_qos.wanted(spec.kind, spec.qos or {}))
         return wanted, source
 
     def _at_rest(self, spec: DiskSpec, source_ref: str | None) -> Record:
@@ -200,6 +202,7 @@ class DiskService:
     def describe(self, disk: Record) -> dict[str, Any]:
         """The disk as the API shows it: the record plus bytes stored and live export stats."""
         out = {k: v for k, v in disk.items() if k != "home_host"}
+        out["qos"] = disk_qos.describe(self.ctx, disk)
         if disk["kind"] == DiskKind.ephemeral:
             out["bytes_stored"] = None
             out["host"] = disk.get("home_host")
@@ -226,8 +229,12 @@ class DiskService:
         caching: Caching | None = None,
         allow_shrink: bool = False,
         retention_seconds: int | None = None,
+        qos: dict[str, Any] | None = None,
     ) -> Record:
+        """Change what is given; `qos`: the caps given (0 lifts one), applied to a running
+        export within a second (control/qos.py)."""
         disk = self.ctx.get_disk(name)
+        disk = disk_qos.change(self.ctx, disk, qos or {})
         if retention_seconds is not None and retention_seconds != disk.get("retention_seconds", 0):
             if disk["kind"] == DiskKind.ephemeral:
                 raise InvalidArgument("ephemeral disks keep no restore points: no retention")

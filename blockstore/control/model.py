@@ -71,6 +71,7 @@ class DiskSpec:
     retention_seconds: int | None = None  # restore points kept this long (0: none)
     encrypted: bool = False  # sealed under a data key of its own (blockstore/crypto/)
     compression: Compression | None = None  # None: a clone's source's, else none
+    qos: dict[str, Any] | None = None  # QoS caps given (blockstore/host/qos.py `QosLimits`)
 
 
 def now_iso(clock: Clock) -> str:

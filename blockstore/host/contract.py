@@ -67,6 +67,7 @@ ENV_SIZE_REQUEST = "BLOCKSTORE_SIZE_REQUEST"
 ENV_STATS_FILE = "BLOCKSTORE_STATS_FILE"
 ENV_ACTIVATION = "BLOCKSTORE_ACTIVATION"  # an incoming export's `Activation` base path
 ENV_FREEZE = "BLOCKSTORE_FREEZE"  # the base path of an export's `Freeze` files (its socket)
+ENV_QOS_FILE = "BLOCKSTORE_QOS_FILE"  # the disk's caps (`write_qos`), watched while it runs
 # Where the local key-encryption keys are (blockstore/crypto/keyring.py `LocalKeyFile`); an
 # export unwraps its disk's data key with them (`BLOCKSTORE_KEK`, when set, passes as it is).
 ENV_KEK_DIR = "BLOCKSTORE_KEK_DIR"
@@ -152,6 +153,28 @@ def read_size_request(path: Path) -> int | None:
 
 def stats_path(socket: Path) -> Path:
     return socket.with_suffix(".stats.json")
+
+
+def qos_path(socket: Path) -> Path:
+    return socket.with_suffix(".qos.json")
+
+
+def write_qos(path: Path, limits: dict[str, Any]) -> None:
+    """A disk's caps (`blockstore.host.qos.QosLimits.to_dict`) for its export, written whole
+    (rename): the plugin looks at the file a few times a second and applies what it reads."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(limits))
+    tmp.replace(path)
+
+
+def read_qos(path: Path) -> dict[str, Any] | None:
+    """The caps in the file, or None without one (or a file not JSON: the export keeps its
+    caps rather than dropping them)."""
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True)
@@ -295,6 +318,7 @@ class ExportStats:
     cache: dict[str, Any] = field(default_factory=dict)  # HostCacheStats
     volume: dict[str, Any] = field(default_factory=dict)  # the engine's VolumeStats
     store: dict[str, Any] = field(default_factory=dict)  # the store stack's StoreStats
+    qos: dict[str, Any] = field(default_factory=dict)  # host/qos.py `Limiter.counters`
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

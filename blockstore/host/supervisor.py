@@ -17,13 +17,13 @@ version). When the record names another holder, the export is stopped and forgot
 restarted: a fenced host cannot take the disk back. A journal the dead export left is replayed by
 the restarted one only if its epoch still held the log (blockstore/cache/journal.py).
 One export per disk per host at any moment: starting, stopping and restarting a disk's export
-happen under that disk's lock, and an export removes only the socket it created itself
-(blockstore/host/export.py), so the socket an attach returned exists until that export is stopped.
-Exports die with the service (nbdkit --exit-with-parent) and are started again when it restarts.
+happen under that disk's lock, and an export removes only the socket it created itself, so the
+socket an attach returned exists until that export is stopped. Exports die with the service
+(nbdkit --exit-with-parent) and are started again when it restarts.
 
 An *incoming* export (a live migration's destination) holds no epoch and is never restarted or
 fenced here; `hand_over` makes it the writer. What each export is given and writes back (size
-requests, stats, read repair, activation) is `host/contract.py`'s; connecting, `connect.py`'s.
+requests, QoS caps, stats, read repair, activation) is `host/contract.py`'s.
 """
 
 from __future__ import annotations
@@ -71,8 +71,7 @@ class SupervisorConfig:
     retry_seconds: float = 30.0
     cache_size: str = "1G"
     check_interval: float = 1.0
-    # The group whose members (the hypervisor's user) may connect to the export sockets; None:
-    # root alone. The home and the run directory then let that group through, and no further.
+    # Whose members (the hypervisor's user) may connect to the export sockets; None: root alone.
     socket_group: int | None = None
     fence_check_seconds: float = 1.0  # how often each export looks for a newer writer
     upload_after_seconds: float = 1.0  # readwrite: see ExportConfig.upload_after
@@ -113,7 +112,7 @@ class ExportSupervisor:
     def socket_of(self, disk: dict[str, Any]) -> Path:
         return self.run_dir / f"{disk['volume_id']}.sock"
 
-    def _image_of(self, disk: dict[str, Any]) -> Path:
+    def _image_of(self, disk: dict[str, Any]) -> Path:  # an ephemeral disk's
         return self.config.home / "ephemeral" / f"{disk['volume_id']}.img"
 
     def _cache_dir_of(self, disk: dict[str, Any]) -> Path:
@@ -135,7 +134,7 @@ class ExportSupervisor:
         if disk["kind"] == "ephemeral":
             image = self._image_of(disk)
             image.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # An empty disk on a host that does not hold it; the guest's bytes: owner only.
+            # Empty on a host that does not hold it; the guest's bytes: owner only.
             fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             with os.fdopen(fd, "ab") as f:
                 os.fchmod(fd, 0o600)
@@ -144,6 +143,7 @@ class ExportSupervisor:
             group = self.config.socket_group is not None
             config = ExportConfig(disk["volume_id"], sock, self.config.s3, socket_group=group)
             return EphemeralExport(config, image)
+        contract.write_qos(contract.qos_path(sock), disk.get("qos") or {})  # see set_qos
         config = ExportConfig(
             disk_id=disk["volume_id"],
             socket=sock,
@@ -161,6 +161,7 @@ class ExportSupervisor:
             extra_env={
                 contract.ENV_SIZE_REQUEST: str(contract.size_request_path(sock)),
                 contract.ENV_STATS_FILE: str(contract.stats_path(sock)),
+                contract.ENV_QOS_FILE: str(contract.qos_path(sock)),
                 contract.ENV_KEK_DIR: str(contract.kek_dir(self.config.home)),
                 **self._repair_env(disk),
             },
@@ -262,14 +263,11 @@ class ExportSupervisor:
         """How a hypervisor connects: NBD URI, QEMU -blockdev, libvirt <disk> XML, and the pid
         of the export serving it."""
         name = disk["name"]
-        target = (disk.get("attachment") or {}).get("target") or (
-            "vda" if disk["kind"] == "os" else "vdb"
-        )
+        default = "vda" if disk["kind"] == "os" else "vdb"
+        target = (disk.get("attachment") or {}).get("target") or default
         export = self._exports.get(name)
-        return {
-            **connection_details(name, self.socket_of(disk), target),
-            "pid": export.pid if export and export.process else None,
-        }
+        pid = export.pid if export and export.process else None
+        return {**connection_details(name, self.socket_of(disk), target), "pid": pid}
 
     def serving(self, disk: dict[str, Any]) -> bool:
         """Whether an export of the disk runs here and is not fenced."""
@@ -322,9 +320,12 @@ class ExportSupervisor:
         if got != size_bytes:
             raise Unavailable(f"export of {disk['name']!r} reports {got} bytes, not {size_bytes}")
 
+    def set_qos(self, disk: dict[str, Any]) -> None:
+        """The running export takes the record's caps within a second (nbd_plugin/throttle.py)."""
+        contract.write_qos(contract.qos_path(self.socket_of(disk)), disk.get("qos") or {})
+
     def stats(self, disk: dict[str, Any]) -> dict[str, Any] | None:
-        """The counters the export last wrote (every 2 s; `contract.ExportStats`), or None if it
-        has written none."""
+        """The counters the export last wrote (every 2 s; `contract.ExportStats`), or None."""
         return contract.read_stats(contract.stats_path(self.socket_of(disk)))
 
     def served_disks(self) -> list[dict[str, Any]]:
