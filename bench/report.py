@@ -406,6 +406,36 @@ def variant_table(all_rows: list[Row], variant: str) -> str:
 
 
 MiB_PER_IO = {"4k": 256.0, "1M": 1.0}  # requests per MiB by request size
+QOS_UNITS = {"4k": 1, "1M": 4}  # 256 KiB IOs a request counts as (blockstore/host/qos.py)
+
+
+def qos_table(raw: dict[str, Any], all_rows: list[Row]) -> str:
+    """Each capped target's fio rows against its caps (raw["qos"]): the IOs (256 KiB units)
+    and MB/s delivered, the cap that binds (the lower one, in requests a second), and
+    delivered / that cap (1.00x: exactly the cap), next to the same disk uncapped."""
+    caps = raw.get("qos") or {}
+    head = "| disk | workload | uncapped | capped | binding cap | capped / cap |"
+    lines = [head, "| --- | --- | ---: | ---: | --- | ---: |"]
+    for r in all_rows:
+        if not r.target.endswith(", capped") or r.iops is None or r.error:
+            continue
+        size = r.workload.split()[1] if r.workload.startswith("fio") else ""
+        if size not in QOS_UNITS:
+            continue
+        per_req = (4096 if size == "4k" else 1 << 20) / 1e6  # MB a request
+        limits = []
+        if caps.get("iops_limit"):
+            limits.append((caps["iops_limit"] / QOS_UNITS[size], f"{caps['iops_limit']} IOPS"))
+        if caps.get("mbps_limit"):
+            limits.append((caps["mbps_limit"] / per_req, f"{caps['mbps_limit']:g} MB/s"))
+        if not limits:
+            continue
+        allowed, which = min(limits)
+        plain = _get(all_rows, r.target.removesuffix(", capped"), r.workload, r.cache)
+        label = f"{r.workload} ({r.cache})" if r.cache != "-" else r.workload
+        lines.append(f"| {r.target} | {label} | {fmt_num(plain.iops if plain else None)} | "
+                     f"{fmt_num(r.iops)} | {which} | {fmt_ratio(r.iops / allowed)} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def interleaved_table(raw: dict[str, Any], variant: str) -> str:
@@ -552,6 +582,12 @@ def markdown(raw: dict[str, Any]) -> str:
         + variant_table(all_rows, "compressed")
         + "\n\nInterleaved:\n\n"
         + interleaved_table(raw, "compressed"),
+        "## QoS: capped disks against their caps (requests per second)\n\n"
+        "The capped targets run every workload under `iops_limit` / `mbps_limit` (raw.json "
+        "`qos`); a 1 MiB request counts as four 256 KiB IOs. The binding cap is the lower of "
+        "the two in requests a second; capped / cap at 1.00x is the cap held exactly, below "
+        "it the disk was slower than its cap anyway (the uncapped column says how fast it "
+        "is).\n\n" + qos_table(raw, all_rows),
         "## The article's figure: ioping, 4 KiB reads at queue depth 1 (nbdfuse, O_DIRECT)",
         article_table(all_rows),
         "## What each row's write acknowledgement means",

@@ -52,6 +52,7 @@ from blockstore.engine.volume import Volume  # noqa: E402
 from blockstore.host import contract  # noqa: E402
 from blockstore.host.embedded import Credentials, EmbeddedSeaweed, weed_binary  # noqa: E402
 from blockstore.host.export import Export, ExportConfig  # noqa: E402
+from blockstore.host.qos import QosLimits  # noqa: E402
 from blockstore.host.supervisor import EphemeralExport  # noqa: E402
 from blockstore.store.s3 import S3Config, S3Store  # noqa: E402
 from blockstore.store.stack import build_store  # noqa: E402
@@ -191,6 +192,23 @@ TARGETS = [
         "in the host cache at ack; durable (zstd per chunk) in the store at flush/FUA",
         True,
     ),
+    # QoS (issue #21): the same disks under caps (`BENCH_QOS`), so that each workload's table
+    # shows what a capped disk delivers next to the uncapped one, and the QoS table how close
+    # to its cap.
+    Target(
+        "blockstore none, capped",
+        "blockstore",
+        "none-capped",
+        "durable in the object store at ack; capped (BENCH_QOS)",
+        False,
+    ),
+    Target(
+        "blockstore readwrite, capped",
+        "blockstore",
+        "readwrite-capped",
+        "in the host cache at ack; durable in the store at flush/FUA; capped (BENCH_QOS)",
+        True,
+    ),
     Target(
         "peer: nbdkit S3",
         "peer",
@@ -233,6 +251,9 @@ WORKLOADS = [
 ]
 
 
+# The caps of the capped targets: below what this machine's uncapped disks deliver in the 4 KiB
+# jobs (IOPS) and the 1 MiB ones (MB/s), so that each job runs into one of them.
+BENCH_QOS = QosLimits(iops_limit=500, mbps_limit=40)
 BLOCKSTORE_KINDS = (
     "none",
     "readonly",
@@ -241,6 +262,8 @@ BLOCKSTORE_KINDS = (
     "readwrite-encrypted",
     "none-compressed",
     "readwrite-compressed",
+    "none-capped",
+    "readwrite-capped",
 )
 
 
@@ -298,6 +321,14 @@ class Run:
     def cache_dir(self, t: Target) -> Path:
         return self.work / "cache" / t.kind
 
+    def _qos(self, t: Target) -> dict[str, str]:
+        """A capped target's QoS file (nbd_plugin/throttle.py), as the supervisor writes it."""
+        if not t.kind.endswith("-capped"):
+            return {}
+        path = self.work / "run" / f"{t.kind}.qos.json"
+        contract.write_qos(path, BENCH_QOS.to_dict())
+        return {contract.ENV_QOS_FILE: str(path)}
+
     def start(self, t: Target) -> Export:
         """A new nbdkit process for `t` (its cache directory is kept, so warm stays warm)."""
         sock = self.work / "run" / f"{t.kind}.sock"
@@ -335,7 +366,7 @@ class Run:
                     s3=replace(self.s3, prefix=f"{self.s3.prefix}{t.kind}/"),
                     cache_mode=mode,
                     cache_dir=None if mode == "none" else cdir,
-                    extra_env={contract.ENV_KEK_DIR: str(self.work / "kek")},
+                    extra_env={contract.ENV_KEK_DIR: str(self.work / "kek"), **self._qos(t)},
                 )
             )
         else:
@@ -769,6 +800,7 @@ def run_suite(cfg: SuiteConfig, progress: Progress | None = None) -> Path:
         },
         "targets": [asdict(t) for t in cfg.targets()],
         "workloads": [asdict(w) for w in WORKLOADS],
+        "qos": BENCH_QOS.to_dict(),  # the capped targets' caps
         "load": {"loadavg_start": os.getloadavg(), "busy_at_start": busy_processes()},
         "runs": [],
     }

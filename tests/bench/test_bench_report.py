@@ -237,3 +237,20 @@ def test_interleaved_cost_is_the_median_of_each_rounds_own_ratio() -> None:
             assert cells[6] == "3"
             return
     raise AssertionError("no encrypted row")
+
+
+def test_qos_table_compares_each_capped_row_with_its_binding_cap() -> None:
+    """4 KiB jobs meet the IOPS cap (1 IO each); 1 MiB jobs meet the MB/s cap first (4 IOs
+    each: 125 a second by IOPS, 38.1 by 40 MB/s)."""
+    rows = [
+        report.Row("blockstore none", "fio 4k randread QD1", "-", iops=2000.0),
+        report.Row("blockstore none, capped", "fio 4k randread QD1", "-", iops=495.0),
+        report.Row("blockstore none, capped", "fio 1M seqread QD4", "-", iops=38.0),
+        report.Row("blockstore none, capped", "ioping 4k read QD1", "-", iops=400.0),
+    ]
+    table = report.qos_table({"qos": {"iops_limit": 500, "mbps_limit": 40}}, rows)
+    lines = [[c.strip() for c in ln.strip("|").split("|")] for ln in table.splitlines()[2:]]
+    assert lines[0] == ["blockstore none, capped", "fio 4k randread QD1", "2,000", "495",
+                        "500 IOPS", report.fmt_ratio(495 / 500)]  # fmt: skip
+    assert lines[1][4:] == ["40 MB/s", report.fmt_ratio(38.0 / (40e6 / (1 << 20)))]
+    assert len(lines) == 2  # ioping is not an fio job with a request size it knows

@@ -8,7 +8,11 @@ answer through FastAPI's TestClient, while the exports are real nbdkit processes
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -61,6 +65,19 @@ class Host(_Client):
         self.control.close()
         self.supervisor.close()
         self.store.close()
+
+
+_prefixes = itertools.count()
+
+
+@contextmanager
+def new_host(seaweed: SeaweedServer, home: Path, tag: str) -> Iterator[Host]:
+    """A `Host` on a bucket prefix of its own (`tag`-n-pid/), closed afterwards."""
+    host = Host(seaweed, f"{tag}-{next(_prefixes)}-{os.getpid()}/", home)
+    try:
+        yield host
+    finally:
+        host.close()
 
 
 class GeoHost(_Client):
