@@ -63,6 +63,7 @@ def iops(job: dict[str, Any]) -> float:
 def test_nbd_capped_disk_holds_its_iops_for_30_s(api: Host, qd: int) -> None:
     uri = attached(api, f"capped{qd}", iops_limit=400)
     job = fio(uri, "--rw=randrw", "--bs=4k", f"--iodepth={qd}", seconds=30)
+    print(f"QD{qd}: {iops(job):.1f} IOPS under a cap of 400")
     assert iops(job) == pytest.approx(400, rel=0.05)
     live = api("GET", f"/v1/disks/capped{qd}").json()["qos"]
     assert live["iops_limit"] == 400
@@ -74,12 +75,14 @@ def test_nbd_capped_disk_holds_its_iops_for_30_s(api: Host, qd: int) -> None:
 def test_nbd_capped_disk_holds_its_mbps_with_large_requests(api: Host) -> None:
     uri = attached(api, "mb", mbps_limit=20, iops_limit=1000)
     job = fio(uri, "--rw=read", "--bs=1M", "--iodepth=4", seconds=15)
+    print(f"1 MiB reads: {job['read']['bw_bytes'] / 1e6:.2f} MB/s under a cap of 20")
     assert job["read"]["bw_bytes"] == pytest.approx(20e6, rel=0.05)
     # 1 MiB = 4 IOs of 256 KiB: an IOPS cap of 40 allows 10 MiB/s of 1 MiB reads.
     r = api("PATCH", "/v1/disks/mb", json={"mbps_limit": 0, "iops_limit": 40})
     assert r.status_code == 200, r.text
     time.sleep(1.0)  # applied within a second
     job = fio(uri, "--rw=read", "--bs=1M", "--iodepth=4", seconds=10)
+    print(f"1 MiB reads: {job['read']['iops']:.2f} a second under 40 IOPS (10 expected)")
     assert job["read"]["iops"] == pytest.approx(10, rel=0.05)
 
 
@@ -92,6 +95,7 @@ def test_nbd_burst_runs_on_credits_then_falls_to_baseline(api: Host, tmp_path: P
     per_second = [
         int(line.split(",")[1]) for line in Path(f"{log}_iops.1.log").read_text().splitlines()
     ]
+    print(f"burst, IOPS second by second: {per_second}")
     assert statistics.median(per_second[:4]) == pytest.approx(600, rel=0.1), per_second
     assert statistics.median(per_second[6:11]) == pytest.approx(200, rel=0.1), per_second
     time.sleep(2.5)
@@ -122,4 +126,5 @@ def test_nbd_a_flooding_neighbour_under_its_cap_leaves_latency_alone(api: Host) 
     for side in ("read", "write"):
         a = alone[side]["clat_ns"]["percentile"]["50.000000"]
         b = busy[side]["clat_ns"]["percentile"]["50.000000"]
+        print(f"{side}: p50 {a / 1000:.0f} us alone, {b / 1000:.0f} us next to the flood")
         assert b <= 1.5 * a, f"{side} p50 {a / 1000:.0f} us alone, {b / 1000:.0f} us flooded"
