@@ -68,6 +68,7 @@ from blockstore.host.iostats import IoStats  # noqa: E402
 from blockstore.stats import counters  # noqa: E402
 from nbd_plugin import settings, throttle  # noqa: E402
 from nbd_plugin.errors import fail  # noqa: E402
+from nbd_plugin.fencewatch import FenceWatch  # noqa: E402
 from nbd_plugin.freeze import GatedWrites, gated  # noqa: E402
 from nbd_plugin.incoming import Incoming  # noqa: E402
 
@@ -82,7 +83,7 @@ _resize_lock = threading.Lock()
 _io = IoStats()
 _stats_stop = threading.Event()
 _stats_thread: threading.Thread | None = None
-_fence_thread: threading.Thread | None = None
+_fence: FenceWatch | None = None  # looks for a newer writer while requests come
 _incoming: Incoming | None = None  # a live migration's destination (nbd_plugin/incoming.py)
 _holding = False  # requests wait in _incoming.hold until this export is the writer
 # Set in after_fork, before nbdkit accepts any connection (or, for an incoming export, before
@@ -153,7 +154,7 @@ def after_fork():
 def _open_disk(epoch: int | None) -> None:
     """Open the volume (a writable open claims `epoch`, fencing every older writer) and the
     host cache over it, and start looking for newer writers."""
-    global _volume, _cache, _fence_thread
+    global _volume, _cache, _fence
     s = settings.values
     writable = not settings.readonly()
     assert _store is not None
@@ -166,10 +167,9 @@ def _open_disk(epoch: int | None) -> None:
         _cache = gated(_cache, Path(os.environ[contract.ENV_FREEZE]), _retry_seconds)
     nbdkit.debug(f"blockstore: disk {s['disk']} size {_volume.size} cache {s['cache']}")
     interval = float(s["fence-check"])
-    if writable and interval > 0:
-        watch = functools.partial(_watch_fence, _volume, interval)
-        _fence_thread = threading.Thread(target=watch, name="fence-check", daemon=True)
-        _fence_thread.start()
+    if writable and interval > 0:  # nbd_plugin/fencewatch.py: while requests come
+        _fence = FenceWatch(_volume, interval, _stats_stop, _fenced_by)
+        _fence.start()
 
 
 def _become_writer(epoch: int) -> None:
@@ -183,24 +183,12 @@ def _become_writer(epoch: int) -> None:
         _write_stats_once(Path(stats_path))  # the service waits to see the epoch here
 
 
-def _watch_fence(volume: Volume, interval: float) -> None:
-    """Stop serving as soon as a newer writer is authorised (one LIST per `interval`), rather
-    than only when a commit meets its fence: a readwrite export would otherwise go on
-    acknowledging writes into its cache and serving reads the new owner has overwritten."""
-    while not _stats_stop.wait(interval):
-        try:
-            newer = volume.newer_epoch()
-        except BlockstoreError:
-            continue  # the store is away: the commits will tell
-        if newer is not None:
-            _cache.fence(
-                Fenced(
-                    f"disk {settings.values['disk']}: writer epoch {volume.epoch} was "
-                    f"superseded by epoch {newer}"
-                )
-            )
-            nbdkit.debug(f"blockstore: fenced by epoch {newer}; every request now fails")
-            return
+def _fenced_by(newer: int) -> None:
+    """A newer writer is authorised: every request fails from now on."""
+    epoch = _volume.epoch if _volume else None
+    disk = settings.values["disk"]
+    _cache.fence(Fenced(f"disk {disk}: writer epoch {epoch} was superseded by epoch {newer}"))
+    nbdkit.debug(f"blockstore: fenced by epoch {newer}; every request now fails")
 
 
 def _write_stats(path: Path, interval: float = 2.0) -> None:
@@ -378,6 +366,8 @@ def _served(op):
         @functools.wraps(call)
         def served(*args):
             start = perf_counter()
+            if _fence is not None:
+                _fence.touch()
             try:
                 throttle.charge(op, args)  # QoS: the wait counts in the request's latency
                 with deadline.scope(_monotonic() + _retry_seconds):

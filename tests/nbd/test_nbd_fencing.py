@@ -10,6 +10,7 @@ epoch fenced and discards it.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import nbd
 import pytest
 
 from blockstore.engine.volume import Volume
+from blockstore.host import contract
 from blockstore.store.stack import build_store
 from tests.support.nbdtools import MODES, connect, create_disk
 from tests.support.seaweed import SeaweedServer
@@ -92,3 +94,45 @@ def test_a_fenced_readwrite_journal_is_discarded_not_replayed(
     finally:
         again.stop()
         store.close()
+
+
+def test_an_idle_export_asks_the_store_nothing_and_is_fenced_at_its_next_request(
+    seaweed: SeaweedServer, tmp_path: Path
+) -> None:
+    """Issue #21: while no request comes the fence check sends no LIST (an idle attached disk
+    costs no store requests); a takeover meanwhile is found by the check the first request
+    after the idle spell wakes, within one LIST, not an interval later."""
+    s3 = seaweed.s3_config("fencing/")
+    disk = create_disk(s3, tmp_path, "readwrite")
+    sock = disk.config.socket
+    stats = contract.stats_path(sock)
+    exp = disk.export(
+        fence_check_seconds=0.5, extra_env={contract.ENV_STATS_FILE: str(stats)}
+    ).start()
+    try:
+        h = connect(exp)
+        h.pwrite(b"1" * BLOCK, 0)
+        h.flush()
+        time.sleep(3)  # idle from here: one interval to notice, then nothing
+        before = _lists(stats)
+        time.sleep(5)
+        assert _lists(stats) == before, "an idle export went on listing fences"
+        store = build_store(disk.config.s3)
+        new_owner = Volume.open(store, disk.config.disk_id, writable=True)
+        new_owner.close()
+        assert h.pread(BLOCK, 0) == b"1" * BLOCK  # served from the cache: wakes the check
+        time.sleep(0.3)  # one LIST, not the 0.5 s interval
+        assert _errno(lambda: h.pwrite(b"3" * BLOCK, BLOCK)) == "EPERM"
+        h.shutdown()
+        store.close()
+    finally:
+        exp.stop()
+
+
+def _lists(stats: Path) -> int:
+    """The export's store LISTs in its stats file, once the next snapshot (every 2 s) is out."""
+    mtime = stats.stat().st_mtime
+    deadline = time.monotonic() + 10
+    while stats.stat().st_mtime == mtime and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return int(json.loads(stats.read_text())["store"]["lists"])
