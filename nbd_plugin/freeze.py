@@ -19,6 +19,10 @@ thaws); a freeze that outlasts `Freeze.MAX_SECONDS` thaws itself, saying so firs
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +43,7 @@ class Gate:
         self._open.set()
         self._busy: dict[int, bool] = {}
         self._stop = threading.Event()
+        self._bell: int | None = None  # the FIFO the service rings (`open_bell`)
         self.freezes = 0  # answered freeze requests (stats)
 
     # -- the request path -----------------------------------------------------------------
@@ -61,9 +66,14 @@ class Gate:
 
     def watch(self) -> None:
         """Answer freeze requests until `stop` (runs in its own thread). A request is answered
-        once: one that outlasted its limit is not taken up again."""
+        once: one that outlasted its limit is not taken up again. Between requests the thread
+        sleeps on the bell (`Freeze.ring`), looking by itself only every `POLL_SECONDS`."""
         last = None
-        while not self._stop.wait(Freeze.POLL_SECONDS):
+        self._bell = open_bell(self.files.bell_path)
+        while not self._stop.is_set():
+            self._wait_for_bell()
+            if self._stop.is_set():
+                break
             token = self.files.requested()
             if token is None or token == last:
                 last = token
@@ -94,7 +104,7 @@ class Gate:
             if time.monotonic() > until:
                 self.files.gave_up()  # before any write gets through
                 break
-            time.sleep(Freeze.POLL_SECONDS / 5)
+            time.sleep(Freeze.HOLD_POLL_SECONDS)
         self._thaw()
 
     def _thaw(self) -> None:
@@ -102,9 +112,33 @@ class Gate:
         self.closed = False
         self._open.set()
 
+    def _wait_for_bell(self) -> None:
+        """Until the bell rings (its bytes drained) or `POLL_SECONDS` have passed."""
+        if self._bell is None:
+            self._stop.wait(Freeze.POLL_SECONDS)
+            return
+        ready, _, _ = select.select([self._bell], [], [], Freeze.POLL_SECONDS)
+        if ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._bell, 4096)
+
     def stop(self) -> None:
         self._stop.set()
+        self.files.ring()  # out of its wait
         self._thaw()
+
+
+def open_bell(path: Path) -> int | None:
+    """The freeze bell: a FIFO next to the socket (0600), opened for reading and writing so
+    that it never reads end-of-file; None if it cannot be made (the freezer then polls)."""
+    try:
+        if path.exists() and not stat.S_ISFIFO(path.lstat().st_mode):
+            path.unlink()
+        if not path.exists():
+            os.mkfifo(path, 0o600)
+        return os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    except OSError:
+        return None
 
 
 class GatedWrites:

@@ -54,6 +54,10 @@ class VolumeConfig:
     gc_min_age_seconds: float = 300.0  # nothing is deleted until unreferenced this long
     max_inflight_segments: int = 4  # segment PUTs may be pipelined; acks stay in order
     gc_interval_seconds: float = 60.0  # background GC period in writable volumes; 0 disables
+    # A volume with no write since a pass that left nothing to do skips its passes (an idle
+    # disk sends no requests) for up to this long; then one pass looks again (what an API
+    # call elsewhere may have freed: a deleted snapshot, a shorter retention window).
+    gc_idle_interval_seconds: float = 3600.0
     header_read_bytes: int = HEADER_READ_BYTES  # first ranged GET of a segment header
 
     def __post_init__(self) -> None:

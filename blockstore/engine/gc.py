@@ -83,14 +83,22 @@ class GarbageCollector:
         return g
 
     def _loop(self) -> None:
+        settled: tuple[int, float] | None = None  # (acked seq, when) of a pass with nothing left
         while not self.stop_event.wait(self.ctx.config.gc_interval_seconds):
+            seq, now = self.state.acked_seq, self.ctx.clock.monotonic()
+            idle_for = self.ctx.config.gc_idle_interval_seconds
+            if settled and settled[0] == seq and now - settled[1] < idle_for:
+                continue  # nothing written since, nothing waiting: no requests
             try:
-                self.run()
+                result = self.run()
             except BlockstoreError:
                 with self.ctx.stats.lock:
                     self.ctx.stats.gc_errors += 1
                 if self.state.fatal is not None:
                     return
+                continue
+            idle = not (result.segments_compacted or result.objects_deleted or self._unref_since)
+            settled = (seq, now) if idle and self.state.acked_seq == seq else None
 
     def run(self) -> GcResult:
         """One GC pass: compact sparse segments, then delete what nothing can need any more."""

@@ -1,0 +1,197 @@
+"""A hundred attached disks on one host (issue #21): what they cost in memory, CPU and store
+requests while idle, how fast an attach answers among them, and how long `blockstore serve`
+takes to start with all of them to resume. Not a test: prints a Markdown table for the README.
+
+    .venv/bin/python bench/scale.py [--disks 100] [--steps 1,10,50,100] [--idle 60]
+
+A real `blockstore serve` with its embedded SeaweedFS, in a temporary home; disks of 64 MiB,
+caching cycling none, readonly, readwrite; each attached disk is one nbdkit process
+(blockstore/host/supervisor.py). At each step, after the attaches, the disks sit idle for
+`--idle` seconds and we read:
+
+- memory: the sum over the nbdkit processes of their proportional set size (PSS, from
+  /proc/<pid>/smaps_rollup: shared pages counted once across processes, the figure that adds
+  up to what the host gives them), their RSS sum for comparison, and the service's own RSS;
+- CPU: utime + stime of every nbdkit process over the idle window, as a share of one core;
+- store requests: from each export's own counters (its stats file, via the service's /metrics
+  `blockstore_disk_store_requests`), per disk per minute;
+- attach latency: the API call of the last disk attached at that step (median of the last 5).
+
+Then the service is stopped (SIGTERM: the exports stop with it) and started again: the time
+until /healthz answers and until every disk's export serves again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = REPO / ".venv" / "bin" / "blockstore"
+MODES = ("none", "readonly", "readwrite")
+
+
+class Service:
+    """`blockstore serve` on a free port in `home`, and its API."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> float:
+        """Start it; the seconds until /healthz answers."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKSTORE_")}
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [str(BIN), "serve", "--home", str(self.home), "--port", str(self.port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2):
+                    return time.monotonic() - t0
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() - t0 > 300:
+                    raise RuntimeError("blockstore serve did not start") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(300)
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        token = (self.home / "api-token").read_text().strip()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=120) as r:
+            text = r.read()
+            return json.loads(text) if r.headers.get("Content-Type") == "application/json" else text
+
+
+def kib(pid: int, field: str, file: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def store_requests(svc: Service) -> float:
+    """Every export's store requests so far, from the service's /metrics."""
+    total = 0.0
+    for line in svc.call("GET", "/metrics").decode().splitlines():
+        if line.startswith("blockstore_disk_store_requests_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def pids(svc: Service) -> list[int]:
+    return [int(d["attachment"]["pid"]) for d in svc.call("GET", "/v1/disks")["disks"]
+            if d.get("attachment") and d["attachment"].get("pid")]  # fmt: skip
+
+
+def idle_figures(svc: Service, n: int, idle: float) -> dict[str, float]:
+    procs = pids(svc)
+    assert len(procs) == n, f"{len(procs)} exports for {n} attached disks"
+    time.sleep(3)  # let the last attaches settle
+    cpu0, req0, t0 = sum(cpu_seconds(p) for p in procs), store_requests(svc), time.monotonic()
+    time.sleep(idle)
+    cpu1, req1, dt = sum(cpu_seconds(p) for p in procs), store_requests(svc), time.monotonic() - t0
+    assert svc.proc is not None
+    return {
+        "pss_mib": sum(kib(p, "Pss", "smaps_rollup") for p in procs) / 1024,
+        "rss_mib": sum(kib(p, "VmRSS", "status") for p in procs) / 1024,
+        "service_rss_mib": kib(svc.proc.pid, "VmRSS", "status") / 1024,
+        "cpu_pct": (cpu1 - cpu0) / dt * 100,
+        "requests_per_disk_min": (req1 - req0) / n / (dt / 60),
+    }
+
+
+def _resumed(svc: Service, before: set[int], n: int) -> bool:
+    """Every disk's record names a new export process, and each one runs."""
+    now = pids(svc)
+    return len(now) == n and not before & set(now) and all(Path(f"/proc/{p}").exists() for p in now)
+
+
+def attach(svc: Service, i: int) -> float:
+    name = f"d{i:03d}"
+    svc.call("POST", "/v1/disks", {"name": name, "size_bytes": 64 << 20, "kind": "data",
+                                   "caching": MODES[i % 3]})  # fmt: skip
+    t0 = time.monotonic()
+    svc.call("POST", f"/v1/disks/{name}/attach", {"vm": f"vm{i:03d}"})
+    return time.monotonic() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--disks", type=int, default=100)
+    ap.add_argument("--steps", default="1,10,50,100")
+    ap.add_argument("--idle", type=float, default=60.0)
+    args = ap.parse_args()
+    steps = [int(s) for s in args.steps.split(",") if int(s) <= args.disks]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="scale-") as t:
+        svc = Service(Path(t) / "home")
+        svc.start()
+        try:
+            lat: list[float] = []
+            for i in range(args.disks):
+                lat.append(attach(svc, i))
+                if i + 1 in steps:
+                    fig = idle_figures(svc, i + 1, args.idle)
+                    fig["attach_s"] = statistics.median(lat[-5:])
+                    rows.append((i + 1, fig))
+                    print(i + 1, json.dumps(fig), flush=True)
+            before = set(pids(svc))
+            svc.stop()
+            healthy = svc.start()
+            t0 = time.monotonic()
+            while not _resumed(svc, before, args.disks) and time.monotonic() - t0 < 600:
+                time.sleep(0.2)
+            resumed = healthy + time.monotonic() - t0
+            print(f"restart: /healthz after {healthy:.1f} s, every export serving after "
+                  f"{resumed:.1f} s ({len(pids(svc))} of {args.disks})", flush=True)  # fmt: skip
+        finally:
+            svc.stop()
+    print(f"\n{platform.node()}, {os.cpu_count()} cores, idle window {args.idle:g} s\n")
+    print("| attached disks | nbdkit PSS (sum) | per disk | nbdkit RSS (sum) | service RSS | "
+          "nbdkit CPU, idle | store requests / disk / min | attach |")  # fmt: skip
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n, f in rows:
+        print(f"| {n} | {f['pss_mib']:,.0f} MiB | {f['pss_mib'] / n:.1f} MiB | "
+              f"{f['rss_mib']:,.0f} MiB | {f['service_rss_mib']:.0f} MiB | "
+              f"{f['cpu_pct']:.1f}% of a core | {f['requests_per_disk_min']:.2f} | "
+              f"{f['attach_s'] * 1000:.0f} ms |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
