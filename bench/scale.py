@@ -7,7 +7,8 @@ takes to start with all of them to resume. Not a test: prints a Markdown table f
 A real `blockstore serve` with its embedded SeaweedFS, in a temporary home; disks of 64 MiB,
 caching cycling none, readonly, readwrite; each attached disk is one nbdkit process
 (blockstore/host/supervisor.py). At each step, after the attaches, the disks sit idle for
-`--idle` seconds and we read:
+`--idle` seconds (after `--settle`: an export's first GC pass, a minute after it opens the
+disk, looks at the store once before it finds nothing to do) and we read:
 
 - memory: the sum over the nbdkit processes of their proportional set size (PSS, from
   /proc/<pid>/smaps_rollup: shared pages counted once across processes, the figure that adds
@@ -119,10 +120,10 @@ def pids(svc: Service) -> list[int]:
             if d.get("attachment") and d["attachment"].get("pid")]  # fmt: skip
 
 
-def idle_figures(svc: Service, n: int, idle: float) -> dict[str, float]:
+def idle_figures(svc: Service, n: int, idle: float, settle: float) -> dict[str, float]:
     procs = pids(svc)
     assert len(procs) == n, f"{len(procs)} exports for {n} attached disks"
-    time.sleep(3)  # let the last attaches settle
+    time.sleep(settle)  # past the first GC pass of the last disk attached (60 s after open)
     cpu0, req0, t0 = sum(cpu_seconds(p) for p in procs), store_requests(svc), time.monotonic()
     time.sleep(idle)
     cpu1, req1, dt = sum(cpu_seconds(p) for p in procs), store_requests(svc), time.monotonic() - t0
@@ -156,6 +157,7 @@ def main() -> None:
     ap.add_argument("--disks", type=int, default=100)
     ap.add_argument("--steps", default="1,10,50,100")
     ap.add_argument("--idle", type=float, default=60.0)
+    ap.add_argument("--settle", type=float, default=65.0)
     args = ap.parse_args()
     steps = [int(s) for s in args.steps.split(",") if int(s) <= args.disks]
     rows = []
@@ -167,7 +169,7 @@ def main() -> None:
             for i in range(args.disks):
                 lat.append(attach(svc, i))
                 if i + 1 in steps:
-                    fig = idle_figures(svc, i + 1, args.idle)
+                    fig = idle_figures(svc, i + 1, args.idle, args.settle)
                     fig["attach_s"] = statistics.median(lat[-5:])
                     rows.append((i + 1, fig))
                     print(i + 1, json.dumps(fig), flush=True)

@@ -83,12 +83,17 @@ class GarbageCollector:
         return g
 
     def _loop(self) -> None:
-        settled: tuple[int, float] | None = None  # (acked seq, when) of a pass with nothing left
-        while not self.stop_event.wait(self.ctx.config.gc_interval_seconds):
-            seq, now = self.state.acked_seq, self.ctx.clock.monotonic()
-            idle_for = self.ctx.config.gc_idle_interval_seconds
-            if settled and settled[0] == seq and now - settled[1] < idle_for:
-                continue  # nothing written since, nothing waiting: no requests
+        """A pass every `gc_interval_seconds`, but none while nothing was written since the
+        last one and nothing it left waits: an idle disk sends no requests (issue #21). What
+        waits is objects younger than `gc_min_age_seconds` (the next pass that can delete them
+        is due when the oldest comes of age) or nothing at all (due after
+        `gc_idle_interval_seconds`, for what API calls elsewhere may have freed)."""
+        cfg = self.ctx.config
+        seen, due = -1, 0.0  # the acked seq the last pass saw, and when a pass is due anyway
+        while not self.stop_event.wait(cfg.gc_interval_seconds):
+            seq = self.state.acked_seq
+            if seq == seen and self.ctx.clock.time() < due:
+                continue
             try:
                 result = self.run()
             except BlockstoreError:
@@ -97,8 +102,13 @@ class GarbageCollector:
                 if self.state.fatal is not None:
                     return
                 continue
-            idle = not (result.segments_compacted or result.objects_deleted or self._unref_since)
-            settled = (seq, now) if idle and self.state.acked_seq == seq else None
+            now = self.ctx.clock.time()
+            if result.segments_compacted or self.state.acked_seq != seq:
+                seen = -1  # it wrote: look again at the next interval
+            elif self._unref_since:
+                seen, due = seq, min(self._unref_since.values()) + cfg.gc_min_age_seconds
+            else:
+                seen, due = seq, now + cfg.gc_idle_interval_seconds
 
     def run(self) -> GcResult:
         """One GC pass: compact sparse segments, then delete what nothing can need any more."""

@@ -1239,3 +1239,32 @@ def test_a_fenced_writer_closes_at_once() -> None:
     assert done.wait(10), "close() of a fenced writer hangs"
     assert new.read(0, 4096) == b"x" * 4096
     new.close()
+
+
+def _requests(store: MemoryStore) -> int:
+    s = store.stats
+    return s.gets + s.puts + s.lists + s.heads + s.deletes
+
+
+def test_background_gc_of_an_idle_volume_sends_no_requests() -> None:
+    """Issue #21: once a pass finds nothing to do and nothing waits, the passes that follow
+    without a write in between are skipped (no store request), until `gc_idle_interval_seconds`
+    has passed; a write makes them run again."""
+    store = MemoryStore()
+    Volume.create(store, "d1", 4 * MiB)
+    config = cfg(gc_interval_seconds=0.02, gc_min_age_seconds=0.0, gc_idle_interval_seconds=3600)
+    v = Volume.open(store, "d1", config=config)
+    v.write(0, b"x" * 4096, durable=True)
+    deadline = time.monotonic() + 5
+    while v.stats.gc_passes < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # a pass in flight ends
+    passes, before = v.stats.gc_passes, _requests(store)
+    time.sleep(0.3)  # fifteen intervals
+    assert (v.stats.gc_passes, _requests(store)) == (passes, before)
+    v.write(4096, b"y" * 4096, durable=True)
+    deadline = time.monotonic() + 5
+    while v.stats.gc_passes == passes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert v.stats.gc_passes > passes
+    v.close()
