@@ -326,6 +326,7 @@ class Run:
         if not t.kind.endswith("-capped"):
             return {}
         path = self.work / "run" / f"{t.kind}.qos.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
         contract.write_qos(path, BENCH_QOS.to_dict())
         return {contract.ENV_QOS_FILE: str(path)}
 
