@@ -142,7 +142,7 @@ def after_fork():
         nbdkit.debug(f"blockstore: disk {s['disk']} incoming (live migration)")
     else:
         _open_disk(int(s["epoch"]) if "epoch" in s and not settings.readonly() else None)
-    throttle.start(_stats_stop)  # the disk's QoS caps, and a watch for changes
+    throttle.start()  # the disk's QoS caps (a changed file is applied by the request path)
     stats_path = os.environ.get(contract.ENV_STATS_FILE)
     if stats_path:
         _stats_thread = threading.Thread(
