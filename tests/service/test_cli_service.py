@@ -259,3 +259,25 @@ def test_encrypted_and_compressed_disks_from_the_cli(service: Service) -> None:
         "disk", "create", "x", "--size", "8M", "--kind", "data", "--compression", "gzip"
     )
     assert out.returncode != 0 and "compression" in (out.stderr + out.stdout)
+
+
+def test_qos_caps_from_the_cli(service: Service) -> None:
+    """Caps set at create, changed on an attached disk (applied to its running export), shown
+    by `disk qos`; a burst below the baseline is refused with the reason."""
+
+    def ok(*args: str) -> str:
+        out = service.cli(*args)
+        assert out.returncode == 0, (args, out.stdout, out.stderr)
+        return out.stdout
+
+    disk = json.loads(ok("disk", "create", "capped", "--size", "8M", "--kind", "data",
+                         "--iops-limit", "300", "--json"))  # fmt: skip
+    assert disk["qos"]["iops_limit"] == 300 and disk["qos"]["mbps_limit"] == 0
+    ok("disk", "attach", "capped", "--vm", "vm1", "--json")
+    qos = json.loads(ok("disk", "qos", "capped", "--mbps-limit", "12.5", "--json"))
+    assert (qos["iops_limit"], qos["mbps_limit"]) == (300, 12.5)
+    assert json.loads(ok("disk", "qos", "capped", "--json"))["mbps_limit"] == 12.5
+    assert "iops_limit" in ok("disk", "qos", "capped")  # the table
+    bad = service.cli("disk", "qos", "capped", "--burst-iops", "100")
+    assert bad.returncode != 0 and "must be at least iops_limit" in bad.stdout + bad.stderr
+    ok("disk", "detach", "capped")
