@@ -56,7 +56,8 @@ class VolumeConfig:
     gc_interval_seconds: float = 60.0  # background GC period in writable volumes; 0 disables
     # A volume with no write since a pass that left nothing to do skips its passes (an idle
     # disk sends no requests) for up to this long; then one pass looks again (what an API
-    # call elsewhere may have freed: a deleted snapshot, a shorter retention window).
+    # call elsewhere may have freed: a deleted snapshot, a shorter retention window; and what
+    # left an idle disk's retention window meanwhile, deleted up to this much later).
     gc_idle_interval_seconds: float = 3600.0
     header_read_bytes: int = HEADER_READ_BYTES  # first ranged GET of a segment header
 
