@@ -45,8 +45,8 @@ def start() -> None:
 def charge(op: str, args: tuple[object, ...]) -> None:
     """Wait for the caps to let data call `op` run (flushes are free; see qos.py for costs)."""
     global _next_look
-    if _path is not None and time.monotonic() >= _next_look:
-        _next_look = time.monotonic() + LOOK_SECONDS
+    if _path is not None and (now := time.monotonic()) >= _next_look:
+        _next_look = now + LOOK_SECONDS
         _look()
     if op in ("read", "write"):
         limiter.charge(len(args[1]))  # type: ignore[arg-type]  # the request's buffer

@@ -139,10 +139,16 @@ def size_request_path(socket: Path) -> Path:
     return socket.with_suffix(".size")
 
 
-def write_size_request(path: Path, size: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"{size}\n")
+def write_whole(path: Path, text: str, tmp_suffix: str = ".tmp") -> None:
+    """Write a file of this contract whole (a temporary file, then rename): the other side
+    reads the old contents or the new, never half of them."""
+    tmp = path.with_suffix(tmp_suffix)
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_size_request(path: Path, size: int) -> None:
+    write_whole(path, f"{size}\n")
 
 
 def read_size_request(path: Path) -> int | None:
@@ -163,9 +169,7 @@ def qos_path(socket: Path) -> Path:
 def write_qos(path: Path, limits: dict[str, Any]) -> None:
     """A disk's caps (`blockstore.host.qos.QosLimits.to_dict`) for its export, written whole
     (rename): the plugin looks at the file a few times a second and applies what it reads."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(limits))
-    tmp.replace(path)
+    write_whole(path, json.dumps(limits))
 
 
 def read_qos(path: Path) -> dict[str, Any] | None:
@@ -210,9 +214,7 @@ class Activation:
 
     def answer(self, epoch: int | None) -> None:
         """The epoch to serve with, or None: cancelled, fail what is held and serve nothing."""
-        tmp = self.answer_path.with_suffix(".tmp")
-        tmp.write_text(self.CANCEL if epoch is None else str(epoch))
-        tmp.replace(self.answer_path)
+        write_whole(self.answer_path, self.CANCEL if epoch is None else str(epoch))
 
     def read_answer(self) -> int | str | None:
         """The epoch, CANCEL, or None while there is no answer yet."""
@@ -282,9 +284,7 @@ class Freeze:
 
     @staticmethod
     def _write(path: Path, text: str) -> None:
-        tmp = path.with_suffix(".tmp-freeze")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_whole(path, text, ".tmp-freeze")
 
     @staticmethod
     def _read(path: Path) -> str | None:

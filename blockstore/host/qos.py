@@ -177,10 +177,10 @@ class Limiter:
     def charge(self, nbytes: int, data: bool = True) -> float:
         """Wait until a request of `nbytes` (a read or write; else a trim or zero) may run
         under the caps; returns the seconds waited."""
+        if self._ios is None and self._bytes is None:
+            return 0.0  # no caps: no lock on the request path (`set` swaps buckets whole)
         ios, size = cost(nbytes, data)
         with self._lock:
-            if self._ios is None and self._bytes is None:
-                return 0.0
             now = self._clock()
             wait = 0.0
             if self._ios is not None:
