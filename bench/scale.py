@@ -106,11 +106,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def store_requests(svc: Service) -> float:
-    """Every export's store requests so far, from the service's /metrics."""
+def store_requests(svc: Service, family: str = "blockstore_disk_store_requests") -> float:
+    """Store requests so far, from the service's /metrics: every export's (the default), or
+    the service's own (`blockstore_store_requests`: the disk records, the health probe)."""
     total = 0.0
     for line in svc.call("GET", "/metrics").decode().splitlines():
-        if line.startswith("blockstore_disk_store_requests_total{"):
+        if line.startswith(family + "_total{"):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -124,9 +125,11 @@ def idle_figures(svc: Service, n: int, idle: float, settle: float) -> dict[str, 
     procs = pids(svc)
     assert len(procs) == n, f"{len(procs)} exports for {n} attached disks"
     time.sleep(settle)  # past the first GC pass of the last disk attached (60 s after open)
+    host0 = store_requests(svc, "blockstore_store_requests")
     cpu0, req0, t0 = sum(cpu_seconds(p) for p in procs), store_requests(svc), time.monotonic()
     time.sleep(idle)
     cpu1, req1, dt = sum(cpu_seconds(p) for p in procs), store_requests(svc), time.monotonic() - t0
+    host1 = store_requests(svc, "blockstore_store_requests")
     assert svc.proc is not None
     return {
         "pss_mib": sum(kib(p, "Pss", "smaps_rollup") for p in procs) / 1024,
@@ -134,6 +137,7 @@ def idle_figures(svc: Service, n: int, idle: float, settle: float) -> dict[str, 
         "service_rss_mib": kib(svc.proc.pid, "VmRSS", "status") / 1024,
         "cpu_pct": (cpu1 - cpu0) / dt * 100,
         "requests_per_disk_min": (req1 - req0) / n / (dt / 60),
+        "service_requests_min": (host1 - host0) / (dt / 60),
     }
 
 
@@ -186,12 +190,13 @@ def main() -> None:
             svc.stop()
     print(f"\n{platform.node()}, {os.cpu_count()} cores, idle window {args.idle:g} s\n")
     print("| attached disks | nbdkit PSS (sum) | per disk | nbdkit RSS (sum) | service RSS | "
-          "nbdkit CPU, idle | store requests / disk / min | attach |")  # fmt: skip
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "nbdkit CPU, idle | requests / disk / min | service's / min | attach |")  # fmt: skip
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n, f in rows:
         print(f"| {n} | {f['pss_mib']:,.0f} MiB | {f['pss_mib'] / n:.1f} MiB | "
               f"{f['rss_mib']:,.0f} MiB | {f['service_rss_mib']:.0f} MiB | "
               f"{f['cpu_pct']:.1f}% of a core | {f['requests_per_disk_min']:.2f} | "
+              f"{f['service_requests_min']:.1f} | "
               f"{f['attach_s'] * 1000:.0f} ms |")  # fmt: skip
 
 

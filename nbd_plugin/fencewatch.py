@@ -6,25 +6,22 @@ serving reads the new owner has overwritten. Commits meet the fence by themselve
 writes and reads do not, so a thread asks the store (one LIST of the disk's fences) every
 `interval` seconds while requests come.
 
-While no request comes it asks only every `IDLE_SECONDS` (issue #21: a hundred idle disks
-asked 6,000 times a minute; now about 550): after an `interval` without requests it waits, and
+While no request comes it asks nothing (issue #21: an idle disk makes no store request; a
+hundred of them asked 6,000 times a minute): after an `interval` without requests it waits, and
 the next request wakes it to look at once, while that request is served (one LIST, a few
-milliseconds). So an export is fenced within `interval` of a takeover while busy, within one
-LIST of its first request after an idle spell, and within `IDLE_SECONDS` while idle: its host
-then stops it (blockstore/host/supervisor.py), so a disk taken over elsewhere does not keep an
-export running here.
+milliseconds). So an export is fenced within `interval` of a takeover while busy and within one
+LIST of its first request after an idle spell. An idle export of a disk taken elsewhere is
+found by its host instead, from one listing of the disk records for all its disks
+(blockstore/control/holders.py), and stopped.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 from blockstore.engine.volume import Volume
 from blockstore.errors import BlockstoreError
-
-IDLE_SECONDS = 10.0  # how often an idle export looks anyway
 
 
 class FenceWatch:
@@ -42,7 +39,7 @@ class FenceWatch:
         self.stop = stop
         self.on_fenced = on_fenced
         self.requests = 0  # bumped by every request (a lost increment under a race is harmless)
-        self.idle = False  # the thread waits for a request (or IDLE_SECONDS) to look again
+        self.idle = False  # the thread waits for a request to look again
         self._wake = threading.Event()
 
     def touch(self) -> None:
@@ -71,16 +68,12 @@ class FenceWatch:
                 return
 
     def _wait_for_a_request(self, seen: int) -> bool:
-        """Idle: wait until a request comes or `IDLE_SECONDS` pass (True: look now), or the
-        export stops (False)."""
+        """Idle: wait until a request comes (True: look now) or the export stops (False)."""
         self._wake.clear()
         self.idle = True
-        until = time.monotonic() + IDLE_SECONDS
         # A request that came before `idle` was set counts too.
-        while self.requests == seen and (left := until - time.monotonic()) > 0:
-            if self.stop.is_set():
-                return False
-            self._wake.wait(min(1.0, left))  # also looks at `stop` now and then
+        while self.requests == seen and not self.stop.is_set():
+            self._wake.wait(1.0)  # also looks at `stop` now and then
             self._wake.clear()
         self.idle = False
         return not self.stop.is_set()

@@ -87,6 +87,11 @@ class Records(ABC):
     @abstractmethod
     def items(self) -> Iterator[tuple[str, Record]]: ...
 
+    @abstractmethod
+    def marks(self) -> dict[str, object]:
+        """A mark of every record, from one listing per region, that changes whenever the
+        record does: a host compares them to learn which records to read again."""
+
     def get(self, name: str) -> Record:
         """The current value; `NotFound` if it never existed or was deleted."""
         current = self.newest(name).value
@@ -197,6 +202,9 @@ class RecordStore(Records):
             name, _, number = obj.key[len(self.prefix) :].partition("/")
             newest[name] = max(newest.get(name, 0), int(number))
         return newest
+
+    def marks(self) -> dict[str, object]:
+        return dict(self.newest_numbers())
 
     def at(self, name: str, version: int) -> Versioned:
         """That version of a record, or the newest one if it cannot be read (pruned, torn)."""
@@ -359,6 +367,18 @@ class MirroredRecords(Records):
             value = self._winner(p, s).value
             if value is not None:
                 yield name, value
+
+    def marks(self) -> dict[str, object]:
+        """Both regions' newest version numbers; the secondary's left out while it is away."""
+        in_primary = self._on_primary(self.primary.newest_numbers)
+        try:
+            in_secondary = self.secondary.newest_numbers()
+        except Unavailable:
+            in_secondary = {}
+        return {
+            name: (in_primary.get(name), in_secondary.get(name))
+            for name in in_primary.keys() | in_secondary.keys()
+        }
 
     # -- writing ------------------------------------------------------------------------
 

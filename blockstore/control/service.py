@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from blockstore.clock import SYSTEM_CLOCK, Clock
@@ -40,6 +41,7 @@ from blockstore.control.disks import DiskService
 from blockstore.control.encryption import EncryptionService
 from blockstore.control.geo import GeoService
 from blockstore.control.groups import GroupService
+from blockstore.control.holders import HolderWatch
 from blockstore.control.migration import MigrationConfig, MigrationService
 from blockstore.control.points import PointService
 from blockstore.control.snapshots import SnapshotService
@@ -47,6 +49,7 @@ from blockstore.geo.config import ReplicationConfig
 from blockstore.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
+RESUME_AT_ONCE = 8  # exports started side by side at start-up (each waits on the store)
 
 
 class ControlService:
@@ -86,28 +89,33 @@ class ControlService:
         self.backups = BackupService(self.context, backups or {})
         self.encryption = EncryptionService(self.context)
         self.replication = self.geo.replication  # None without a secondary region
+        self.holders = HolderWatch(self.context)  # started by `resume`
         exports.authority = self.attachments
 
     def resume(self) -> list[str]:
         """At start-up: serve again every disk this host had attached (each with a newly
         issued epoch; a disk another host took meanwhile is left alone), finish deletes (in a
-        new operation; the interrupted one is marked failed). Returns the disks served."""
+        new operation; the interrupted one is marked failed), then watch the records for disks
+        taken elsewhere. Returns the disks served."""
         for op_id in self.operations.tidy():
             log.warning("operation %s was interrupted by a restart", op_id)
         self.migrations.resume()
-        served = []
+        ours, host = [], self.context.host_id
         for name, disk in self.records.items():
             if disk.get("state") == "deleting":
                 self.operations.start("delete-disk", name, self.disks.destroyer(disk))
                 continue
             attachment = disk.get("attachment")
-            here = attachment and attachment["host"] == self.context.host_id
-            if disk.get("state") == "ready" and here and self.attachments.resume(disk):
-                served.append(name)
-        return served
+            if disk.get("state") == "ready" and attachment and attachment["host"] == host:
+                ours.append(disk)
+        with ThreadPoolExecutor(RESUME_AT_ONCE, thread_name_prefix="resume") as pool:
+            done = list(pool.map(self.attachments.resume, ours))
+        self.holders.start()
+        return [disk["name"] for disk, served in zip(ours, done, strict=True) if served]
 
     def close(self) -> None:
         """Stop the control plane's own threads (the exports are the supervisor's)."""
+        self.holders.close()
         self.migrations.close()
 
 

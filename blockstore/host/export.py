@@ -129,6 +129,8 @@ class Export(ChildProcess):
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = config.log_path or Path(f"{config.socket}.log")
         self._socket_ino: int | None = None  # the socket our nbdkit bound, once it accepts
+        # The disk's record names another holder now (control/holders.py): to be stopped.
+        self.disowned = False
 
     @property
     def uri(self) -> str:
@@ -194,6 +196,12 @@ class Export(ChildProcess):
 
     def start(self, timeout: float = 60.0) -> Export:
         """Launch nbdkit and return once its socket accepts a connection."""
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start nbdkit. With `exit_with_parent`, from a thread that lives as long as the
+        service: Linux ties the child's parent-death signal to the thread that forked it."""
         sock = self.config.socket
         sock.parent.mkdir(parents=True, exist_ok=True)
         sock.unlink(missing_ok=True)
@@ -209,6 +217,12 @@ class Export(ChildProcess):
             )
         finally:
             log.close()
+
+    def wait_ready(self, timeout: float = 60.0) -> Export:
+        """Return once the launched nbdkit's socket accepts a connection (it has opened the
+        disk, replayed any journal, and taken its epoch)."""
+        assert self.process is not None, "launch() first"
+        sock = self.config.socket
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -281,6 +295,18 @@ class EphemeralExport(Export):
     def __init__(self, config: ExportConfig, image: Path) -> None:
         super().__init__(config)
         self.image = image
+
+    @classmethod
+    def over(cls, config: ExportConfig, image: Path, size_bytes: int) -> EphemeralExport:
+        """An export of the image, made (sparse, the owner's alone: the guest's bytes) or
+        grown to `size_bytes` first; empty on a host that does not hold the disk."""
+        image.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as f:
+            os.fchmod(fd, 0o600)
+            if f.tell() < size_bytes:
+                f.truncate(size_bytes)
+        return cls(config, image)
 
     def command(self) -> list[str]:
         return [*self._nbdkit_options(), "file", f"file={self.image}", "cache=none"]

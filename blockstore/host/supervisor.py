@@ -29,7 +29,6 @@ requests, QoS caps, stats, read repair, activation) is `host/contract.py`'s.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 import time
@@ -132,17 +131,9 @@ class ExportSupervisor:
     def _make(self, disk: dict[str, Any], *, incoming: bool = False) -> Export:
         sock = self.socket_of(disk)
         if disk["kind"] == "ephemeral":
-            image = self._image_of(disk)
-            image.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Empty on a host that does not hold it; the guest's bytes: owner only.
-            fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            with os.fdopen(fd, "ab") as f:
-                os.fchmod(fd, 0o600)
-                if f.tell() < disk["size_bytes"]:
-                    f.truncate(disk["size_bytes"])
             group = self.config.socket_group is not None
             config = ExportConfig(disk["volume_id"], sock, self.config.s3, socket_group=group)
-            return EphemeralExport(config, image)
+            return EphemeralExport.over(config, self._image_of(disk), disk["size_bytes"])
         contract.write_qos(contract.qos_path(sock), disk.get("qos") or {})  # see set_qos
         config = ExportConfig(
             disk_id=disk["volume_id"],
@@ -203,7 +194,8 @@ class ExportSupervisor:
 
     def _start_locked(self, disk: dict[str, Any], *, incoming: bool = False) -> Export:
         export = self._make(disk, incoming=incoming)
-        self._spawner.submit(export.start).result()
+        self._spawner.submit(export.launch).result()
+        export.wait_ready()  # here, so that exports of several disks start side by side
         with self._lock:
             self._exports[disk["name"]] = export
             self._disks[disk["name"]] = disk
@@ -342,9 +334,17 @@ class ExportSupervisor:
         shutil.rmtree(cache, ignore_errors=True)
         return journal
 
+    def disown(self, name: str) -> None:
+        """The disk's record names another holder (control/holders.py): a fenced export."""
+        export = self._exports.get(name)
+        if export is not None and not export.config.incoming:
+            export.disowned = True
+
     def _fenced(self, export: Export) -> bool:
-        """The export said (in its stats file) that a newer writer took the disk. Asked every
-        `check_interval` for every export: reads only the head of the file."""
+        """The export said (in its stats file) that a newer writer took the disk, or the record
+        did. Asked every `check_interval` for every export: reads only the head of the file."""
+        if export.disowned:
+            return True
         fence = contract.read_fence(contract.stats_path(export.config.socket))
         return fence is not None and fence[0] and fence[1] == export.config.epoch
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import signal
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 import nbd
 import pytest
 
+from blockstore.host import contract
 from tests.support.faultproxy import FaultProxy
 from tests.support.seaweed import SeaweedServer
 from tests.support.servehost import ServeHost, connect, nbd_errno, pid_alive, wait_for
@@ -147,6 +149,41 @@ def test_a_fenced_export_fails_every_request_and_is_stopped(
     att_b = b.ok("GET", "/v1/disks/os2")["attachment"]
     hb = connect(att_b["socket"])
     assert hb.pread(8192, 0) == _block(b"1") + bytes(4096)
+
+
+def test_an_idle_export_asks_the_store_nothing_and_stops_when_its_disk_is_taken(
+    hosts: tuple[ServeHost, ServeHost],
+) -> None:
+    """Issue #21: an attached disk nobody uses sends no store request (its export's counters
+    stand still for 12 s); when B force-attaches it, A notices from its one listing of the disk
+    records for all its disks (every 5 s) and stops the export, though no request ever came."""
+    a, b = hosts
+    _create(a, "idle1", caching="readwrite")
+    att_a = a.ok("POST", "/v1/disks/idle1/attach", {"vm": "vm-a"})
+    h = connect(att_a["socket"])
+    h.pwrite(_block(b"i"), 0)
+    h.flush()
+    h.shutdown()
+    stats = contract.stats_path(Path(att_a["socket"]))
+    time.sleep(2)  # the fence check's last look after the last request
+    before = _store_requests(stats)
+    time.sleep(12)
+    assert _store_requests(stats) == before, "an idle export sent store requests"
+    att_b = b.ok("POST", "/v1/disks/idle1/attach", {"vm": "vm-b", "force": True})
+    t0 = time.monotonic()
+    wait_for(lambda: not pid_alive(att_a["pid"]), 12, "A's export of a disk B took to stop")
+    assert time.monotonic() - t0 < 8  # one 5 s pass of A's watch, and its supervisor's check
+    assert a.ok("GET", "/v1/disks/idle1")["attachment"]["host"] == att_b["host"]
+    assert connect(att_b["socket"]).pread(4096, 0) == _block(b"i")
+
+
+def _store_requests(stats: Path) -> int:
+    """The export's store requests of every kind, from the next stats snapshot (every 2 s)."""
+    mtime = stats.stat().st_mtime
+    wait_for(lambda: stats.stat().st_mtime != mtime, 10, "the next stats snapshot")
+    counters = json.loads(stats.read_text())["store"]
+    kinds = ("gets", "puts", "conditional_puts", "deletes", "lists", "heads")
+    return sum(counters[k] for k in kinds)
 
 
 def _serves(socket: str) -> bool:
