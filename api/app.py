@@ -67,7 +67,7 @@ def metrics_registry(context: AppContext) -> CollectorRegistry:
         registry.register(DiskCollector(context.control.attachments.disk_stats))
         registry.register(QosCollector(context.control.attachments.disk_stats))
         registry.register(ReplicationCollector(context.control.geo.replication_statuses))
-        registry.register(MigrationCollector(context.control.migrations.migrations))
+        registry.register(MigrationCollector(context.control.migrations_here))
     return registry
 
 

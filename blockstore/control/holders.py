@@ -12,7 +12,11 @@ A record that no longer names this host as the holder makes the supervisor treat
 fenced: it is stopped, and served again only if the record names this host again.
 
 Only the holder is compared, not the epoch: an attachment that stays on this host gets its new
-epochs from this host's own control plane, which restarts its export itself.
+epochs from this host's own control plane, which restarts its export itself. A disk migrating
+here (its record names this host as the migration's destination) is held here too.
+
+The records read are kept: `/metrics` asks which served disks are migrating from them, so a
+scrape costs one listing instead of a read of every disk record in the bucket.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import logging
 import threading
 
 from blockstore.control.context import ControlContext
+from blockstore.control.migration import MIGRATION
+from blockstore.control.records import Record
 from blockstore.errors import BlockstoreError
 
 log = logging.getLogger(__name__)
@@ -34,8 +40,9 @@ class HolderWatch:
     def __init__(self, context: ControlContext, interval: float = INTERVAL_SECONDS) -> None:
         self.ctx = context
         self.interval = interval
-        self.lists = 0  # passes that listed the records (one LIST per region each)
         self._seen: dict[str, object] = {}  # mark of the record each served disk was read at
+        self._records: dict[str, Record] = {}  # ...and that record
+        self._lock = threading.Lock()  # one look at a time: the thread's, or a scrape's
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -58,27 +65,39 @@ class HolderWatch:
             except Exception:  # a bug must not end the watch of every disk
                 log.exception("looking at the disk records failed")
 
+    def records(self) -> dict[str, Record]:
+        """The records of the disks this host serves, as of a look made now."""
+        self.look()
+        with self._lock:
+            return dict(self._records)
+
     def look(self) -> list[str]:
         """One pass; returns the disks found held elsewhere (their exports now disowned)."""
-        served = {d["name"] for d in self.ctx.exports.served_disks()}
-        self._seen = {name: mark for name, mark in self._seen.items() if name in served}
-        if not served:
-            return []  # nothing to ask about: no request at all
-        marks = self.ctx.disks.marks()
-        self.lists += 1
-        lost = []
-        for name in sorted(served):
-            mark = marks.get(name)
-            if mark is not None and self._seen.get(name) == mark:
-                continue
-            record = self.ctx.disks.find(name) if mark is not None else None
-            attachment = (record or {}).get("attachment") or {}
-            if attachment.get("host") == self.ctx.host_id:
-                self._seen[name] = mark
-                continue
-            holder = attachment.get("host") or "no host"
-            log.warning("disk %s is held by %s now: its export here stops", name, holder)
-            self.ctx.exports.disown(name)
-            self._seen.pop(name, None)
-            lost.append(name)
-        return lost
+        with self._lock:
+            served = {d["name"] for d in self.ctx.exports.served_disks()}
+            self._seen = {name: mark for name, mark in self._seen.items() if name in served}
+            self._records = {n: r for n, r in self._records.items() if n in served}
+            if not served:
+                return []  # nothing to ask about: no request at all
+            marks = self.ctx.disks.marks()
+            lost = []
+            for name in sorted(served):
+                mark = marks.get(name)
+                if mark is not None and self._seen.get(name) == mark:
+                    continue
+                record = self.ctx.disks.find(name) if mark is not None else None
+                if record is not None and self._held_here(record):
+                    self._seen[name], self._records[name] = mark, record
+                    continue
+                holder = ((record or {}).get("attachment") or {}).get("host") or "no host"
+                log.warning("disk %s is held by %s now: its export here stops", name, holder)
+                self.ctx.exports.disown(name)
+                self._seen.pop(name, None)
+                self._records.pop(name, None)
+                lost.append(name)
+            return lost
+
+    def _held_here(self, record: Record) -> bool:
+        here = self.ctx.host_id
+        coming = record.get(MIGRATION) or {}
+        return (record.get("attachment") or {}).get("host") == here or coming.get("to_host") == here

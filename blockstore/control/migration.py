@@ -319,10 +319,12 @@ class MigrationService:
                 except BlockstoreError as exc:
                     log.warning("dropping the migration of disk %s failed: %s", name, exc)
 
-    def migrations(self) -> list[tuple[str, str, Record]]:
-        """(disk, role, block) of every migration this host takes part in, for /metrics."""
+    def migrations(self, served: dict[str, Record]) -> list[tuple[str, str, Record]]:
+        """(disk, role, block) of every migration this host takes part in, for /metrics, from
+        the records of the disks it serves (as source, or as destination with an incoming
+        export)."""
         me, out = self.ctx.host_id, []
-        for name, disk in self.ctx.disks.items():
+        for name, disk in sorted(served.items()):
             block = disk.get(MIGRATION)
             if block and me in (block["to_host"], block["from_host"]):
                 out.append((name, "destination" if block["to_host"] == me else "source", block))

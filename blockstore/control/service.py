@@ -44,6 +44,7 @@ from blockstore.control.groups import GroupService
 from blockstore.control.holders import HolderWatch
 from blockstore.control.migration import MigrationConfig, MigrationService
 from blockstore.control.points import PointService
+from blockstore.control.records import Record
 from blockstore.control.snapshots import SnapshotService
 from blockstore.geo.config import ReplicationConfig
 from blockstore.store.base import ObjectStore
@@ -112,6 +113,11 @@ class ControlService:
             done = list(pool.map(self.attachments.resume, ours))
         self.holders.start()
         return [disk["name"] for disk, served in zip(ours, done, strict=True) if served]
+
+    def migrations_here(self) -> list[tuple[str, str, Record]]:
+        """For /metrics: the live migrations of the disks this host serves, from one listing
+        of the records (`HolderWatch.records`), not a read of every record in the bucket."""
+        return self.migrations.migrations(self.holders.records())
 
     def close(self) -> None:
         """Stop the control plane's own threads (the exports are the supervisor's)."""

@@ -220,3 +220,20 @@ def test_a_change_racing_a_failover_is_applied_on_top_of_it() -> None:
 
     r.recs.update("g", attach)
     assert r.recs.get("g") == {"redundancy": "grs", "primary": "secondary", "attached": "vm1"}
+
+
+def test_marks_change_with_a_record_in_either_region() -> None:
+    """The host's watch of its disks (control/holders.py) reads again only records whose mark
+    changed: a change in either region changes it; the secondary away leaves its part out."""
+    r = Regions()
+    r.recs.create("g", {"redundancy": "grs", "n": 1})
+    r.recs.create("l", {"redundancy": "lrs", "n": 1})
+    before = r.recs.marks()
+    assert set(before) == {"g", "l"} and r.recs.marks() == before
+    r.recs.update("l", lambda cur: {**(cur or {}), "n": 2})
+    after = r.recs.marks()
+    assert after["l"] != before["l"] and after["g"] == before["g"]
+    r.secondary.update("g", lambda cur: {**(cur or {}), "n": 3})  # a failover's own version
+    assert r.recs.marks()["g"] != after["g"]
+    r.down(r.secondary_store)
+    assert set(r.recs.marks()) == {"g", "l"}

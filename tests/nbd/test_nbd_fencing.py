@@ -100,8 +100,9 @@ def test_an_idle_export_asks_the_store_nothing_and_is_fenced_at_its_next_request
     seaweed: SeaweedServer, tmp_path: Path
 ) -> None:
     """Issue #21: while no request comes the fence check sends no LIST (its host's watch of
-    the disk records stops an idle export of a disk taken elsewhere); a takeover meanwhile is found by the check the first request after the idle spell
-    wakes, within one LIST, not an interval later."""
+    the disk records stops an idle export of a disk taken elsewhere); a takeover meanwhile is
+    found by the check the first request after the idle spell wakes, within one LIST, not an
+    interval later."""
     s3 = seaweed.s3_config("fencing/")
     disk = create_disk(s3, tmp_path, "readwrite")
     sock = disk.config.socket
