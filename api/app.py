@@ -1,8 +1,10 @@
 """The FastAPI application, assembled: error mapping, the guard, the metrics, the routes.
 
 `/healthz` and `/metrics` are open (load balancers and Prometheus scrape them); every `/v1`
-route requires `Authorization: Bearer <token>`, compared in constant time, and checked before
-any of the request's body is read (`api/guard.py`, which also caps bodies at 1 MiB).
+route requires `Authorization: Bearer <token>`, compared in constant time, or the web console's
+session cookie (api/session.py, api/routes/session.py), checked before any of the request's
+body is read (`api/guard.py`, which also caps bodies at 1 MiB). The console's files are served
+at `/console/` (api/routes/console.py).
 `/healthz` answers from a background probe of the store (blockstore/store/health.py): it never
 waits for the store. The routes, one module per resource, are in api/routes/; they parse and
 respond, and the work is in `blockstore.control`.
@@ -27,8 +29,10 @@ from api.metrics import (
 from api.routes import (
     attachments,
     backups,
+    console,
     disks,
     encryption,
+    events,
     geo,
     groups,
     health,
@@ -36,7 +40,9 @@ from api.routes import (
     migration,
     operations,
     points,
+    session,
     snapshots,
+    stats,
 )
 from api.routes.common import require_token
 from blockstore.store.health import StoreProbe
@@ -55,6 +61,8 @@ V1_ROUTERS = (
     backups,
     encryption,
     operations,
+    events,
+    stats,
 )
 
 
@@ -78,7 +86,8 @@ def create_app(context: AppContext) -> FastAPI:
         description="Durable virtual disks in S3-compatible object storage, served over NBD.",
     )
     errors.install(app)
-    app.add_middleware(Guard, token=context.token)  # the token before any body is read
+    # the token (or a console session) before any body is read
+    app.add_middleware(Guard, token=context.token, sessions=context.sessions)
     if context.health is None:  # started at the first /healthz (`blockstore serve` starts it)
         context.health = StoreProbe(context.store)
     app.state.context = context
@@ -88,4 +97,6 @@ def create_app(context: AppContext) -> FastAPI:
     for module in V1_ROUTERS:
         v1.include_router(module.router)
     app.include_router(v1)
+    app.include_router(session.router, prefix="/v1")  # signing in needs no token yet
+    console.install(app)
     return app

@@ -11,15 +11,19 @@ embedded store also gets PR_SET_PDEATHSIG, so even a `kill -9` of this process l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
+import threading
 from contextlib import ExitStack
 from dataclasses import replace
+from types import FrameType
 
 import uvicorn
 
+from blockstore.control.sampling import HistorySampler
 from blockstore.control.service import ControlService, host_id_of
 from blockstore.crypto.disk import set_provider
 from blockstore.crypto.keyring import provider_from
@@ -134,9 +138,10 @@ def backup_stores(settings: Settings, stack: ExitStack) -> dict[str, ObjectStore
 
 def start_control(
     settings: Settings, store: ObjectStore, secondary: ObjectStore | None, stack: ExitStack
-) -> ControlService:
+) -> tuple[ControlService, HistorySampler]:
     """The export supervisor and the control plane over it; replication started; the disks
-    attached here served again."""
+    attached here served again; their performance history loaded from the home and sampled
+    (saved again when the stack closes, before the exports stop)."""
     assert settings.s3 is not None
     # The KEK encrypted disks' data keys unwrap with (exports get the same, host/contract.py).
     set_provider(provider_from(os.environ, contract.kek_dir(settings.home)))
@@ -166,7 +171,23 @@ def start_control(
     served = control.resume()
     if served:
         log.info("serving again the disks attached here: %s", ", ".join(served))
-    return control
+    history = HistorySampler(control, settings.home).start()
+    stack.callback(history.close)
+    return control, history
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, which also tells the answers that never end by themselves (the event
+    stream, api/routes/events.py) that it is stopping: it waits for every open response to
+    end before it stops, so without this one open console would hold the stop forever."""
+
+    def __init__(self, config: uvicorn.Config, stopping: threading.Event) -> None:
+        super().__init__(config)
+        self.stopping = stopping
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.stopping.set()
+        super().handle_exit(sig, frame)
 
 
 def serve(settings: Settings) -> None:
@@ -183,11 +204,16 @@ def serve(settings: Settings) -> None:
         settings = start_store(settings, stack)
         check_configured_store(settings)
         store, secondary = open_stores(settings, stack)
-        control = start_control(settings, store, secondary, stack)
+        control, history = start_control(settings, store, secondary, stack)
         health = StoreProbe(store).start()  # /healthz answers from it, never from the store
         stack.callback(health.close)
         context = AppContext(
-            settings=settings, store=store, token=token, control=control, health=health
+            settings=settings,
+            store=store,
+            token=token,
+            control=control,
+            health=health,
+            history=history,
         )
         app = create_app(context)
         log.info(
@@ -195,13 +221,19 @@ def serve(settings: Settings) -> None:
             settings.port,
             settings.home / "api-token",
         )
+        log.info("console: http://127.0.0.1:%d/console/ (sign in with that token)", settings.port)
         # uvicorn re-raises the SIGINT/SIGTERM it handled once it has shut down, to the
         # handlers that were there before it: make those no-ops, so that this function goes
         # on to stop the exports (flushing them) before the store they flush to.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: None)
         record_service(settings, stack)
-        uvicorn.run(
+        config = uvicorn.Config(
             app, host="127.0.0.1", port=settings.port, log_level="warning", access_log=False
         )
+        server = Server(config, context.stopping)
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
+        if not server.started:
+            raise Unavailable(f"the API did not start on 127.0.0.1:{settings.port}: see above")
         log.info("stopping")

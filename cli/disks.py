@@ -1,5 +1,6 @@
 """`blockstore disk ...`: create, list, show, resize, delete, attach, detach, migrate live; fail
-a grs disk over and back, show or drain its replication; change its redundancy; its QoS caps."""
+a grs disk over and back, show or drain its replication; change its redundancy; its QoS caps;
+its performance history (`stats`)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from cli.common import (
 )
 from cli.operations import follow, start
 from cli.points import parse_duration, parse_point
+from cli.sparkline import print_history
 
 disk_app = typer.Typer(
     help="Create, list, show, resize, delete, attach and detach disks.", no_args_is_help=True
@@ -125,6 +127,19 @@ def disk_list(c: ApiClient, as_json: bool) -> None:
 def disk_show(c: ApiClient, as_json: bool, name: str) -> None:
     """Show one disk (its attachment's URI and QEMU/libvirt snippets whole, one per line)."""
     call(lambda: c.get(f"/v1/disks/{name}"), as_json, whole_lines)
+
+
+@api_command(disk_app, "stats")
+def disk_stats(
+    c: ApiClient,
+    as_json: bool,
+    name: str,
+    since: Annotated[str, typer.Option(help="How far back: 15m, 1h, 1d (up to 1d)")] = "15m",
+) -> None:
+    """A disk's performance history kept by the service: IOPS, MB/s, p99 latency, cache hit
+    ratio, dirty data, store requests and errors, replication lag, as sparklines."""
+    path = f"/v1/disks/{name}/stats"
+    call(lambda: c.get(path, params={"since": since}), as_json, print_history)
 
 
 @api_command(disk_app, "resize")

@@ -11,7 +11,8 @@ EXTRAS="${1:-test,bench}"
 DEB_PACKAGES=(nbdkit nbdkit-plugin-python libnbd-bin python3-libnbd python3-venv fio ioping
               qemu-utils fuse3 fdisk e2fsprogs util-linux curl openssl
               python3-boto3   # python3-boto3: the nbdkit S3 plugin (the bench's peer)
-              libvirt-clients libxml2-utils)  # virt-xml-validate checks the libvirt snippet
+              libvirt-clients libxml2-utils  # virt-xml-validate checks the libvirt snippet
+              chromium)  # the web console's browser tests (Playwright drives it; no download)
 
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Path, Request
 
 from api.context import AppContext
-from api.guard import UNAUTHORIZED, token_matches
+from api.guard import refusal
 from api.models import NAME_PATTERN
 from blockstore.errors import Unauthorized
 
@@ -24,11 +24,11 @@ def app_context(request: Request) -> AppContext:
 Context = Annotated[AppContext, Depends(app_context)]
 
 
-def require_token(
-    context: Context,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> None:
-    """Guard answered 401 before the body was read; the same check again, next to the routes
-    it protects, so a route under /v1 can never be reached without it."""
-    if not token_matches(authorization, context.token):
-        raise Unauthorized(UNAUTHORIZED)
+def require_token(context: Context, request: Request) -> None:
+    """Guard answered 401/403 before the body was read; the same check again (bearer token,
+    or console session with its header and origin), next to the routes it protects, so a route
+    under /v1 can never be reached without it."""
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    why = refusal(request.method, request.url.path, headers, context.token, context.sessions)
+    if why is not None:
+        raise Unauthorized(why[2])

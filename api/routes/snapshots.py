@@ -16,10 +16,17 @@ router = APIRouter(tags=["snapshots"])
 def create_snapshot(
     name: DiskName, body: SnapshotCreate, response: Response, context: Context
 ) -> dict[str, Any]:
-    snap, created = context.service().snapshots.create(name, body.name)
+    """Take a snapshot (an attached disk is flushed first); answered when it exists. It is
+    also recorded as an operation (kind `snapshot`, target `disk/snapshot`, its id in the
+    answer's `operation`), so the console and `blockstore operation list` show it."""
+    svc = context.service()
+    svc.disks.get(name)  # an unknown disk is a 404, not a failed operation
+    (snap, created), op = svc.operations.run(
+        "snapshot", f"{name}/{body.name}", lambda _: svc.snapshots.create(name, body.name)
+    )
     if not created:
         response.status_code = 200
-    return snap
+    return {**snap, "operation": op["id"]}
 
 
 @router.get("/disks/{name}/snapshots")

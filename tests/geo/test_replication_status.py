@@ -134,13 +134,7 @@ def test_a_real_service_reports_the_measured_lag_in_the_api_metrics_and_cli(
         prefix=prefix,
         access_key=seaweed.access_key,
         secret_key=seaweed.secret_key,
-        extra_env={
-            "BLOCKSTORE_SECONDARY_ENDPOINT": seaweed2.endpoint,
-            "BLOCKSTORE_SECONDARY_BUCKET": seaweed2.bucket,
-            "BLOCKSTORE_SECONDARY_PREFIX": prefix,
-            "BLOCKSTORE_SECONDARY_ACCESS_KEY": seaweed2.access_key,
-            "BLOCKSTORE_SECONDARY_SECRET_KEY": seaweed2.secret_key,
-        },
+        extra_env=seaweed2.secondary_env(prefix),
     ).start()
     url = f"http://127.0.0.1:{host.port}"
 

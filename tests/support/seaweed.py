@@ -36,6 +36,16 @@ class SeaweedServer:
     def secret_key(self) -> str:
         return self.server.credentials.secret_key
 
+    def secondary_env(self, prefix: str) -> dict[str, str]:
+        """The environment that makes this server a `blockstore serve`'s secondary region."""
+        return {
+            "BLOCKSTORE_SECONDARY_ENDPOINT": self.endpoint,
+            "BLOCKSTORE_SECONDARY_BUCKET": self.bucket,
+            "BLOCKSTORE_SECONDARY_PREFIX": prefix,
+            "BLOCKSTORE_SECONDARY_ACCESS_KEY": self.access_key,
+            "BLOCKSTORE_SECONDARY_SECRET_KEY": self.secret_key,
+        }
+
     @property
     def pid(self) -> int:
         return self.server.pid
