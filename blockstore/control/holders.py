@@ -85,7 +85,7 @@ class HolderWatch:
                 mark = marks.get(name)
                 if mark is not None and self._seen.get(name) == mark:
                     continue
-                record = self.ctx.disks.find(name) if mark is not None else None
+                record = self.ctx.disks.find(name)  # also when not listed: never on a hunch
                 if record is not None and self._held_here(record):
                     self._seen[name], self._records[name] = mark, record
                     continue
