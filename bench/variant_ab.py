@@ -1,4 +1,5 @@
-"""Plain, encrypted and compressed disks measured in interleaved rounds on one store (issue #20).
+"""Plain, encrypted, compressed and QoS-capped disks measured in interleaved rounds on one store
+(issues #20, #21).
 Not a test: prints one line per job and the medians.
 
     .venv/bin/python bench/variant_ab.py [--mode none|readwrite] [--variants plain,encrypted]
@@ -48,11 +49,14 @@ from blockstore.store.stack import build_store
 
 MiB = 1 << 20
 AREA = "256M"
-VARIANTS = {  # name -> (encrypted, compression)
-    "plain": (False, "none"),
-    "encrypted": (True, "none"),
-    "zstd": (False, "zstd"),
-    "zstd+encrypted": (True, "zstd"),
+VARIANTS = {  # name -> (encrypted, compression, QoS caps)
+    "plain": (False, "none", {}),
+    "encrypted": (True, "none", {}),
+    "zstd": (False, "zstd", {}),
+    "zstd+encrypted": (True, "zstd", {}),
+    # The bench's capped targets (BENCH_QOS): what a cap costs a disk running below it (its
+    # 4 KiB writes); its cold reads are held to 40 MB/s, so their ratio says nothing.
+    "capped": (False, "none", {"iops_limit": 500, "mbps_limit": 40}),
 }
 
 
@@ -76,17 +80,20 @@ class Disk:
     """One variant's disk and how to serve it, with a fresh cache each time."""
 
     def __init__(self, name: str, work: Path, s3: S3Config, mode: str) -> None:
-        enc, codec = VARIANTS[name]
+        enc, codec, qos = VARIANTS[name]
         self.name, self.slug = name, name.replace("+", "-")
         self.s3 = replace(s3, prefix=f"{self.slug}/")
         store = build_store(self.s3)
         Volume.create(store, "d", 1024 * MiB, encrypt=enc, compression=codec)
         store.close()
         self.cache = work / f"{self.slug}.cache"
+        sock = work / f"{self.slug}.sock"
+        contract.write_qos(contract.qos_path(sock), qos)
         self.config = ExportConfig(
-            disk_id="d", socket=work / f"{self.slug}.sock", s3=self.s3, cache_mode=mode,
+            disk_id="d", socket=sock, s3=self.s3, cache_mode=mode,
             cache_dir=self.cache if mode != "none" else None,
-            extra_env={contract.ENV_KEK_DIR: str(work / "kek")},
+            extra_env={contract.ENV_KEK_DIR: str(work / "kek"),
+                       contract.ENV_QOS_FILE: str(contract.qos_path(sock))},
         )  # fmt: skip
 
     def start(self) -> Export:
