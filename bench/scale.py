@@ -3,6 +3,7 @@ requests while idle, how fast an attach answers among them, and how long `blocks
 takes to start with all of them to resume. Not a test: prints a Markdown table for the README.
 
     .venv/bin/python bench/scale.py [--disks 100] [--steps 1,10,50,100] [--idle 60]
+    .venv/bin/python bench/scale.py --per-mode     # one idle disk of each caching mode alone
 
 A real `blockstore serve` with its embedded SeaweedFS, in a temporary home; disks of 64 MiB,
 caching cycling none, readonly, readwrite; each attached disk is one nbdkit process
@@ -147,10 +148,10 @@ def _resumed(svc: Service, before: set[int], n: int) -> bool:
     return len(now) == n and not before & set(now) and all(Path(f"/proc/{p}").exists() for p in now)
 
 
-def attach(svc: Service, i: int) -> float:
+def attach(svc: Service, i: int, mode: str | None = None) -> float:
     name = f"d{i:03d}"
     svc.call("POST", "/v1/disks", {"name": name, "size_bytes": 64 << 20, "kind": "data",
-                                   "caching": MODES[i % 3]})  # fmt: skip
+                                   "caching": mode or MODES[i % 3]})  # fmt: skip
     t0 = time.monotonic()
     svc.call("POST", f"/v1/disks/{name}/attach", {"vm": f"vm{i:03d}"})
     return time.monotonic() - t0
@@ -162,7 +163,10 @@ def main() -> None:
     ap.add_argument("--steps", default="1,10,50,100")
     ap.add_argument("--idle", type=float, default=60.0)
     ap.add_argument("--settle", type=float, default=65.0)
+    ap.add_argument("--per-mode", action="store_true", help="one disk of each mode, alone")
     args = ap.parse_args()
+    if args.per_mode:
+        return per_mode(args.idle, args.settle)
     steps = [int(s) for s in args.steps.split(",") if int(s) <= args.disks]
     rows = []
     with tempfile.TemporaryDirectory(prefix="scale-") as t:
@@ -188,12 +192,37 @@ def main() -> None:
                   f"{resumed:.1f} s ({len(pids(svc))} of {args.disks})", flush=True)  # fmt: skip
         finally:
             svc.stop()
-    print(f"\n{platform.node()}, {os.cpu_count()} cores, idle window {args.idle:g} s\n")
+    table(rows, args.idle)
+
+
+def per_mode(idle: float, settle: float) -> None:
+    """One attached disk of each caching mode, measured alone (detached and deleted after)."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="scale-") as t:
+        svc = Service(Path(t) / "home")
+        svc.start()
+        try:
+            for i, mode in enumerate(MODES):
+                took = attach(svc, i, mode)
+                fig = idle_figures(svc, 1, idle, settle)
+                fig["attach_s"] = took
+                rows.append((f"1 ({mode})", fig))
+                print(mode, json.dumps(fig), flush=True)
+                svc.call("POST", f"/v1/disks/d{i:03d}/detach", {})
+                svc.call("DELETE", f"/v1/disks/d{i:03d}")
+        finally:
+            svc.stop()
+    table(rows, idle)
+
+
+def table(rows: list[tuple[Any, dict[str, float]]], idle: float) -> None:
+    print(f"\n{platform.node()}, {os.cpu_count()} cores, idle window {idle:g} s\n")
     print("| attached disks | nbdkit PSS (sum) | per disk | nbdkit RSS (sum) | service RSS | "
           "nbdkit CPU, idle | requests / disk / min | service's / min | attach |")  # fmt: skip
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for n, f in rows:
-        print(f"| {n} | {f['pss_mib']:,.0f} MiB | {f['pss_mib'] / n:.1f} MiB | "
+    for label, f in rows:
+        n = int(str(label).split()[0])
+        print(f"| {label} | {f['pss_mib']:,.0f} MiB | {f['pss_mib'] / n:.1f} MiB | "
               f"{f['rss_mib']:,.0f} MiB | {f['service_rss_mib']:.0f} MiB | "
               f"{f['cpu_pct']:.1f}% of a core | {f['requests_per_disk_min']:.2f} | "
               f"{f['service_requests_min']:.1f} | "
