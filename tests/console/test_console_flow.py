@@ -159,3 +159,55 @@ def test_console_sign_in_disk_graphs_snapshot_refusal_sign_out(
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(req, timeout=10)
     assert refused.value.code == 401
+
+
+def test_console_resize_clone_caching_filter_and_sort(page: Page, console_host: ServeHost) -> None:
+    """The list's filter and sort, and the actions the first test leaves out: resize (grown
+    online; a shrink of an attached disk refused with the API's reason), change caching, and
+    clone a new disk from a snapshot, each checked against the API."""
+    console_host.ok("POST", "/v1/disks", {"name": "tools-a", "size_bytes": 3 << 30, "kind": "data"})
+    console_host.ok("POST", "/v1/disks", {"name": "tools-b", "size_bytes": 1 << 30, "kind": "data"})
+    console_host.ok("POST", "/v1/disks/tools-a/snapshots", {"name": "base"})
+    console_host.ok("POST", "/v1/disks/tools-a/attach", {"vm": "vm-tools"})
+    sign_in(page)
+
+    def shown() -> list[str]:
+        return page.locator("#disk-rows tr").evaluate_all("rs => rs.map(r => r.dataset.disk)")
+
+    page.fill("#disk-filter", "tools")
+    expect(page.locator("#disk-rows tr")).to_have_count(2)
+    assert shown() == ["tools-a", "tools-b"]  # by name
+    page.get_by_role("button", name="Sort by size").click()
+    assert shown() == ["tools-b", "tools-a"]  # 1 GiB, then 3 GiB
+    page.get_by_role("button", name="Sort by size").click()
+    assert shown() == ["tools-a", "tools-b"]  # descending
+    page.fill("#disk-filter", "vm-tools")  # matches the VM column
+    expect(page.locator("#disk-rows tr")).to_have_count(1)
+
+    page.get_by_role("button", name="Open disk tools-a").click()
+    actions = page.locator("#detail-actions")
+    actions.get_by_role("button", name="Resize").click()
+    dialog_submit(page, {"New size (GiB)": "4"})
+    wait_for(lambda: console_host.ok("GET", "/v1/disks/tools-a")["size_bytes"] == 4 << 30, 20,
+             "the resize to reach the record")  # fmt: skip
+    actions.get_by_role("button", name="Resize").click()
+    dialog = page.locator("dialog[open]")
+    dialog.get_by_label("Allow shrinking", exact=True).check()
+    dialog_submit(page, {"New size (GiB)": "2"})
+    expect(dialog.get_by_role("alert")).to_contain_text("detach")
+    page.keyboard.press("Escape")
+    assert console_host.ok("GET", "/v1/disks/tools-a")["size_bytes"] == 4 << 30
+
+    actions.get_by_role("button", name="Change caching").click()
+    page.locator("dialog[open]").get_by_label("Caching", exact=True).select_option("readonly")
+    page.locator("dialog[open] button[type=submit]").click()
+    wait_for(lambda: console_host.ok("GET", "/v1/disks/tools-a")["caching"] == "readonly", 20,
+             "the caching change to reach the record")  # fmt: skip
+
+    page.get_by_role("button", name="Clone a new disk from snapshot base").click()
+    dialog_submit(page, {"New disk name": "tools-clone"})
+    expect(page.locator("#detail-name")).to_have_text("tools-clone")
+    clone = console_host.ok("GET", "/v1/disks/tools-clone")
+    assert clone["size_bytes"] == 3 << 30  # the snapshot's size, before the resize
+    page.fill("#disk-filter", "tools")
+    expect(page.locator("#disk-rows tr")).to_have_count(3)
