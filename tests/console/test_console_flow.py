@@ -2,7 +2,8 @@
 sign in with the token; create a disk; attach it and read the connection strings; write to it
 with fio through NBD and see the write graph's data rise; take a snapshot and see its operation
 message appear (from the event stream) and end; be refused deleting the attached disk, with the
-API's reason; sign out, after which the old cookie is refused by the API.
+API's reason; sign out, after which the old cookie is refused by the API. Then the list's
+filter and sort, resize, caching and a clone from a snapshot, each checked against the API.
 
 Assertions read the page's text and the values behind the graphs, never pixels. Screenshots of
 the main views go to test-artifacts/console/ (tests/support/browser.py).
