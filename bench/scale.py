@@ -33,7 +33,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -166,9 +165,10 @@ def main() -> None:
     ap.add_argument("--per-mode", action="store_true", help="one disk of each mode, alone")
     args = ap.parse_args()
     if args.per_mode:
-        return per_mode(args.idle, args.settle)
+        per_mode(args.idle, args.settle)
+        return
     steps = [int(s) for s in args.steps.split(",") if int(s) <= args.disks]
-    rows = []
+    rows: list[tuple[str, int, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="scale-") as t:
         svc = Service(Path(t) / "home")
         svc.start()
@@ -179,7 +179,7 @@ def main() -> None:
                 if i + 1 in steps:
                     fig = idle_figures(svc, i + 1, args.idle, args.settle)
                     fig["attach_s"] = statistics.median(lat[-5:])
-                    rows.append((i + 1, fig))
+                    rows.append((str(i + 1), i + 1, fig))
                     print(i + 1, json.dumps(fig), flush=True)
             before = set(pids(svc))
             svc.stop()
@@ -197,7 +197,7 @@ def main() -> None:
 
 def per_mode(idle: float, settle: float) -> None:
     """One attached disk of each caching mode, measured alone (detached and deleted after)."""
-    rows = []
+    rows: list[tuple[str, int, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="scale-") as t:
         svc = Service(Path(t) / "home")
         svc.start()
@@ -206,7 +206,7 @@ def per_mode(idle: float, settle: float) -> None:
                 took = attach(svc, i, mode)
                 fig = idle_figures(svc, 1, idle, settle)
                 fig["attach_s"] = took
-                rows.append((f"1 ({mode})", fig))
+                rows.append((f"1 ({mode})", 1, fig))
                 print(mode, json.dumps(fig), flush=True)
                 svc.call("POST", f"/v1/disks/d{i:03d}/detach", {})
                 svc.call("DELETE", f"/v1/disks/d{i:03d}")
@@ -215,13 +215,13 @@ def per_mode(idle: float, settle: float) -> None:
     table(rows, idle)
 
 
-def table(rows: list[tuple[Any, dict[str, float]]], idle: float) -> None:
+def table(rows: list[tuple[str, int, dict[str, float]]], idle: float) -> None:
+    """The README's table: a row per (label, attached disks, figures)."""
     print(f"\n{platform.node()}, {os.cpu_count()} cores, idle window {idle:g} s\n")
     print("| attached disks | nbdkit PSS (sum) | per disk | nbdkit RSS (sum) | service RSS | "
           "nbdkit CPU, idle | requests / disk / min | service's / min | attach |")  # fmt: skip
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for label, f in rows:
-        n = int(str(label).split()[0])
+    for label, n, f in rows:
         print(f"| {label} | {f['pss_mib']:,.0f} MiB | {f['pss_mib'] / n:.1f} MiB | "
               f"{f['rss_mib']:,.0f} MiB | {f['service_rss_mib']:.0f} MiB | "
               f"{f['cpu_pct']:.1f}% of a core | {f['requests_per_disk_min']:.2f} | "
@@ -230,4 +230,4 @@ def table(rows: list[tuple[Any, dict[str, float]]], idle: float) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

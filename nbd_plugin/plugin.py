@@ -221,10 +221,8 @@ def _write_stats_once(path: Path) -> None:
         store=counters(_store.stats) if _store else {},
         qos=throttle.limiter.counters(),
     )
-    tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
     try:
-        tmp.write_text(body.to_json())
-        tmp.replace(path)
+        contract.write_whole(path, body.to_json(), f".{threading.get_ident()}.tmp")
     except OSError as exc:
         nbdkit.debug(f"blockstore: writing stats failed: {exc}")
 

@@ -26,9 +26,7 @@ whole pass is logged and the next pass runs; the service never stops for its his
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -51,15 +49,9 @@ SUFFIX = ".hist"
 
 
 def read_counters(path: Path) -> Counters | None:
-    """The counters in an export's stats file and the time it was written (taken from the
-    open file, so a file replaced meanwhile cannot pair new counters with an old time)."""
-    try:
-        with open(path, "rb") as f:
-            at = os.fstat(f.fileno()).st_mtime
-            raw = json.loads(f.read())
-    except (FileNotFoundError, ValueError):
-        return None
-    return Counters.of(raw, at) if isinstance(raw, dict) else None
+    """The counters in an export's stats file and the time it was written."""
+    got = contract.read_stats_at(path)
+    return None if got is None else Counters.of(*got)
 
 
 def no_points(since: int, interval: float = INTERVAL_SECONDS) -> dict[str, Any]:
@@ -222,10 +214,7 @@ class HistorySampler:
             return
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for disk_id, data in changed:
-            path = self._path(disk_id)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
+            contract.write_whole(self._path(disk_id), data)
 
     def prune(self) -> None:
         """Drop the histories of disks the records no longer hold (deleted elsewhere)."""

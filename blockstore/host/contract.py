@@ -139,11 +139,11 @@ def size_request_path(socket: Path) -> Path:
     return socket.with_suffix(".size")
 
 
-def write_whole(path: Path, text: str, tmp_suffix: str = ".tmp") -> None:
-    """Write a file of this contract whole (a temporary file, then rename): the other side
-    reads the old contents or the new, never half of them."""
+def write_whole(path: Path, data: str | bytes, tmp_suffix: str = ".tmp") -> None:
+    """Write a file whole (a temporary file, then rename): whoever reads it reads the old
+    contents or the new, never half of them."""
     tmp = path.with_suffix(tmp_suffix)
-    tmp.write_text(text)
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     tmp.replace(path)
 
 
@@ -361,11 +361,20 @@ class ExportStats:
 
 def read_stats(path: Path) -> dict[str, Any] | None:
     """The stats file as written, or None if there is none (yet) or it is not JSON."""
+    got = read_stats_at(path)
+    return None if got is None else got[0]
+
+
+def read_stats_at(path: Path) -> tuple[dict[str, Any], float] | None:
+    """The stats file and when its export wrote it (the time from the open file, so a file
+    replaced meanwhile cannot pair new counters with an old time); None as `read_stats`."""
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        with open(path, "rb") as f:
+            at = os.fstat(f.fileno()).st_mtime
+            data = json.loads(f.read())
     except (FileNotFoundError, ValueError):
         return None
-    return data
+    return (data, at) if isinstance(data, dict) else None
 
 
 _FENCE_HEAD = re.compile(rb'\{"fenced": (true|false), "epoch": (null|\d+)[,}]')
